@@ -1,0 +1,103 @@
+"""Per-block bookkeeping shared by the coupled iterations (Newton-DB and coupled Newton).
+
+All blocks of a stack advance together, one batched product at a time. Each block keeps its
+*best* iterate so far, judged by a residual the iteration computes anyway, and stops taking new
+iterates once it reaches the tolerance or its residual stops decreasing (a diverging or stalled
+block is thus frozen at its best iterate, never at a worse or non-finite one). Stopping is a
+``torch.where`` on the device, so no host synchronisation happens unless the caller asks for an
+early exit check, which costs one ``any()`` read every ``early_exit_check_interval`` iterations.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from distributed_shampoo_dash.solvers.common import check_count, check_nonnegative
+from distributed_shampoo_dash.solvers.precision import MatmulPrecision, as_matmul_precision
+
+
+@dataclass(frozen=True, kw_only=True)
+class IterationControl:
+    """How long a coupled iteration runs and at which precision.
+
+    Attributes:
+        num_iterations (int): Iterations at ``precision`` (the maximum when ``tolerance > 0``).
+        tolerance (float): A block stops once its residual is ``<= tolerance``; 0 runs every block
+            until its residual stops decreasing or the iterations run out. (Default: 0.0)
+        precision (MatmulPrecision): Precision of the products. (Default: ``FP32``)
+        refinement_iterations (int): Further iterations with fp32 products after the
+            ``num_iterations`` ones, continuing from each block's best iterate. (Default: 0)
+        early_exit_check_interval (int | None): If set, every this many iterations the loop reads
+            ``any(active)`` on the host (one synchronisation) and ends when no block is active.
+            ``None`` never synchronises. (Default: None)
+    """
+
+    num_iterations: int
+    tolerance: float = 0.0
+    precision: MatmulPrecision = MatmulPrecision.FP32
+    refinement_iterations: int = 0
+    early_exit_check_interval: int | None = None
+
+    def __post_init__(self) -> None:
+        check_count(self.num_iterations, "num_iterations")
+        check_nonnegative(self.tolerance, "tolerance")
+        object.__setattr__(self, "precision", as_matmul_precision(self.precision))
+        check_count(self.refinement_iterations, "refinement_iterations", minimum=0)
+        if self.early_exit_check_interval is not None:
+            check_count(self.early_exit_check_interval, "early_exit_check_interval")
+
+    def phases(self) -> list[tuple[MatmulPrecision, int]]:
+        """``(precision, iterations)`` of the main phase and, if any, the fp32 refinement phase."""
+        phases = [(self.precision, self.num_iterations)]
+        if self.refinement_iterations > 0:
+            phases.append((self.precision.full, self.refinement_iterations))
+        return phases
+
+    def should_exit(self, iteration: int, tracker: "BestIterateTracker") -> bool:
+        """Host-side early exit test, run only every ``early_exit_check_interval`` iterations."""
+        interval = self.early_exit_check_interval
+        return interval is not None and iteration % interval == 0 and not tracker.any_active()
+
+
+def select_blocks(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
+    """Per-block ``new if mask else old`` for ``(N, d, d)`` stacks and an ``(N,)`` mask."""
+    return torch.where(mask[:, None, None], new, old)
+
+
+class BestIterateTracker:
+    """Keeps, per block, the iterate with the smallest residual seen so far.
+
+    The first :meth:`offer` (and the first after :meth:`restart`) takes the iterates of every
+    block unconditionally; later offers take them only for active blocks whose residual improved.
+
+    Args:
+        tolerance (float): Blocks whose residual is at or below it stop taking iterates.
+    """
+
+    def __init__(self, tolerance: float) -> None:
+        self.tolerance = tolerance
+        self.best: tuple[Tensor, ...] = ()
+        self.best_residual: Tensor | None = None
+        self.active: Tensor | None = None
+
+    def offer(self, iterates: tuple[Tensor, ...], residual: Tensor) -> None:
+        """Records ``iterates`` (each ``(N, d, d)``) with their ``(N,)`` ``residual``."""
+        if self.best_residual is None or self.active is None:
+            self.best, self.best_residual = iterates, residual
+            self.active = torch.isfinite(residual) & (residual > self.tolerance)
+            return
+        improved = self.active & (residual < self.best_residual)
+        self.best = tuple(
+            select_blocks(improved, new, old) for new, old in zip(iterates, self.best, strict=True)
+        )
+        self.best_residual = torch.where(improved, residual, self.best_residual)
+        self.active = improved & (residual > self.tolerance)
+
+    def restart(self) -> None:
+        """Starts a new phase: the next offer, of the best iterates re-measured, resets the record."""
+        self.best_residual = None
+
+    def any_active(self) -> bool:
+        """Host read of whether any block still takes iterates (one synchronisation)."""
+        return self.active is None or bool(self.active.any())

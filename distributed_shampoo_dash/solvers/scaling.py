@@ -1,0 +1,130 @@
+"""Spectral scaling: a per-block upper bound ``s >= lambda_max(A)`` for an SPD stack.
+
+The iterative inverse-root methods converge only when the spectrum of ``A / s`` lies in their
+convergence region, and they converge faster the closer ``lambda_max(A) / s`` is to 1:
+
+* ``FROBENIUS``: ``s = ||A||_F``. Always an upper bound, but on a flat spectrum of dimension
+  ``d`` it is ``sqrt(d) lambda_max``, so every eigenvalue of ``A / s`` shrinks by ``sqrt(d)``.
+* ``POWER_ITERATION``: ``s = min(c * rho, ||A||_F)`` where ``rho`` is the Rayleigh quotient of a
+  random vector after ``k`` power steps (``rho <= lambda_max``) and ``c`` a safety factor.
+* ``MULTI_POWER_ITERATION``: the same with ``m`` random start vectors per block advanced
+  together by one ``(N, d, d) @ (N, d, m)`` product per step, keeping the largest Rayleigh
+  quotient; with ``m = 16`` the estimate is close to ``lambda_max`` even after 10 steps.
+
+Taking the minimum with ``||A||_F`` keeps the bound no looser than Frobenius scaling (it matters
+for nearly rank-one blocks). Start vectors come from a private generator with a fixed seed, so
+the global random state is untouched and results are reproducible. A zero block gets the
+smallest normal number of its dtype as its bound, so ``A / s`` is 0 rather than ``0 / 0``.
+"""
+
+import enum
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from distributed_shampoo_dash.solvers.common import check_count, frobenius_norm
+
+_START_VECTOR_SEED = 0x5EED
+
+
+@enum.unique
+class ScalingMethod(enum.Enum):
+    """How the per-block spectral bound is obtained."""
+
+    FROBENIUS = "frobenius"
+    POWER_ITERATION = "power_iteration"
+    MULTI_POWER_ITERATION = "multi_power_iteration"
+
+
+def as_scaling_method(method: "ScalingMethod | str") -> ScalingMethod:
+    """Converts ``"frobenius"``-style strings to :class:`ScalingMethod`."""
+    if isinstance(method, ScalingMethod):
+        return method
+    if isinstance(method, str):
+        try:
+            return ScalingMethod(method.lower())
+        except ValueError:
+            allowed = ", ".join(repr(m.value) for m in ScalingMethod)
+            raise ValueError(f"Invalid scaling method {method!r}. Must be one of {allowed}.") from None
+    raise TypeError(
+        f"Invalid scaling method {method!r} of type {type(method).__name__}. "
+        "Must be a ScalingMethod or one of its string values."
+    )
+
+
+def rayleigh_lambda_max(A: Tensor, num_iterations: int, num_vectors: int) -> Tensor:
+    """Largest Rayleigh quotient of ``num_vectors`` random vectors after ``num_iterations`` steps.
+
+    Args:
+        A (Tensor): ``(N, d, d)`` symmetric stack.
+        num_iterations (int): Power steps ``k >= 1``, each one ``(N, d, d) @ (N, d, m)`` product.
+        num_vectors (int): Start vectors ``m >= 1`` per block.
+
+    Returns:
+        lambda_estimate (Tensor): ``(N,)`` lower estimate of ``lambda_max`` per block, >= 0 for PSD input.
+    """
+    check_count(num_iterations, "num_iterations")
+    check_count(num_vectors, "num_vectors")
+    n, d, _ = A.shape
+    generator = torch.Generator(device=A.device).manual_seed(_START_VECTOR_SEED)
+    V = torch.randn((n, d, num_vectors), generator=generator, device=A.device, dtype=A.dtype)
+    tiny = torch.finfo(A.dtype).tiny
+    for _ in range(num_iterations):
+        V = V / torch.linalg.vector_norm(V, dim=-2, keepdim=True).clamp_min(tiny)
+        V = A @ V
+    V = V / torch.linalg.vector_norm(V, dim=-2, keepdim=True).clamp_min(tiny)
+    rayleigh = (V * (A @ V)).sum(dim=-2)
+    return rayleigh.amax(dim=-1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpectralScaling:
+    """How to bound ``lambda_max`` of each block before an iterative inverse root.
+
+    Attributes:
+        method (ScalingMethod): Which bound to use. (Default: ``MULTI_POWER_ITERATION``)
+        num_iterations (int): Power steps ``k >= 1`` for the power-iteration methods. (Default: 10)
+        num_vectors (int): Start vectors ``m >= 1`` per block for ``MULTI_POWER_ITERATION``;
+            ``POWER_ITERATION`` uses one. (Default: 16)
+        safety_factor (float): ``c >= 1`` multiplying the power-iteration estimate. (Default: 2.0)
+    """
+
+    method: ScalingMethod = ScalingMethod.MULTI_POWER_ITERATION
+    num_iterations: int = 10
+    num_vectors: int = 16
+    safety_factor: float = 2.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "method", as_scaling_method(self.method))
+        check_count(self.num_iterations, "num_iterations")
+        check_count(self.num_vectors, "num_vectors")
+        if not (isinstance(self.safety_factor, (int, float)) and 1.0 <= self.safety_factor < float("inf")):
+            raise ValueError(
+                f"Invalid safety_factor={self.safety_factor}. Must be a finite number >= 1.0."
+            )
+
+    def upper_bound(self, A: Tensor) -> Tensor:
+        """Per-block scale ``s`` with ``lambda_max(A_i) <= s_i`` (exact for Frobenius, w.h.p. otherwise).
+
+        Args:
+            A (Tensor): ``(N, d, d)`` symmetric PSD stack in its working dtype.
+
+        Returns:
+            scale (Tensor): ``(N,)`` positive bounds in ``A.dtype``.
+        """
+        frobenius = frobenius_norm(A)
+        match self.method:
+            case ScalingMethod.FROBENIUS:
+                scale = frobenius
+            case ScalingMethod.POWER_ITERATION | ScalingMethod.MULTI_POWER_ITERATION:
+                vectors = 1 if self.method is ScalingMethod.POWER_ITERATION else self.num_vectors
+                estimate = rayleigh_lambda_max(A, self.num_iterations, vectors)
+                scale = torch.minimum(self.safety_factor * estimate, frobenius)
+        return scale.clamp_min(torch.finfo(A.dtype).tiny)
+
+
+#: Upstream's scaling for coupled Newton (``||A||_F``).
+FROBENIUS_SCALING = SpectralScaling(method=ScalingMethod.FROBENIUS)
+#: The DASH paper's scaling: 10 power steps on 16 vectors, safety factor 2.
+MULTI_POWER_ITERATION_SCALING = SpectralScaling()
