@@ -1,10 +1,32 @@
 """DASH for Distributed Shampoo: batched block preconditioning and matmul-only inverse roots.
 
 Importing this package changes nothing in ``distributed_shampoo``. The solvers need only torch;
-the upstream adapter (``enable``, ``disable`` and the new ``RootInvConfig`` subclasses) is loaded
-on first access and needs ``distributed_shampoo`` installed.
+the upstream adapter (``enable``, ``disable``, ``enabled``, ``is_enabled`` and the configs
+``NewtonDBRootInvConfig`` and ``ChebyshevRootInvConfig``) is imported on first access and needs
+``distributed_shampoo`` installed.
 """
+
+from typing import Any
 
 from distributed_shampoo_dash import solvers
 
-__all__ = ["solvers"]
+_ADAPTER_NAMES = frozenset(
+    {
+        "ChebyshevRootInvConfig",
+        "NewtonDBRootInvConfig",
+        "disable",
+        "enable",
+        "enabled",
+        "is_enabled",
+    }
+)
+
+__all__ = ["solvers", *sorted(_ADAPTER_NAMES)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ADAPTER_NAMES:
+        from distributed_shampoo_dash import integration
+
+        return getattr(integration, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

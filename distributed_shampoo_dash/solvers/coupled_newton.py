@@ -75,7 +75,7 @@ def coupled_newton_inverse_root(
     c = (root + 1) / 2
     X = c ** (1.0 / root) * batched_eye(scaled)
     M = c * scaled
-    tracker = BestIterateTracker(control.tolerance)
+    tracker = BestIterateTracker(control.tolerance, control.stop_at_best)
     tracker.offer((X, M), _max_abs_error(M))
     for phase_index, (precision, iterations) in enumerate(control.phases()):
         if phase_index > 0:

@@ -31,6 +31,9 @@ class IterationControl:
         early_exit_check_interval (int | None): If set, every this many iterations the loop reads
             ``any(active)`` on the host (one synchronisation) and ends when no block is active.
             ``None`` never synchronises. (Default: None)
+        stop_at_best (bool): Stop a block when its residual stops decreasing and return its best
+            iterate. False keeps iterating every block above the tolerance and returns its last
+            iterate, as upstream's coupled Newton does. (Default: True)
     """
 
     num_iterations: int
@@ -38,6 +41,7 @@ class IterationControl:
     precision: MatmulPrecision = MatmulPrecision.FP32
     refinement_iterations: int = 0
     early_exit_check_interval: int | None = None
+    stop_at_best: bool = True
 
     def __post_init__(self) -> None:
         check_count(self.num_iterations, "num_iterations")
@@ -73,10 +77,12 @@ class BestIterateTracker:
 
     Args:
         tolerance (float): Blocks whose residual is at or below it stop taking iterates.
+        stop_at_best (bool): Take only improving iterates (else every iterate of an active block).
     """
 
-    def __init__(self, tolerance: float) -> None:
+    def __init__(self, tolerance: float, stop_at_best: bool = True) -> None:
         self.tolerance = tolerance
+        self.stop_at_best = stop_at_best
         self.best: tuple[Tensor, ...] = ()
         self.best_residual: Tensor | None = None
         self.active: Tensor | None = None
@@ -87,7 +93,7 @@ class BestIterateTracker:
             self.best, self.best_residual = iterates, residual
             self.active = torch.isfinite(residual) & (residual > self.tolerance)
             return
-        improved = self.active & (residual < self.best_residual)
+        improved = self.active & (residual < self.best_residual) if self.stop_at_best else self.active
         self.best = tuple(
             select_blocks(improved, new, old) for new, old in zip(iterates, self.best, strict=True)
         )

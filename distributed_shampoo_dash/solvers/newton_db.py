@@ -78,7 +78,7 @@ def newton_schulz_square_roots(B: Tensor, control: IterationControl) -> tuple[Te
         (Y, Z) (tuple[Tensor, Tensor]): Each ``(N, d, d)``: the best iterate of each block.
     """
     identity = batched_eye(B)
-    tracker = BestIterateTracker(control.tolerance)
+    tracker = BestIterateTracker(control.tolerance, control.stop_at_best)
     (precision, iterations), *refinement = control.phases()
 
     # Closed-form first iteration from Y_0 = B, Z_0 = I.
