@@ -1,0 +1,271 @@
+"""Times ``DistributedShampoo.step()`` for upstream and for DASH on a Llama-shaped parameter set.
+
+Every row builds a fresh optimizer over the same parameters, feeds the same random gradients,
+runs ``--warmup`` steps and then times ``--steps`` steps (device-synchronised), and reports the
+median step time, the peak memory, the speedup against upstream ``EigenConfig`` measured in the
+same run, and the accuracy of the inverse roots it computed: the relative Frobenius error of
+every inverse factor against the fp64 root of its bias-corrected factor matrix (median, 90th
+percentile and max; rank-deficient factors, e.g. of 1-D blocks after a few steps, have a null
+space that fp32 cannot resolve at epsilon 1e-10, so their error is ~1 for every fp32 solver).
+
+Presets (DESIGN.md section 4):
+    gpu: hidden 1024, 8 layers, FFN 2816, vocab 32000, max_preconditioner_dim 1024
+    cpu: hidden 128, 2 layers, FFN 352, vocab 512, max_preconditioner_dim 128 (about a minute)
+
+Usage:
+    python3 scripts/benchmark.py --preset cpu --out bench_out/step_cpu
+    python3 scripts/benchmark.py --preset gpu --precondition-frequency 10 --out bench_out/step_gpu
+"""
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from distributed_shampoo import (
+    AdamPreconditionerConfig,
+    CoupledNewtonConfig,
+    DistributedShampoo,
+    EigenConfig,
+    RootInvShampooPreconditionerConfig,
+)
+from distributed_shampoo.preconditioner.matrix_functions_types import RootInvConfig
+from distributed_shampoo.utils.shampoo_utils import unpack_upper_triangular
+
+import distributed_shampoo_dash as dash
+from distributed_shampoo_dash.solvers import MatmulPrecision
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A Llama-shaped parameter set and the optimizer's block size."""
+
+    hidden: int
+    layers: int
+    ffn: int
+    vocab: int
+    max_preconditioner_dim: int
+
+    def parameter_shapes(self) -> list[tuple[int, ...]]:
+        """Embedding, per layer (4 attention, 3 MLP, 2 norm weights), final norm, untied head."""
+        h, f = self.hidden, self.ffn
+        layer = [(h, h)] * 4 + [(f, h), (f, h), (h, f), (h,), (h,)]
+        return [(self.vocab, h), *layer * self.layers, (h,), (self.vocab, h)]
+
+
+PRESETS = {
+    "gpu": Preset(hidden=1024, layers=8, ffn=2816, vocab=32000, max_preconditioner_dim=1024),
+    "cpu": Preset(hidden=128, layers=2, ffn=352, vocab=512, max_preconditioner_dim=128),
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One benchmarked optimizer: a label, whether DASH is on, and the root-inverse solver."""
+
+    label: str
+    use_dash: bool
+    solver: RootInvConfig
+
+
+def rows() -> list[Row]:
+    """Upstream first (the reference for speedups), then DASH with each solver."""
+    return [
+        Row("upstream EigenConfig", False, EigenConfig()),
+        Row("DASH EigenConfig", True, EigenConfig()),
+        Row("DASH CoupledNewtonConfig", True, CoupledNewtonConfig()),
+        Row("DASH Newton-DB fp32 (k=10)", True, dash.NewtonDBRootInvConfig()),
+        Row(
+            "DASH Newton-DB fp16 (k=12)",
+            True,
+            dash.NewtonDBRootInvConfig(num_iterations=12, precision=MatmulPrecision.FP16),
+        ),
+        Row("DASH Chebyshev fp32 (degree 60)", True, dash.ChebyshevRootInvConfig()),
+    ]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_optimizer(
+    params: list[torch.nn.Parameter], row: Row, preset: Preset, precondition_frequency: int
+) -> DistributedShampoo:
+    """The DESIGN.md section 1 defaults (betas 0.9/0.95, Adam grafting 0.95/1e-8, epsilon 1e-10).
+
+    DASH is switched on or off for the row and stays so while the row's steps run.
+    """
+    dash.enable() if row.use_dash else dash.disable()
+    return DistributedShampoo(
+        params,
+        lr=1e-3,
+        betas=(0.9, 0.95),
+        epsilon=1e-10,
+        max_preconditioner_dim=preset.max_preconditioner_dim,
+        precondition_frequency=precondition_frequency,
+        start_preconditioning_step=precondition_frequency,
+        grafting_config=AdamPreconditionerConfig(beta2=0.95, epsilon=1e-8),
+        preconditioner_config=RootInvShampooPreconditionerConfig(
+            amortized_computation_config=row.solver
+        ),
+    )
+
+
+def root_errors(optimizer: DistributedShampoo, epsilon: float) -> list[float]:
+    """Relative Frobenius error of every inverse factor against the fp64 root of its factor."""
+    errors = []
+    for state_lists in optimizer._per_group_state_lists:
+        preconditioner_list = state_lists["shampoo_preconditioner_list"]
+        bias_correction2 = float(preconditioner_list._bias_correction2)
+        for block in preconditioner_list._masked_kronecker_factors_unwrapped:
+            for factor, inverse, root in zip(
+                block.factor_matrices, block.inv_factor_matrices, block.roots, strict=True
+            ):
+                matrix = block._unpack_matrix(factor).double() / bias_correction2
+                computed = block._unpack_matrix(inverse).double()
+                eigenvalues, eigenvectors = torch.linalg.eigh(
+                    matrix + epsilon * torch.eye(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
+                )
+                eigenvalues = eigenvalues.clamp_min(epsilon)
+                reference = (eigenvectors * eigenvalues.pow(-1.0 / root)) @ eigenvectors.T
+                errors.append(float(torch.linalg.norm(computed - reference) / torch.linalg.norm(reference)))
+    return errors
+
+
+def run_row(
+    row: Row, preset: Preset, args: argparse.Namespace, device: torch.device
+) -> dict[str, object]:
+    """Times one row; returns its measurements."""
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    params = [
+        torch.nn.Parameter(torch.randn(shape, generator=generator).mul_(0.02).to(device))
+        for shape in preset.parameter_shapes()
+    ]
+    optimizer = make_optimizer(params, row, preset, args.precondition_frequency)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for step in range(args.warmup + args.steps):
+        for param in params:
+            param.grad = torch.randn(param.shape, generator=generator).to(device)
+        synchronize(device)
+        start = time.perf_counter()
+        optimizer.step()
+        synchronize(device)
+        if step >= args.warmup:
+            times.append(time.perf_counter() - start)
+    errors = root_errors(optimizer, epsilon=1e-10)
+    shampoo_list = optimizer._per_group_state_lists[0]["shampoo_preconditioner_list"]
+    return {
+        "label": row.label,
+        "median_step_s": statistics.median(times),
+        "step_times_s": times,
+        "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+        "root_error_median": statistics.median(errors),
+        "root_error_p90": statistics.quantiles(errors, n=10)[-1],
+        "root_error_max": max(errors),
+        "num_factors": len(errors),
+        "fallbacks": dict(getattr(shampoo_list, "fallback_counts", {})),
+        "finite": all(bool(torch.isfinite(p).all()) for p in params),
+    }
+
+
+def markdown_table(results: list[dict[str, object]]) -> str:
+    reference = results[0]["median_step_s"]
+    lines = [
+        "| optimizer | median step (s) | speedup vs upstream Eigen | peak memory (GB) | root error median / p90 / max | fallbacks | finite |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        memory = result["peak_memory_bytes"]
+        lines.append(
+            f"| {result['label']} | {result['median_step_s']:.4f} | "
+            f"{reference / result['median_step_s']:.2f}x | "
+            f"{'-' if memory is None else f'{memory / 1e9:.2f}'} | "
+            f"{result['root_error_median']:.1e} / {result['root_error_p90']:.1e} / {result['root_error_max']:.1e} | "
+            f"{result['fallbacks'] or '-'} | {result['finite']} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(results: list[dict[str, object]], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed; no PNG written.")
+        return
+    labels = [str(result["label"]) for result in results]
+    times = [float(result["median_step_s"]) for result in results]
+    figure, axis = plt.subplots(figsize=(8, 0.5 * len(labels) + 1.5))
+    axis.barh(labels[::-1], times[::-1])
+    axis.set_xlabel("median optimizer step (s)")
+    axis.set_title(path.stem)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="gpu" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precondition-frequency", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--only", nargs="*", help="labels (substrings) of the rows to run; upstream Eigen always runs")
+    parser.add_argument("--out", type=Path, default=Path("bench_out/step"))
+    args = parser.parse_args()
+
+    preset, device = PRESETS[args.preset], torch.device(args.device)
+    selected = [
+        row
+        for index, row in enumerate(rows())
+        if index == 0 or not args.only or any(name in row.label for name in args.only)
+    ]
+    results: list[dict[str, object]] = []
+    failures: list[dict[str, str]] = []
+    for row in selected:
+        start = time.perf_counter()
+        try:
+            results.append(run_row(row, preset, args, device))
+        except Exception as exception:  # A solver that diverges on this preset is a result too.
+            print(f"{row.label}: failed with {type(exception).__name__}", flush=True)
+            failures.append({"label": row.label, "error": f"{type(exception).__name__}: {str(exception)[:160]}"})
+            continue
+        finally:
+            torch.set_printoptions(profile="default")
+        print(f"{row.label}: {results[-1]['median_step_s']:.4f} s/step ({time.perf_counter() - start:.1f} s)", flush=True)
+
+    table = markdown_table(results)
+    print(f"\npreset {args.preset} on {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, "
+          f"torch {torch.__version__}, roots every {args.precondition_frequency} step(s), "
+          f"{results[0]['num_factors']} factor matrices\n")
+    print(table)
+    for failure in failures:
+        print(f"| {failure['label']} | failed: {failure['error'].splitlines()[0]} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "preset": args.preset,
+                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                "torch": torch.__version__,
+                "precondition_frequency": args.precondition_frequency,
+                "results": results,
+                "failures": failures,
+            },
+            indent=2,
+        )
+    )
+    plot(results, args.out.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()
