@@ -50,16 +50,19 @@ def train(
     num_steps: int,
     seed: int = 0,
     skip_gradients: Callable[[int], set[str]] | None = None,
+    fixed_batch: bool = False,
 ) -> tuple[nn.Module, torch.optim.Optimizer, list[float]]:
     """Trains a fresh ``MixedShapeModel`` (seeded) for ``num_steps`` steps; returns model, optimizer, losses.
 
-    ``skip_gradients(step)`` names parameters whose gradient is set to ``None`` at that step.
+    ``skip_gradients(step)`` names parameters whose gradient is set to ``None`` at that step;
+    ``fixed_batch`` repeats the first batch every step (a task whose loss must fall).
     """
     torch.manual_seed(seed)
     model = MixedShapeModel()
     optimizer = make_optimizer(model)
     losses = []
-    for step, (images, tokens, targets) in enumerate(make_batches(num_steps, seed)):
+    batches = make_batches(1, seed) * num_steps if fixed_batch else make_batches(num_steps, seed)
+    for step, (images, tokens, targets) in enumerate(batches):
         optimizer.zero_grad()
         loss = nn.functional.mse_loss(model(images, tokens), targets)
         loss.backward()
