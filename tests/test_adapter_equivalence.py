@@ -49,7 +49,7 @@ def shampoo_factory(
 
 
 def max_parameter_difference(first: torch.nn.Module, second: torch.nn.Module) -> float:
-    return max(float((a - b).abs().max()) for a, b in zip(first.parameters(), second.parameters(), strict=True))
+    return max(float((a - b).detach().abs().max()) for a, b in zip(first.parameters(), second.parameters(), strict=True))
 
 
 @pytest.mark.parametrize(
