@@ -33,7 +33,6 @@ from distributed_shampoo import (
     RootInvShampooPreconditionerConfig,
 )
 from distributed_shampoo.preconditioner.matrix_functions_types import RootInvConfig
-from distributed_shampoo.utils.shampoo_utils import unpack_upper_triangular
 
 import distributed_shampoo_dash as dash
 from distributed_shampoo_dash.solvers import MatmulPrecision

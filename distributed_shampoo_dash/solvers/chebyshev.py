@@ -39,8 +39,7 @@ from distributed_shampoo_dash.solvers.common import (
     check_count,
     check_nonnegative,
     check_positive_root,
-    finite_blocks,
-    inverse_root_residual,
+    scaled_result,
 )
 from distributed_shampoo_dash.solvers.precision import MatmulPrecision, as_matmul_precision, batched_matmul
 from distributed_shampoo_dash.solvers.scaling import MULTI_POWER_ITERATION_SCALING, SpectralScaling
@@ -128,10 +127,5 @@ def chebyshev_inverse_root(
     S = add_to_diagonal(2.0 * scaled, -1.0)
     scaled_root = clenshaw(S, chebyshev_coefficients(degree, root, relative_epsilon), precision)
 
-    residual = inverse_root_residual(
-        add_to_diagonal(scaled, relative_epsilon), scaled_root, root, precision.full
-    )
-    inverse_root = (scaled_root * scale.pow(-1.0 / root)[:, None, None]).to(stack.dtype)
-    return InverseRootResult(
-        inverse_root, residual, finite_blocks(inverse_root, residual.unsqueeze(-1))
-    )
+    shifted = add_to_diagonal(scaled, relative_epsilon)
+    return scaled_result(stack, shifted, scaled_root, scale, root, precision.full)

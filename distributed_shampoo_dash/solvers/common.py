@@ -188,3 +188,30 @@ def finite_blocks(*stacks: Tensor) -> Tensor:
     for stack in stacks:
         finite = finite & torch.isfinite(stack).reshape(stack.shape[0], -1).all(dim=-1)
     return finite
+
+
+def scaled_result(
+    stack: Tensor,
+    scaled_matrix: Tensor,
+    scaled_root: Tensor,
+    scale: Tensor,
+    root: float,
+    precision: MatmulPrecision,
+) -> InverseRootResult:
+    """Result of an iterative solver that worked on ``B = A_e / s``.
+
+    Args:
+        stack (Tensor): The ``(N, d, d)`` input, for its dtype.
+        scaled_matrix (Tensor): ``B`` whose inverse root ``X_s ~ B^{-1/p}`` was computed.
+        scaled_root (Tensor): ``X_s``.
+        scale (Tensor): ``(N,)`` scales ``s``.
+        root (float): ``p``.
+        precision (MatmulPrecision): Precision of the residual products.
+
+    Returns:
+        result (InverseRootResult): ``X = s^{-1/p} X_s`` in ``stack.dtype`` with the residual
+        ``||X_s^p B - I||_F / sqrt(d)`` and the finiteness flags.
+    """
+    residual = inverse_root_residual(scaled_matrix, scaled_root, root, precision)
+    inverse_root = (scaled_root * scale.pow(-1.0 / root)[:, None, None]).to(stack.dtype)
+    return InverseRootResult(inverse_root, residual, finite_blocks(inverse_root, residual.unsqueeze(-1)))

@@ -16,7 +16,6 @@ stops when that error stops decreasing and keeps its best iterate. The returned 
 explicit ``||X_s^p B - I||_F / sqrt(d)`` with ``X_s = s^{1/p} X``.
 """
 
-import torch
 from torch import Tensor
 
 from distributed_shampoo_dash.solvers.common import (
@@ -26,8 +25,7 @@ from distributed_shampoo_dash.solvers.common import (
     batched_eye,
     check_integer_root,
     check_nonnegative,
-    finite_blocks,
-    inverse_root_residual,
+    scaled_result,
     matrix_power,
 )
 from distributed_shampoo_dash.solvers.iteration import BestIterateTracker, IterationControl
@@ -91,8 +89,4 @@ def coupled_newton_inverse_root(
                 break
     scaled_root, _ = tracker.best
 
-    residual = inverse_root_residual(scaled, scaled_root, root, control.precision.full)
-    inverse_root = (scaled_root * scale.pow(-1.0 / root)[:, None, None]).to(stack.dtype)
-    return InverseRootResult(
-        inverse_root, residual, finite_blocks(inverse_root, residual.unsqueeze(-1))
-    )
+    return scaled_result(stack, scaled, scaled_root, scale, root, control.precision.full)

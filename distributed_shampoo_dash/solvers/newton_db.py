@@ -23,7 +23,6 @@ and ``p = 1`` squares the inverse square root. Per block the residual ``||Z Y - 
 
 import math
 
-import torch
 from torch import Tensor
 
 from distributed_shampoo_dash.solvers.common import (
@@ -33,9 +32,8 @@ from distributed_shampoo_dash.solvers.common import (
     batched_eye,
     check_integer_root,
     check_nonnegative,
-    finite_blocks,
+    scaled_result,
     frobenius_norm,
-    inverse_root_residual,
 )
 from distributed_shampoo_dash.solvers.iteration import BestIterateTracker, IterationControl
 from distributed_shampoo_dash.solvers.precision import batched_matmul
@@ -142,8 +140,4 @@ def newton_db_inverse_root(
         else inverse_square_root
     )
 
-    residual = inverse_root_residual(scaled, scaled_root, root, control.precision.full)
-    inverse_root = (scaled_root * scale.pow(-1.0 / root)[:, None, None]).to(stack.dtype)
-    return InverseRootResult(
-        inverse_root, residual, finite_blocks(inverse_root, residual.unsqueeze(-1))
-    )
+    return scaled_result(stack, scaled, scaled_root, scale, root, control.precision.full)
