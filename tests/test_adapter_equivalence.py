@@ -12,16 +12,20 @@ pytestmark = pytest.mark.upstream
 distributed_shampoo = pytest.importorskip("distributed_shampoo")
 
 import distributed_shampoo_dash as dash  # noqa: E402
-from distributed_shampoo import (  # noqa: E402
-    AdamPreconditionerConfig,
-    CoupledNewtonConfig,
-    DistributedShampoo,
-    EigenConfig,
-    RootInvShampooPreconditionerConfig,
-)
+from distributed_shampoo import CoupledNewtonConfig, DistributedShampoo, EigenConfig  # noqa: E402
 from distributed_shampoo.preconditioner.matrix_functions_types import RootInvConfig  # noqa: E402
 
+from distributed_shampoo_dash.integration.preconditioner_list import (  # noqa: E402
+    bias_corrected_factor_matrix,
+)
+from distributed_shampoo_dash.solvers.scaling import SpectralScaling  # noqa: E402
 from tests.integration.models import train  # noqa: E402
+from tests.integration.shampoo import (  # noqa: E402
+    kronecker_factors,
+    max_parameter_difference,
+    preconditioner_list,
+    shampoo_factory,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -30,26 +34,12 @@ def dash_disabled_afterwards() -> Iterator[None]:
     dash.disable()
 
 
-def shampoo_factory(
-    solver: RootInvConfig, epsilon: float = 1e-8, **preconditioner_kwargs: object
-) -> Callable[[torch.nn.Module], DistributedShampoo]:
-    return lambda model: DistributedShampoo(
-        model.parameters(),
-        lr=0.01,
-        betas=(0.9, 0.95),
-        epsilon=epsilon,
-        max_preconditioner_dim=8,
-        precondition_frequency=1,
-        start_preconditioning_step=1,
-        grafting_config=AdamPreconditionerConfig(beta2=0.95, epsilon=1e-8),
-        preconditioner_config=RootInvShampooPreconditionerConfig(
-            amortized_computation_config=solver, **preconditioner_kwargs
-        ),
-    )
+def inverse_factors(optimizer: DistributedShampoo) -> list[torch.Tensor]:
+    return [inverse for factors in kronecker_factors(optimizer) for inverse in factors.inv_factor_matrices]
 
 
-def max_parameter_difference(first: torch.nn.Module, second: torch.nn.Module) -> float:
-    return max(float((a - b).detach().abs().max()) for a, b in zip(first.parameters(), second.parameters(), strict=True))
+def masked_linear_every_third_step(step: int) -> set[str]:
+    return {"linear.weight", "norm.bias"} if step % 3 == 1 else set()
 
 
 @pytest.mark.parametrize(
@@ -58,29 +48,81 @@ def max_parameter_difference(first: torch.nn.Module, second: torch.nn.Module) ->
     ids=["eigen", "coupled_newton"],
 )
 @pytest.mark.parametrize(
-    "preconditioner_kwargs",
-    [{}, {"use_symmetric_packing": False}, {"use_trace_scaling": True}, {"inverse_exponent_override": {2: 0.2}}],
-    ids=["packed", "unpacked", "trace_scaling", "override"],
+    "preconditioner_kwargs, train_kwargs",
+    [
+        ({}, {}),
+        ({"use_symmetric_packing": False}, {}),
+        ({"use_trace_scaling": True}, {}),
+        ({"inverse_exponent_override": {2: 0.2}}, {}),
+        ({}, {"skip_gradients": masked_linear_every_third_step}),
+    ],
+    ids=["packed", "unpacked", "trace_scaling", "override", "masked"],
 )
-def test_dash_matches_upstream_parameters_after_20_steps(
-    solver: RootInvConfig, epsilon: float, preconditioner_kwargs: dict[str, object]
+def test_dash_matches_upstream_inverse_factors_and_parameters_after_20_steps(
+    solver: RootInvConfig,
+    epsilon: float,
+    preconditioner_kwargs: dict[str, object],
+    train_kwargs: dict[str, object],
 ) -> None:
+    factory = shampoo_factory(solver, epsilon, **preconditioner_kwargs)
     dash.disable()
-    upstream_model, _, _ = train(shampoo_factory(solver, epsilon, **preconditioner_kwargs), num_steps=20)
+    upstream_model, upstream_optimizer, _ = train(factory, num_steps=20, **train_kwargs)
     dash.enable()
-    dash_model, dash_optimizer, _ = train(shampoo_factory(solver, epsilon, **preconditioner_kwargs), num_steps=20)
-    assert type(dash_optimizer._per_group_state_lists[0]["shampoo_preconditioner_list"]).__name__ == (
-        "BatchedRootInvShampooPreconditionerList"
-    )
+    dash_model, dash_optimizer, _ = train(factory, num_steps=20, **train_kwargs)
+
+    assert type(preconditioner_list(dash_optimizer)).__name__ == "BatchedRootInvShampooPreconditionerList"
     assert max_parameter_difference(upstream_model, dash_model) < 5e-4
+    for upstream_inverse, dash_inverse in zip(
+        inverse_factors(upstream_optimizer), inverse_factors(dash_optimizer), strict=True
+    ):
+        assert upstream_inverse.dtype == dash_inverse.dtype and upstream_inverse.shape == dash_inverse.shape
+        difference = torch.linalg.norm(upstream_inverse - dash_inverse) / torch.linalg.norm(upstream_inverse)
+        assert difference < 1e-3
 
 
-@pytest.mark.parametrize("solver", [dash.NewtonDBRootInvConfig(), dash.ChebyshevRootInvConfig()], ids=["newton_db", "chebyshev"])
-def test_dash_configs_train_the_model(solver: RootInvConfig) -> None:
+def fp64_reference_root(matrix: torch.Tensor, root: float, epsilon: float) -> torch.Tensor:
+    eigenvalues, eigenvectors = torch.linalg.eigh(matrix.double())
+    return (eigenvectors * (eigenvalues + epsilon).pow(-1.0 / root)) @ eigenvectors.mT
+
+
+@pytest.mark.parametrize(
+    "solver, max_error",
+    [
+        (dash.NewtonDBRootInvConfig(num_iterations=30, tolerance=1e-6, max_residual=1e-3), 1e-3),
+        (dash.ChebyshevRootInvConfig(degree=100, relative_epsilon=1e-2, max_residual=1e-3), 1e-3),
+    ],
+    ids=["newton_db", "chebyshev"],
+)
+def test_dash_configs_train_the_model_with_roots_of_the_promised_accuracy(
+    solver: dash.NewtonDBRootInvConfig | dash.ChebyshevRootInvConfig, max_error: float
+) -> None:
+    """Every inverse factor is within ``max_error`` of the fp64 root of its bias-corrected factor.
+
+    A root the solver computed has residual <= ``max_residual``, which bounds its relative error
+    by about ``max_residual sqrt(d) / p``; a rejected one was recomputed by eigh. Chebyshev roots
+    are those of ``A + epsilon I + delta s I`` (``s`` the config's spectral bound).
+    """
     dash.enable()
-    model, _, losses = train(shampoo_factory(solver), num_steps=30, fixed_batch=True)
+    epsilon = 1e-6
+    model, optimizer, losses = train(shampoo_factory(solver, epsilon), num_steps=30, fixed_batch=True)
     assert sum(losses[-5:]) < sum(losses[:5])
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+    bias_correction2 = preconditioner_list(optimizer)._bias_correction2
+    for factors in kronecker_factors(optimizer):
+        for factor_matrix, inverse, root in zip(
+            factors.factor_matrices, factors.inv_factor_matrices, factors.roots, strict=True
+        ):
+            matrix = bias_corrected_factor_matrix(factors, factor_matrix, bias_correction2)
+            matrix = matrix + epsilon * torch.eye(matrix.shape[0])
+            inverse = factors._unpack_matrix(inverse)
+            shift = 0.0
+            if isinstance(solver, dash.ChebyshevRootInvConfig):
+                scale: SpectralScaling = solver.scaling
+                shift = solver.relative_epsilon * float(scale.upper_bound(matrix.unsqueeze(0))[0])
+            reference = fp64_reference_root(matrix, root, shift)
+            error = torch.linalg.norm(inverse.double() - reference) / torch.linalg.norm(reference)
+            assert error < max_error
 
 
 def test_state_dict_has_the_same_layout_with_and_without_dash() -> None:

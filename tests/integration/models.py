@@ -45,24 +45,20 @@ def make_batches(num_steps: int, seed: int = 0) -> list[tuple[torch.Tensor, torc
     ]
 
 
-def train(
-    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
-    num_steps: int,
-    seed: int = 0,
+def run_steps(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    first_step: int = 0,
     skip_gradients: Callable[[int], set[str]] | None = None,
-    fixed_batch: bool = False,
-) -> tuple[nn.Module, torch.optim.Optimizer, list[float]]:
-    """Trains a fresh ``MixedShapeModel`` (seeded) for ``num_steps`` steps; returns model, optimizer, losses.
+) -> list[float]:
+    """Takes one optimizer step per batch; returns the losses.
 
-    ``skip_gradients(step)`` names parameters whose gradient is set to ``None`` at that step;
-    ``fixed_batch`` repeats the first batch every step (a task whose loss must fall).
+    ``skip_gradients(step)`` names parameters whose gradient is set to ``None`` at that step
+    (steps are numbered from ``first_step``).
     """
-    torch.manual_seed(seed)
-    model = MixedShapeModel()
-    optimizer = make_optimizer(model)
     losses = []
-    batches = make_batches(1, seed) * num_steps if fixed_batch else make_batches(num_steps, seed)
-    for step, (images, tokens, targets) in enumerate(batches):
+    for step, (images, tokens, targets) in enumerate(batches, start=first_step):
         optimizer.zero_grad()
         loss = nn.functional.mse_loss(model(images, tokens), targets)
         loss.backward()
@@ -72,4 +68,23 @@ def train(
                     parameter.grad = None
         optimizer.step()
         losses.append(loss.item())
-    return model, optimizer, losses
+    return losses
+
+
+def train(
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
+    num_steps: int,
+    seed: int = 0,
+    skip_gradients: Callable[[int], set[str]] | None = None,
+    fixed_batch: bool = False,
+) -> tuple[nn.Module, torch.optim.Optimizer, list[float]]:
+    """Trains a fresh ``MixedShapeModel`` (seeded) for ``num_steps`` steps; returns model, optimizer, losses.
+
+    ``skip_gradients`` is passed to :func:`run_steps`; ``fixed_batch`` repeats the first batch
+    every step (a task whose loss must fall).
+    """
+    torch.manual_seed(seed)
+    model = MixedShapeModel()
+    optimizer = make_optimizer(model)
+    batches = make_batches(1, seed) * num_steps if fixed_batch else make_batches(num_steps, seed)
+    return model, optimizer, run_steps(model, optimizer, batches, skip_gradients=skip_gradients)

@@ -1,0 +1,50 @@
+"""Optimizer factories and state accessors shared by the adapter tests (needs upstream)."""
+
+from collections.abc import Callable, Iterator
+
+import torch
+from distributed_shampoo import (
+    AdamPreconditionerConfig,
+    DistributedShampoo,
+    RootInvShampooPreconditionerConfig,
+)
+from distributed_shampoo.preconditioner.matrix_functions_types import RootInvConfig
+from distributed_shampoo.preconditioner.shampoo_preconditioner_list import (
+    RootInvShampooKroneckerFactorsUnwrapped,
+    RootInvShampooPreconditionerList,
+)
+
+
+def shampoo_factory(
+    solver: RootInvConfig, epsilon: float = 1e-8, **preconditioner_kwargs: object
+) -> Callable[[torch.nn.Module], DistributedShampoo]:
+    """``DistributedShampoo`` with blocks of at most 8, roots every step, Adam grafting."""
+    return lambda model: DistributedShampoo(
+        model.parameters(),
+        lr=0.01,
+        betas=(0.9, 0.95),
+        epsilon=epsilon,
+        max_preconditioner_dim=8,
+        precondition_frequency=1,
+        start_preconditioning_step=1,
+        grafting_config=AdamPreconditionerConfig(beta2=0.95, epsilon=1e-8),
+        preconditioner_config=RootInvShampooPreconditionerConfig(
+            amortized_computation_config=solver, **preconditioner_kwargs
+        ),
+    )
+
+
+def max_parameter_difference(first: torch.nn.Module, second: torch.nn.Module) -> float:
+    return max(
+        float((a - b).detach().abs().max())
+        for a, b in zip(first.parameters(), second.parameters(), strict=True)
+    )
+
+
+def preconditioner_list(optimizer: DistributedShampoo, group: int = 0) -> RootInvShampooPreconditionerList:
+    return optimizer._per_group_state_lists[group]["shampoo_preconditioner_list"]
+
+
+def kronecker_factors(optimizer: DistributedShampoo) -> Iterator[RootInvShampooKroneckerFactorsUnwrapped]:
+    """Every block's unwrapped Kronecker factors (all blocks, masked or not), param group 0."""
+    yield from preconditioner_list(optimizer)._local_kronecker_factors_unwrapped

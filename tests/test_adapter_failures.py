@@ -1,0 +1,216 @@
+"""Failure handling: upstream's per-block error semantics hold with DASH, and DASH configs fall back per block."""
+
+import logging
+from collections.abc import Callable, Iterator
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.upstream
+distributed_shampoo = pytest.importorskip("distributed_shampoo")
+
+import distributed_shampoo_dash as dash  # noqa: E402
+from distributed_shampoo import DistributedShampoo, EigenConfig  # noqa: E402
+from distributed_shampoo.shampoo_types import PreconditionerValueError  # noqa: E402
+
+from distributed_shampoo_dash.integration import solve  # noqa: E402
+from distributed_shampoo_dash.integration.preconditioner_list import (  # noqa: E402
+    bias_corrected_factor_matrix,
+)
+from distributed_shampoo_dash.solvers import InverseRootResult, eigh_inverse_root  # noqa: E402
+from tests.integration.models import MixedShapeModel, make_batches, run_steps  # noqa: E402
+from tests.integration.shampoo import kronecker_factors, preconditioner_list, shampoo_factory  # noqa: E402
+
+EPSILON = 1e-6
+#: A converging Newton-DB that accepts any finite root, so only injected failures are rejected.
+NEWTON_DB = {"num_iterations": 30, "tolerance": 1e-6, "max_residual": None}
+#: Factor dimension whose Newton-DB roots the tests corrupt (the linear layer's 5-column blocks).
+CORRUPTED_DIM = 5
+
+
+@pytest.fixture(autouse=True)
+def dash_disabled_afterwards() -> Iterator[None]:
+    yield
+    dash.disable()
+
+
+def fresh_model_and_optimizer(
+    make_optimizer: Callable[[torch.nn.Module], DistributedShampoo],
+) -> tuple[torch.nn.Module, DistributedShampoo]:
+    torch.manual_seed(0)
+    model = MixedShapeModel()
+    return model, make_optimizer(model)
+
+
+def failure_counters(optimizer: DistributedShampoo) -> list[int]:
+    return [factors._failed_amortized_computation_counter for factors in kronecker_factors(optimizer)]
+
+
+def run_failure_sequence(failing_steps: set[int], num_steps: int, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Steps with every ``eigh`` failing at ``failing_steps``; records outcome and counters per step."""
+    original_eigh = torch.linalg.eigh
+    current_step = 0
+
+    def scheduled_eigh(*args: object, **kwargs: object) -> object:
+        if current_step in failing_steps:
+            raise torch.linalg.LinAlgError("injected eigh failure")
+        return original_eigh(*args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "eigh", scheduled_eigh)
+    model, optimizer = fresh_model_and_optimizer(shampoo_factory(EigenConfig(), EPSILON))
+    record: list[object] = []
+    for current_step, batch in enumerate(make_batches(num_steps)):
+        try:
+            run_steps(model, optimizer, [batch])
+        except ValueError as error:
+            record.append(("raised", type(error).__name__, str(error).split(". ")[0]))
+            break
+        record.append(("ok", failure_counters(optimizer), [p.detach().clone() for p in model.parameters()]))
+    monkeypatch.setattr(torch.linalg, "eigh", original_eigh)
+    return record
+
+
+def test_failure_tolerance_sequence_is_upstreams(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three failed root computations are tolerated, a success resets the count, the fourth raises."""
+    failing_steps = {2, 3, 4, 6, 7, 8, 9}
+    dash.disable()
+    upstream = run_failure_sequence(failing_steps, num_steps=12, monkeypatch=monkeypatch)
+    dash.enable()
+    with_dash = run_failure_sequence(failing_steps, num_steps=12, monkeypatch=monkeypatch)
+
+    assert len(upstream) == len(with_dash) == 10
+    assert upstream[-1] == with_dash[-1]
+    assert upstream[-1][:2] == ("raised", "ValueError")
+    assert "exceeded the allowed tolerance" in upstream[-1][2]
+    for (_, upstream_counters, upstream_params), (_, dash_counters, dash_params) in zip(
+        upstream[:-1], with_dash[:-1], strict=True
+    ):
+        assert upstream_counters == dash_counters
+        for upstream_param, dash_param in zip(upstream_params, dash_params, strict=True):
+            torch.testing.assert_close(dash_param, upstream_param, rtol=1e-4, atol=5e-4)
+    assert max(with_dash[4][1]) == 3 and max(with_dash[5][1]) == 0
+
+
+def test_non_finite_factor_raises_upstreams_error() -> None:
+    def run() -> None:
+        model, optimizer = fresh_model_and_optimizer(shampoo_factory(EigenConfig(), EPSILON))
+        run_steps(model, optimizer, make_batches(1))
+        images, tokens, targets = make_batches(1)[0]
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(images, tokens), targets).backward()
+        model.linear.weight.grad[0, 0] = float("inf")
+        optimizer.step()
+
+    dash.disable()
+    with pytest.raises(PreconditionerValueError, match="Encountered nan/inf values in factor matrix") as upstream:
+        run()
+    dash.enable()
+    with pytest.raises(PreconditionerValueError, match="Encountered nan/inf values in factor matrix") as with_dash:
+        run()
+    assert str(with_dash.value).split("!")[0] == str(upstream.value).split("!")[0]
+
+
+def corrupt_newton_db_roots_of_dim(dim: int, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Makes Newton-DB return non-finite roots for every ``(dim, dim)`` factor; counts its calls on them."""
+    original = solve.newton_db_inverse_root
+    corrupted_calls = [0]
+
+    def corrupting(A: torch.Tensor, *args: object, **kwargs: object) -> InverseRootResult:
+        result = original(A, *args, **kwargs)
+        if A.shape[-1] != dim:
+            return result
+        corrupted_calls[0] += 1
+        nan = torch.full_like(result.inverse_root, float("nan"))
+        return InverseRootResult(nan, result.residual, torch.zeros_like(result.is_finite))
+
+    monkeypatch.setattr(solve, "newton_db_inverse_root", corrupting)
+    return corrupted_calls
+
+
+def factor_matrices_and_inverses(
+    optimizer: DistributedShampoo,
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, float]]:
+    """``(block index, bias-corrected factor, unpacked inverse factor, root)`` for every factor."""
+    bias_correction2 = preconditioner_list(optimizer)._bias_correction2
+    for block_index, factors in enumerate(kronecker_factors(optimizer)):
+        for factor_matrix, inverse, root in zip(
+            factors.factor_matrices, factors.inv_factor_matrices, factors.roots, strict=True
+        ):
+            matrix = bias_corrected_factor_matrix(factors, factor_matrix, bias_correction2)
+            yield block_index, matrix, factors._unpack_matrix(inverse), root
+
+
+def twin_runs(
+    config: dash.NewtonDBRootInvConfig,
+    monkeypatch: pytest.MonkeyPatch,
+    clean_steps: int,
+    corrupted_steps: int,
+) -> tuple[DistributedShampoo, DistributedShampoo, torch.nn.Module, list[torch.Tensor]]:
+    """Two identical runs, the second with corrupted roots for its last ``corrupted_steps`` steps.
+
+    Returns the optimizer that was never corrupted (after ``clean_steps + corrupted_steps``
+    steps), the corrupted run's optimizer and model, and its unpacked inverse factors as they
+    were before the corruption.
+    """
+    dash.enable()
+    batches = make_batches(clean_steps + corrupted_steps)
+    clean_model, clean_optimizer = fresh_model_and_optimizer(shampoo_factory(config, EPSILON))
+    run_steps(clean_model, clean_optimizer, batches)
+    model, optimizer = fresh_model_and_optimizer(shampoo_factory(config, EPSILON))
+    run_steps(model, optimizer, batches[:clean_steps])
+    before = [inverse.clone() for _, _, inverse, _ in factor_matrices_and_inverses(optimizer)]
+    corrupt_newton_db_roots_of_dim(CORRUPTED_DIM, monkeypatch)
+    run_steps(model, optimizer, batches[clean_steps:])
+    return clean_optimizer, optimizer, model, before
+
+
+def test_rejected_roots_fall_back_to_eigh_for_those_blocks_alone(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = dash.NewtonDBRootInvConfig(**NEWTON_DB)
+    with caplog.at_level(logging.WARNING):
+        clean, optimizer, model, _ = twin_runs(config, monkeypatch, clean_steps=2, corrupted_steps=1)
+
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    assert "recomputing by eigh" in caplog.text
+    corrupted = 0
+    for (_, matrix, inverse, root), (_, _, clean_inverse, _) in zip(
+        factor_matrices_and_inverses(optimizer), factor_matrices_and_inverses(clean), strict=True
+    ):
+        if matrix.shape[-1] == CORRUPTED_DIM:
+            corrupted += 1
+            expected = eigh_inverse_root(matrix, root, epsilon=EPSILON).inverse_root[0]
+            torch.testing.assert_close(inverse, expected, rtol=1e-5, atol=1e-5)
+        else:
+            assert torch.equal(inverse, clean_inverse)
+    assert corrupted > 0
+    assert preconditioner_list(optimizer).fallback_counts["eigh"] == corrupted
+    assert failure_counters(optimizer) == [0] * len(failure_counters(optimizer))
+
+
+def test_rejected_roots_without_fallback_keep_the_previous_inverse_and_count_failures(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = dash.NewtonDBRootInvConfig(fallback_to_eigh=False, **NEWTON_DB)
+    clean, optimizer, model, before = twin_runs(config, monkeypatch, clean_steps=2, corrupted_steps=1)
+
+    affected_blocks = set()
+    for (block_index, matrix, inverse, _), (_, _, clean_inverse, _), old in zip(
+        factor_matrices_and_inverses(optimizer), factor_matrices_and_inverses(clean), before, strict=True
+    ):
+        if matrix.shape[-1] == CORRUPTED_DIM:
+            affected_blocks.add(block_index)
+            assert torch.equal(inverse, old)
+        else:
+            assert torch.equal(inverse, clean_inverse)
+    assert 0 < len(affected_blocks) < len(failure_counters(optimizer))
+    assert failure_counters(optimizer) == [
+        int(block_index in affected_blocks) for block_index in range(len(failure_counters(optimizer)))
+    ]
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+    batches = make_batches(3, seed=1)
+    run_steps(model, optimizer, batches[:2])
+    assert max(failure_counters(optimizer)) == 3
+    with pytest.raises(ValueError, match="exceeded the allowed tolerance"):
+        run_steps(model, optimizer, batches[2:])

@@ -1,0 +1,96 @@
+"""What DASH batches and what it leaves to upstream's per-block path, unchanged."""
+
+from collections.abc import Iterator
+from unittest import mock
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.upstream
+distributed_shampoo = pytest.importorskip("distributed_shampoo")
+
+import distributed_shampoo_dash as dash  # noqa: E402
+from distributed_shampoo import (  # noqa: E402
+    CoupledHigherOrderConfig,
+    EigenConfig,
+    PseudoInverseConfig,
+)
+from distributed_shampoo.preconditioner import shampoo_preconditioner_list  # noqa: E402
+from distributed_shampoo.preconditioner.matrix_functions_types import RootInvConfig  # noqa: E402
+
+from distributed_shampoo_dash.integration import solve  # noqa: E402
+from distributed_shampoo_dash.solvers import eigh_inverse_root  # noqa: E402
+from tests.integration.models import train  # noqa: E402
+from tests.integration.shampoo import preconditioner_list, shampoo_factory  # noqa: E402
+
+NUM_STEPS = 6
+
+
+@pytest.fixture(autouse=True)
+def dash_disabled_afterwards() -> Iterator[None]:
+    yield
+    dash.disable()
+
+
+@pytest.mark.parametrize(
+    "solver, epsilon",
+    [
+        (EigenConfig(rank_deficient_stability_config=PseudoInverseConfig()), 0.0),
+        (CoupledHigherOrderConfig(rel_epsilon=1e-4, abs_epsilon=1e-6), 1e-8),
+    ],
+    ids=["pseudo_inverse", "coupled_higher_order"],
+)
+def test_configs_dash_does_not_batch_give_upstreams_results_exactly(solver: RootInvConfig, epsilon: float) -> None:
+    dash.disable()
+    upstream_model, _, _ = train(shampoo_factory(solver, epsilon), num_steps=NUM_STEPS)
+    dash.enable()
+    with mock.patch.object(solve, "solve_stack", wraps=solve.solve_stack) as batched_solver:
+        dash_model, dash_optimizer, _ = train(shampoo_factory(solver, epsilon), num_steps=NUM_STEPS)
+
+    batched_solver.assert_not_called()
+    assert preconditioner_list(dash_optimizer).fallback_counts["replayed"] > 0
+    for upstream_param, dash_param in zip(upstream_model.parameters(), dash_model.parameters(), strict=True):
+        assert torch.equal(upstream_param, dash_param)
+
+
+def test_a_mocked_matrix_inverse_root_is_called_per_factor_as_upstream_does() -> None:
+    def count_calls() -> int:
+        with mock.patch.object(
+            shampoo_preconditioner_list,
+            "matrix_inverse_root",
+            wraps=shampoo_preconditioner_list.matrix_inverse_root,
+        ) as mocked:
+            train(shampoo_factory(EigenConfig()), num_steps=2)
+        return mocked.call_count
+
+    dash.disable()
+    upstream_calls = count_calls()
+    dash.enable()
+    assert count_calls() == upstream_calls > 0
+
+
+def test_newton_db_hands_roots_it_cannot_reach_to_batched_eigh() -> None:
+    stack = torch.randn(3, 6, 6, dtype=torch.float64)
+    stack = stack @ stack.mT
+    config = dash.NewtonDBRootInvConfig()
+    result = solve.solve_stack(config, stack, 6.0, 1e-6)
+    expected = eigh_inverse_root(stack, 6.0, epsilon=1e-6)
+    torch.testing.assert_close(result.inverse_root, expected.inverse_root)
+
+
+def test_newton_db_trains_a_3d_parameter_whose_blocks_need_root_6() -> None:
+    dash.enable()
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(4, 5, 6))
+    target = torch.randn(4, 5, 6)
+    optimizer = shampoo_factory(dash.NewtonDBRootInvConfig())(torch.nn.ParameterList([weight]))
+    losses = []
+    for _ in range(10):
+        optimizer.zero_grad()
+        loss = (weight - target).square().sum()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    factors = preconditioner_list(optimizer)._local_kronecker_factors_unwrapped[0]
+    assert factors.roots == (6.0, 6.0, 6.0)
+    assert losses[-1] < losses[0] and bool(torch.isfinite(weight).all())
