@@ -15,7 +15,7 @@ from distributed_shampoo.shampoo_types import PreconditionerValueError  # noqa: 
 
 from distributed_shampoo_dash.integration import solve  # noqa: E402
 from distributed_shampoo_dash.integration.preconditioner_list import (  # noqa: E402
-    bias_corrected_factor_matrix,
+    bias_corrected_factor_stack,
 )
 from distributed_shampoo_dash.solvers import InverseRootResult, eigh_inverse_root  # noqa: E402
 from tests.integration.models import MixedShapeModel, make_batches, run_steps  # noqa: E402
@@ -136,7 +136,7 @@ def factor_matrices_and_inverses(
         for factor_matrix, inverse, root in zip(
             factors.factor_matrices, factors.inv_factor_matrices, factors.roots, strict=True
         ):
-            matrix = bias_corrected_factor_matrix(factors, factor_matrix, bias_correction2)
+            matrix = bias_corrected_factor_stack(factors, [factor_matrix], bias_correction2)[0]
             yield block_index, matrix, factors._unpack_matrix(inverse), root
 
 

@@ -1,12 +1,12 @@
 """Group, stack and unstack lists of same-shape tensors.
 
 Example: matrices ``[A0 (128x128, p=4), A1 (64x64, p=2), A2 (128x128, p=4)]`` with keys
-``InverseRootKey.of(A, p)`` give the groups ``{(128, 4, f32): [0, 2], (64, 2, f32): [1]}``; the
+``InverseRootKey(d, p, dtype)`` give the groups ``{(128, 4, f32): [0, 2], (64, 2, f32): [1]}``; the
 first stack is ``torch.stack([A0, A2])`` of shape ``(2, 128, 128)``, and its rows are written
 back into the tensors at positions 0 and 2.
 """
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -30,11 +30,6 @@ class InverseRootKey:
     root: float
     dtype: torch.dtype
 
-    @classmethod
-    def of(cls, matrix: Tensor, root: float) -> "InverseRootKey":
-        """Key of a ``(d, d)`` ``matrix`` whose inverse ``root``-th root is wanted."""
-        return cls(dim=matrix.shape[-1], root=float(root), dtype=matrix.dtype)
-
 
 def group_indices(keys: Sequence[_Key]) -> dict[_Key, list[int]]:
     """Positions of equal keys, groups ordered by first appearance, positions ascending."""
@@ -44,28 +39,35 @@ def group_indices(keys: Sequence[_Key]) -> dict[_Key, list[int]]:
     return groups
 
 
+def chunked(positions: Sequence[int], item_bytes: int, max_stack_bytes: int) -> Iterator[list[int]]:
+    """Splits a group into consecutive chunks whose stacks hold at most ``max_stack_bytes``.
+
+    A chunk holds at least one item, so an item larger than the budget is a chunk of its own.
+
+    Args:
+        positions (Sequence[int]): The group.
+        item_bytes (int): Bytes of one stacked item, e.g. ``d * d * 4`` for a float32 matrix.
+        max_stack_bytes (int): Budget of one stack.
+    """
+    size = max(1, max_stack_bytes // max(item_bytes, 1))
+    for start in range(0, len(positions), size):
+        yield list(positions[start : start + size])
+
+
 def stack_group(tensors: Sequence[Tensor], positions: Sequence[int]) -> Tensor:
     """``(N, *shape)`` stack of ``tensors[i]`` for ``i`` in ``positions`` (all of one shape)."""
     return torch.stack([tensors[i] for i in positions])
 
 
-def write_back(
-    stack: Tensor,
-    targets: Sequence[Tensor],
-    positions: Sequence[int],
-    transform: Callable[[Tensor, Tensor], Tensor] | None = None,
-) -> None:
-    """Copies row ``j`` of ``stack`` into ``targets[positions[j]]`` in place (``copy_``).
+def write_back(stack: Tensor, targets: Sequence[Tensor], positions: Sequence[int]) -> None:
+    """Copies row ``j`` of ``stack`` into ``targets[positions[j]]`` in place, in one foreach copy.
 
-    Targets keep their identity (optimizer state stays the same tensors), their dtype and device.
+    Targets keep their identity (optimizer state stays the same tensors), dtype and device.
 
     Args:
-        stack (Tensor): ``(N, ...)`` results.
+        stack (Tensor): ``(N, ...)`` results, each row of its target's shape.
         targets (Sequence[Tensor]): The tensors to write into.
         positions (Sequence[int]): ``N`` positions into ``targets``.
-        transform (Callable[[Tensor, Tensor], Tensor] | None): Maps ``(row, target)`` to the value
-            to copy, e.g. to pack a symmetric matrix; ``None`` copies the row. (Default: None)
     """
-    for row, position in zip(stack.unbind(0), positions, strict=True):
-        target = targets[position]
-        target.copy_(row if transform is None else transform(row, target))
+    if positions:
+        torch._foreach_copy_([targets[i] for i in positions], list(stack.unbind(0)))

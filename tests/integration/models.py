@@ -10,10 +10,11 @@ BATCH, CHANNELS, HEIGHT, VOCAB, SEQUENCE = 4, 3, 6, 11, 5
 
 
 class MixedShapeModel(nn.Module):
-    """A model whose parameters cover 1-D, 2-D (with remainder blocks), 4-D and embedding shapes.
+    """A model whose parameters cover 1-D, 2-D (with remainder blocks), 3-D, 4-D and embedding shapes.
 
-    With ``max_preconditioner_dim=8``: the conv weight (5, 3, 3, 3) gives 4-D blocks, the linear
-    weight (12, 21) gives 8x8, 8x5, 4x8 and 4x5 blocks, norms give 1-D blocks.
+    With ``max_preconditioner_dim=8``: the conv weight (5, 3, 3, 3) gives a 4-D block, the
+    ``mixing`` tensor (3, 4, 7) a 3-D block, the linear weight (12, 21) gives 8x8, 8x5, 4x8 and
+    4x5 blocks, norms and biases give 1-D blocks.
     """
 
     def __init__(self) -> None:
@@ -23,13 +24,15 @@ class MixedShapeModel(nn.Module):
         self.norm = nn.LayerNorm(5 * 4 * 4 // 4)
         self.linear = nn.Linear(21, 12)
         self.head = nn.Linear(12, 3, bias=False)
+        self.mixing = nn.Parameter(0.1 * torch.randn(3, 4, 7))
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         features = torch.relu(self.conv(images)).flatten(1)  # (B, 80)
         features = self.norm(features.view(features.shape[0], 4, 20)).flatten(1)[:, :15]
         embedded = self.embedding(tokens).mean(dim=1)  # (B, 6)
         hidden = torch.tanh(self.linear(torch.cat([features, embedded], dim=1)))
-        return self.head(hidden)
+        mixed = torch.einsum("bk,ijk->bij", hidden[:, :7], self.mixing).mean(dim=-1)  # (B, 3)
+        return self.head(hidden) + mixed
 
 
 def make_batches(num_steps: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:

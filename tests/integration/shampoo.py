@@ -16,7 +16,10 @@ from distributed_shampoo.preconditioner.shampoo_preconditioner_list import (
 
 
 def shampoo_factory(
-    solver: RootInvConfig, epsilon: float = 1e-8, **preconditioner_kwargs: object
+    solver: RootInvConfig,
+    epsilon: float = 1e-8,
+    optimizer_kwargs: dict[str, object] | None = None,
+    **preconditioner_kwargs: object,
 ) -> Callable[[torch.nn.Module], DistributedShampoo]:
     """``DistributedShampoo`` with blocks of at most 8, roots every step, Adam grafting."""
     return lambda model: DistributedShampoo(
@@ -31,6 +34,7 @@ def shampoo_factory(
         preconditioner_config=RootInvShampooPreconditionerConfig(
             amortized_computation_config=solver, **preconditioner_kwargs
         ),
+        **(optimizer_kwargs or {}),
     )
 
 

@@ -1,0 +1,164 @@
+"""The whole step on stacks: same optimizer as upstream, constant host syncs, no stale state, PT2."""
+
+import copy
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+pytestmark = pytest.mark.upstream
+distributed_shampoo = pytest.importorskip("distributed_shampoo")
+
+import torch.distributed.checkpoint as dcp  # noqa: E402
+
+import distributed_shampoo_dash as dash  # noqa: E402
+from distributed_shampoo import (  # noqa: E402
+    AdamPreconditionerConfig,
+    DistributedShampoo,
+    EigenConfig,
+    RootInvShampooPreconditionerConfig,
+    ShampooPT2CompileConfig,
+)
+
+from tests.integration.models import MixedShapeModel, make_batches, run_steps, train  # noqa: E402
+from tests.integration.shampoo import kronecker_factors, max_parameter_difference, shampoo_factory  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def dash_disabled_afterwards() -> Iterator[None]:
+    yield
+    dash.disable()
+
+
+def masked_every_fourth_step(step: int) -> set[str]:
+    return {"linear.weight", "mixing", "norm.weight"} if step % 4 == 2 else set()
+
+
+@pytest.mark.parametrize("use_symmetric_packing", [True, False], ids=["packed", "unpacked"])
+@pytest.mark.parametrize("precondition_frequency", [1, 10], ids=["roots_every_step", "roots_every_10"])
+def test_dash_step_matches_upstream_over_50_steps_with_masked_blocks(
+    use_symmetric_packing: bool, precondition_frequency: int
+) -> None:
+    def factory(model: torch.nn.Module) -> DistributedShampoo:
+        return DistributedShampoo(
+            model.parameters(),
+            lr=0.01,
+            betas=(0.9, 0.95),
+            epsilon=1e-8,
+            max_preconditioner_dim=8,
+            precondition_frequency=precondition_frequency,
+            start_preconditioning_step=1 if precondition_frequency == 1 else 10,
+            grafting_config=AdamPreconditionerConfig(beta2=0.95, epsilon=1e-8),
+            preconditioner_config=RootInvShampooPreconditionerConfig(
+                amortized_computation_config=EigenConfig(), use_symmetric_packing=use_symmetric_packing
+            ),
+        )
+
+    dash.disable()
+    upstream_model, upstream_optimizer, _ = train(factory, 50, skip_gradients=masked_every_fourth_step)
+    dash.enable()
+    dash_model, dash_optimizer, _ = train(factory, 50, skip_gradients=masked_every_fourth_step)
+
+    orders = {len(factors.factor_matrices) for factors in kronecker_factors(dash_optimizer)}
+    assert {1, 2, 3} <= orders
+    assert max_parameter_difference(upstream_model, dash_model) < 5e-4
+    for upstream_factors, dash_factors in zip(
+        kronecker_factors(upstream_optimizer), kronecker_factors(dash_optimizer), strict=True
+    ):
+        for upstream_factor, dash_factor in zip(
+            upstream_factors.factor_matrices, dash_factors.factor_matrices, strict=True
+        ):
+            assert upstream_factor.shape == dash_factor.shape
+            difference = torch.linalg.norm(dash_factor - upstream_factor)
+            assert difference <= 1e-3 * torch.linalg.norm(upstream_factor) + 1e-8
+
+
+class SyncCounter(TorchDispatchMode):
+    """Counts device-to-host reads (``aten._local_scalar_dense``) while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def syncs_per_step(max_preconditioner_dim: int) -> tuple[int, int]:
+    """(blocks, host syncs of one step with a root computation) for the mixed-shape model."""
+    torch.manual_seed(0)
+    model = MixedShapeModel()
+    optimizer = DistributedShampoo(
+        model.parameters(),
+        lr=0.01,
+        betas=(0.9, 0.95),
+        epsilon=1e-8,
+        max_preconditioner_dim=max_preconditioner_dim,
+        precondition_frequency=1,
+        start_preconditioning_step=1,
+        grafting_config=AdamPreconditionerConfig(beta2=0.95, epsilon=1e-8),
+        preconditioner_config=RootInvShampooPreconditionerConfig(amortized_computation_config=EigenConfig()),
+    )
+    batches = make_batches(2)
+    run_steps(model, optimizer, batches[:1])
+    with SyncCounter() as counter:
+        run_steps(model, optimizer, batches[1:])
+    return len(list(kronecker_factors(optimizer))), counter.count
+
+
+def test_host_syncs_per_step_do_not_grow_with_the_number_of_blocks() -> None:
+    dash.disable()
+    (few_blocks, upstream_few), (many_blocks, upstream_many) = syncs_per_step(8), syncs_per_step(3)
+    dash.enable()
+    (_, dash_few), (_, dash_many) = syncs_per_step(8), syncs_per_step(3)
+
+    assert many_blocks > 2 * few_blocks
+    assert upstream_many > upstream_few  # upstream reads flags once per factor
+    assert dash_few == dash_many  # once per param group (plus the step's own constant reads)
+    assert dash_many < upstream_many
+
+
+def test_loading_into_a_running_optimizer_leaves_no_stale_state(tmp_path: torch.types.FileLike) -> None:
+    """``load_state_dict`` and a bare ``dcp.load`` into a running optimizer, then steps: as fresh."""
+    dash.enable()
+    factory = shampoo_factory(EigenConfig())
+    batches = make_batches(12)
+
+    source_model, source_optimizer, _ = train(factory, 4)
+    checkpoint_model = copy.deepcopy(source_model.state_dict())
+    checkpoint_optimizer = copy.deepcopy(source_optimizer.state_dict())
+    dcp.save({"optimizer": source_optimizer.state_dict()}, checkpoint_id=tmp_path)
+
+    def from_checkpoint(load: str) -> torch.nn.Module:
+        model, optimizer, _ = train(factory, 6, seed=1)  # a running optimizer with other state
+        model.load_state_dict(checkpoint_model)
+        if load == "load_state_dict":
+            optimizer.load_state_dict(copy.deepcopy(checkpoint_optimizer))
+        elif load == "dcp":
+            dcp.load({"optimizer": optimizer.state_dict()}, checkpoint_id=tmp_path)
+        else:
+            model, optimizer = MixedShapeModel(), None
+            model.load_state_dict(checkpoint_model)
+            optimizer = factory(model)
+            optimizer.load_state_dict(copy.deepcopy(checkpoint_optimizer))
+        run_steps(model, optimizer, batches[4:])
+        return model
+
+    fresh = from_checkpoint("fresh")
+    for load in ("load_state_dict", "dcp"):
+        for loaded, expected in zip(from_checkpoint(load).parameters(), fresh.parameters(), strict=True):
+            assert torch.equal(loaded, expected), load
+
+
+def test_pt2_compiled_step_works_with_dash() -> None:
+    compiled = shampoo_factory(
+        EigenConfig(), optimizer_kwargs={"shampoo_pt2_compile_config": ShampooPT2CompileConfig()}
+    )
+    dash.enable()
+    eager_model, _, _ = train(shampoo_factory(EigenConfig()), 4)
+    compiled_model, _, losses = train(compiled, 4)
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert max_parameter_difference(eager_model, compiled_model) < 1e-4
