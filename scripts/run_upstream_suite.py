@@ -24,9 +24,9 @@ import os
 import subprocess
 import sys
 import tempfile
-import xml.etree.ElementTree as ElementTree
 from collections import Counter
 from pathlib import Path
+from xml.etree import ElementTree
 
 from distributed_shampoo_dash.environment import ENVIRONMENT_VARIABLE
 

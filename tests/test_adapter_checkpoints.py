@@ -9,11 +9,11 @@ import torch
 pytestmark = pytest.mark.upstream
 distributed_shampoo = pytest.importorskip("distributed_shampoo")
 
-import distributed_shampoo_dash as dash  # noqa: E402
-from distributed_shampoo import DistributedShampoo, EigenConfig  # noqa: E402
+from distributed_shampoo import DistributedShampoo, EigenConfig
 
-from tests.integration.models import MixedShapeModel, make_batches, run_steps  # noqa: E402
-from tests.integration.shampoo import shampoo_factory  # noqa: E402
+import distributed_shampoo_dash as dash
+from tests.integration.models import MixedShapeModel, make_batches, run_steps
+from tests.integration.shampoo import shampoo_factory
 
 CHECKPOINT_STEP, TOTAL_STEPS = 5, 10
 FACTORY = shampoo_factory(EigenConfig(), epsilon=1e-8)

@@ -11,16 +11,16 @@ import torch
 pytestmark = pytest.mark.upstream
 distributed_shampoo = pytest.importorskip("distributed_shampoo")
 
-import distributed_shampoo_dash as dash  # noqa: E402
-from distributed_shampoo import CoupledNewtonConfig, DistributedShampoo, EigenConfig  # noqa: E402
-from distributed_shampoo.preconditioner.matrix_functions_types import RootInvConfig  # noqa: E402
+from distributed_shampoo import CoupledNewtonConfig, DistributedShampoo, EigenConfig
+from distributed_shampoo.preconditioner.matrix_functions_types import RootInvConfig
 
-from distributed_shampoo_dash.integration.preconditioner_list import (  # noqa: E402
+import distributed_shampoo_dash as dash
+from distributed_shampoo_dash.integration.preconditioner_list import (
     bias_corrected_factor_stack,
 )
-from distributed_shampoo_dash.solvers.scaling import SpectralScaling  # noqa: E402
-from tests.integration.models import train  # noqa: E402
-from tests.integration.shampoo import (  # noqa: E402
+from distributed_shampoo_dash.solvers.scaling import SpectralScaling
+from tests.integration.models import train
+from tests.integration.shampoo import (
     kronecker_factors,
     max_parameter_difference,
     preconditioner_list,

@@ -9,17 +9,17 @@ import torch
 pytestmark = pytest.mark.upstream
 distributed_shampoo = pytest.importorskip("distributed_shampoo")
 
-import distributed_shampoo_dash as dash  # noqa: E402
-from distributed_shampoo import DistributedShampoo, EigenConfig  # noqa: E402
-from distributed_shampoo.shampoo_types import PreconditionerValueError  # noqa: E402
+from distributed_shampoo import DistributedShampoo, EigenConfig
+from distributed_shampoo.shampoo_types import PreconditionerValueError
 
-from distributed_shampoo_dash.integration import solve  # noqa: E402
-from distributed_shampoo_dash.integration.preconditioner_list import (  # noqa: E402
+import distributed_shampoo_dash as dash
+from distributed_shampoo_dash.integration import solve
+from distributed_shampoo_dash.integration.preconditioner_list import (
     bias_corrected_factor_stack,
 )
-from distributed_shampoo_dash.solvers import InverseRootResult, eigh_inverse_root  # noqa: E402
-from tests.integration.models import MixedShapeModel, make_batches, run_steps  # noqa: E402
-from tests.integration.shampoo import kronecker_factors, preconditioner_list, shampoo_factory  # noqa: E402
+from distributed_shampoo_dash.solvers import InverseRootResult, eigh_inverse_root
+from tests.integration.models import MixedShapeModel, make_batches, run_steps
+from tests.integration.shampoo import kronecker_factors, preconditioner_list, shampoo_factory
 
 EPSILON = 1e-6
 #: A converging Newton-DB that accepts any finite root, so only injected failures are rejected.

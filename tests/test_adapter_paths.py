@@ -9,19 +9,19 @@ import torch
 pytestmark = pytest.mark.upstream
 distributed_shampoo = pytest.importorskip("distributed_shampoo")
 
-import distributed_shampoo_dash as dash  # noqa: E402
-from distributed_shampoo import (  # noqa: E402
+from distributed_shampoo import (
     CoupledHigherOrderConfig,
     EigenConfig,
     PseudoInverseConfig,
 )
-from distributed_shampoo.preconditioner import shampoo_preconditioner_list  # noqa: E402
-from distributed_shampoo.preconditioner.matrix_functions_types import RootInvConfig  # noqa: E402
+from distributed_shampoo.preconditioner import shampoo_preconditioner_list
+from distributed_shampoo.preconditioner.matrix_functions_types import RootInvConfig
 
-from distributed_shampoo_dash.integration import solve  # noqa: E402
-from distributed_shampoo_dash.solvers import eigh_inverse_root  # noqa: E402
-from tests.integration.models import train  # noqa: E402
-from tests.integration.shampoo import max_parameter_difference, preconditioner_list, shampoo_factory  # noqa: E402
+import distributed_shampoo_dash as dash
+from distributed_shampoo_dash.integration import solve
+from distributed_shampoo_dash.solvers import eigh_inverse_root
+from tests.integration.models import train
+from tests.integration.shampoo import max_parameter_difference, preconditioner_list, shampoo_factory
 
 NUM_STEPS = 6
 

@@ -10,10 +10,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 pytestmark = pytest.mark.upstream
 distributed_shampoo = pytest.importorskip("distributed_shampoo")
 
-import torch.distributed.checkpoint as dcp  # noqa: E402
-
-import distributed_shampoo_dash as dash  # noqa: E402
-from distributed_shampoo import (  # noqa: E402
+import torch.distributed.checkpoint as dcp
+from distributed_shampoo import (
     AdamPreconditionerConfig,
     DistributedShampoo,
     EigenConfig,
@@ -21,8 +19,9 @@ from distributed_shampoo import (  # noqa: E402
     ShampooPT2CompileConfig,
 )
 
-from tests.integration.models import MixedShapeModel, make_batches, run_steps, train  # noqa: E402
-from tests.integration.shampoo import kronecker_factors, max_parameter_difference, shampoo_factory  # noqa: E402
+import distributed_shampoo_dash as dash
+from tests.integration.models import MixedShapeModel, make_batches, run_steps, train
+from tests.integration.shampoo import kronecker_factors, max_parameter_difference, shampoo_factory
 
 
 @pytest.fixture(autouse=True)

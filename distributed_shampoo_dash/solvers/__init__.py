@@ -5,7 +5,10 @@ Every solver takes an ``(N, d, d)`` stack (a ``(d, d)`` matrix is a stack of one
 reading any tensor value on the host. Only ``torch`` is needed.
 """
 
-from distributed_shampoo_dash.solvers.chebyshev import chebyshev_coefficients, chebyshev_inverse_root
+from distributed_shampoo_dash.solvers.chebyshev import (
+    chebyshev_coefficients,
+    chebyshev_inverse_root,
+)
 from distributed_shampoo_dash.solvers.common import InverseRootResult, inverse_root_residual
 from distributed_shampoo_dash.solvers.coupled_newton import (
     DEFAULT_COUPLED_NEWTON_CONTROL,

@@ -37,11 +37,17 @@ from distributed_shampoo_dash.solvers.common import (
     as_stack,
     batched_eye,
     check_count,
+    check_instance,
     check_nonnegative,
+    check_positive,
     check_positive_root,
     scaled_result,
 )
-from distributed_shampoo_dash.solvers.precision import MatmulPrecision, as_matmul_precision, batched_matmul
+from distributed_shampoo_dash.solvers.precision import (
+    MatmulPrecision,
+    as_matmul_precision,
+    batched_matmul,
+)
 from distributed_shampoo_dash.solvers.scaling import MULTI_POWER_ITERATION_SCALING, SpectralScaling
 
 
@@ -113,13 +119,13 @@ def chebyshev_inverse_root(
     root = check_positive_root(root)
     epsilon = check_nonnegative(epsilon, "epsilon")
     degree = check_count(degree, "degree")
-    relative_epsilon = check_nonnegative(relative_epsilon, "relative_epsilon")
-    if relative_epsilon == 0.0:
-        raise ValueError(
-            "Invalid relative_epsilon=0.0. Must be > 0: the fitted function (t + delta)^(-1/p) "
-            "is singular at t = 0 when delta = 0."
-        )
+    relative_epsilon = check_positive(
+        relative_epsilon,
+        "relative_epsilon",
+        ": the fitted function (t + delta)^(-1/p) is singular at t = 0 when delta = 0",
+    )
     precision = as_matmul_precision(precision)
+    check_instance(scaling, SpectralScaling, "scaling")
 
     working = add_to_diagonal(stack.to(precision.working_dtype), epsilon)
     scale = scaling.upper_bound(working)

@@ -81,7 +81,7 @@ def check_integer_root(root: float, method: str) -> int:
 def check_count(value: int, name: str, minimum: int = 1) -> int:
     """Checks an iteration count, degree or similar integer parameter."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}.")
+        raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}.")
     if value < minimum:
         raise ValueError(f"Invalid {name}={value}. Must be >= {minimum}.")
     return value
@@ -96,12 +96,29 @@ def check_nonnegative(value: float, name: str) -> float:
     return float(value)
 
 
+def check_positive(value: float, name: str, reason: str = "") -> float:
+    """Checks a finite real parameter > 0; ``reason`` is appended to the error message."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}.")
+    if not (math.isfinite(value) and value > 0.0):
+        raise ValueError(f"Invalid {name}={value}. Must be a finite number > 0{reason}.")
+    return float(value)
+
+
+def check_instance(value: object, expected: type, name: str) -> None:
+    """Raises ``TypeError`` naming ``value`` and ``expected`` unless ``value`` is an ``expected``."""
+    if not isinstance(value, expected):
+        raise TypeError(f"{name} must be a {expected.__name__}, got {value!r} of type {type(value).__name__}.")
+
+
 def rational_root(root: float) -> Fraction:
     """Writes ``root`` as ``n / q`` with ``q <= MAX_ROOT_DENOMINATOR`` (for residuals of fractional roots).
 
     Raises:
-        ValueError: If no such fraction is within ``1e-9`` relative of ``root``.
+        ValueError: If ``root`` is not a finite number > 0, or no such fraction is within ``1e-9``
+            relative of it.
     """
+    root = check_positive_root(root)
     fraction = Fraction(root).limit_denominator(MAX_ROOT_DENOMINATOR)
     if abs(float(fraction) - root) > 1e-9 * root:
         raise ValueError(

@@ -11,9 +11,12 @@ and ``X = s^{-1/p} X_k``. With Frobenius scaling (``s = ||A_e||_F``) this is exa
 ``CoupledNewtonConfig`` iteration (``z = (p + 1) / (2 ||A_e||_F)``, ``X_0 = z^{1/p} I``,
 ``M_0 = z A_e``); the spectrum of ``M_0`` lies in ``(0, (p + 1) / 2]``, inside the convergence
 region ``(0, p + 1)``. Each iteration costs ``2 + floor(log2 p) + popcount(p) - 1`` products
-(4 for ``p = 4``). As upstream, a block stops once ``max |M_k - I| <= tolerance``; in addition it
-stops when that error stops decreasing and keeps its best iterate. The returned residual is the
-explicit ``||X_s^p B - I||_F / sqrt(d)`` with ``X_s = s^{1/p} X``.
+(4 for ``p = 4``). As upstream, a block stops once ``max |M_k - I| <= tolerance``. With
+``stop_at_best`` it also stops when ``||M_k - I||_F`` increases and keeps its best iterate: every
+eigenvalue ``m`` of ``M_k`` moves to ``m ((p + 1 - m) / p)^p``, closer to 1, so the Frobenius
+error decreases in exact arithmetic, while the entrywise maximum need not (it can rise in the
+first steps). The returned residual is the explicit ``||X_s^p B - I||_F / sqrt(d)`` with
+``X_s = s^{1/p} X``.
 """
 
 from torch import Tensor
@@ -23,10 +26,12 @@ from distributed_shampoo_dash.solvers.common import (
     add_to_diagonal,
     as_stack,
     batched_eye,
+    check_instance,
     check_integer_root,
     check_nonnegative,
-    scaled_result,
+    frobenius_norm,
     matrix_power,
+    scaled_result,
 )
 from distributed_shampoo_dash.solvers.iteration import BestIterateTracker, IterationControl
 from distributed_shampoo_dash.solvers.precision import batched_matmul
@@ -36,9 +41,10 @@ from distributed_shampoo_dash.solvers.scaling import FROBENIUS_SCALING, Spectral
 DEFAULT_COUPLED_NEWTON_CONTROL = IterationControl(num_iterations=100, tolerance=1e-6)
 
 
-def _max_abs_error(M: Tensor) -> Tensor:
-    """Upstream's convergence error ``max_ij |M - I|_ij`` per block, float32."""
-    return (M - batched_eye(M)).abs().amax(dim=(-2, -1)).float()
+def _errors(M: Tensor) -> tuple[Tensor, Tensor]:
+    """``(||M - I||_F, max_ij |M - I|_ij)`` per block: progress measure and upstream's stopping test."""
+    error = M - batched_eye(M)
+    return frobenius_norm(error), error.abs().amax(dim=(-2, -1))
 
 
 def coupled_newton_inverse_root(
@@ -65,6 +71,8 @@ def coupled_newton_inverse_root(
     stack = as_stack(A)
     root = check_integer_root(root, "coupled Newton")
     epsilon = check_nonnegative(epsilon, "epsilon")
+    check_instance(control, IterationControl, "control")
+    check_instance(scaling, SpectralScaling, "scaling")
 
     working = add_to_diagonal(stack.to(control.precision.working_dtype), epsilon)
     scale = scaling.upper_bound(working)
@@ -74,17 +82,17 @@ def coupled_newton_inverse_root(
     X = c ** (1.0 / root) * batched_eye(scaled)
     M = c * scaled
     tracker = BestIterateTracker(control.tolerance, control.stop_at_best)
-    tracker.offer((X, M), _max_abs_error(M))
+    tracker.offer((X, M), *_errors(M))
     for phase_index, (precision, iterations) in enumerate(control.phases()):
         if phase_index > 0:
             tracker.restart()
             X, M = tracker.best
-            tracker.offer((X, M), _max_abs_error(M))
+            tracker.offer((X, M), *_errors(M))
         for iteration in range(iterations):
             C = add_to_diagonal(M * (-1.0 / root), 1.0 + 1.0 / root)
             X = batched_matmul(X, C, precision)
             M = batched_matmul(matrix_power(C, root, precision), M, precision)
-            tracker.offer((X, M), _max_abs_error(M))
+            tracker.offer((X, M), *_errors(M))
             if control.should_exit(iteration + 1, tracker):
                 break
     scaled_root, _ = tracker.best

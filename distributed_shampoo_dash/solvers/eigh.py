@@ -46,9 +46,15 @@ def eigh_inverse_root(
         residual ``||A_e Q - Q diag(L)||_F / ||A_e||_F`` (0 for an all-zero block).
 
     Raises:
+        TypeError: If ``A`` is not float32 or float64 (``eigh`` has no half-precision kernel).
         torch.linalg.LinAlgError: If ``eigh`` fails to converge (the caller decides on a fallback).
     """
     stack = as_stack(A)
+    if stack.dtype not in (torch.float32, torch.float64):
+        raise TypeError(
+            f"A must be float32 or float64 for an eigendecomposition, got {stack.dtype}; "
+            "cast it, or use an iterative solver for reduced-precision products."
+        )
     root = check_positive_root(root)
     epsilon = check_nonnegative(epsilon, "epsilon")
 

@@ -1,9 +1,11 @@
 """Per-block bookkeeping shared by the coupled iterations (Newton-DB and coupled Newton).
 
 All blocks of a stack advance together, one batched product at a time. Each block keeps its
-*best* iterate so far, judged by a residual the iteration computes anyway, and stops taking new
-iterates once it reaches the tolerance or its residual stops decreasing (a diverging or stalled
-block is thus frozen at its best iterate, never at a worse or non-finite one). Stopping is a
+*best* iterate so far, judged by a residual the iteration computes anyway (in the working dtype,
+so that an fp64 iteration is not judged at float32 resolution), and stops taking new iterates
+once it reaches the tolerance or its residual increases (a diverging block is thus frozen at its
+best iterate, never at a worse or non-finite one; a block whose residual only stalls, as when a
+tiny eigenvalue is still growing below the resolution of the residual, keeps iterating). Stopping is a
 ``torch.where`` on the device, so no host synchronisation happens unless the caller asks for an
 early exit check, which costs one ``any()`` read every ``early_exit_check_interval`` iterations.
 """
@@ -31,7 +33,7 @@ class IterationControl:
         early_exit_check_interval (int | None): If set, every this many iterations the loop reads
             ``any(active)`` on the host (one synchronisation) and ends when no block is active.
             ``None`` never synchronises. (Default: None)
-        stop_at_best (bool): Stop a block when its residual stops decreasing and return its best
+        stop_at_best (bool): Stop a block when its residual increases and return its best
             iterate. False keeps iterating every block above the tolerance and returns its last
             iterate, as upstream's coupled Newton does. (Default: True)
     """
@@ -87,18 +89,26 @@ class BestIterateTracker:
         self.best_residual: Tensor | None = None
         self.active: Tensor | None = None
 
-    def offer(self, iterates: tuple[Tensor, ...], residual: Tensor) -> None:
-        """Records ``iterates`` (each ``(N, d, d)``) with their ``(N,)`` ``residual``."""
+    def offer(
+        self, iterates: tuple[Tensor, ...], residual: Tensor, error: Tensor | None = None
+    ) -> None:
+        """Records ``iterates`` (each ``(N, d, d)``) with their ``(N,)`` ``residual``.
+
+        ``error`` (``(N,)``, default ``residual``) is what the tolerance is tested against, for
+        iterations whose stopping test (e.g. upstream's entrywise ``max |M - I|``) is not a
+        monotone measure of progress.
+        """
+        error = residual if error is None else error
         if self.best_residual is None or self.active is None:
             self.best, self.best_residual = iterates, residual
-            self.active = torch.isfinite(residual) & (residual > self.tolerance)
+            self.active = torch.isfinite(residual) & (error > self.tolerance)
             return
-        improved = self.active & (residual < self.best_residual) if self.stop_at_best else self.active
+        improved = self.active & (residual <= self.best_residual) if self.stop_at_best else self.active
         self.best = tuple(
             select_blocks(improved, new, old) for new, old in zip(iterates, self.best, strict=True)
         )
         self.best_residual = torch.where(improved, residual, self.best_residual)
-        self.active = improved & (residual > self.tolerance)
+        self.active = improved & (error > self.tolerance)
 
     def restart(self) -> None:
         """Starts a new phase: the next offer, of the best iterates re-measured, resets the record."""

@@ -30,10 +30,11 @@ from distributed_shampoo_dash.solvers.common import (
     add_to_diagonal,
     as_stack,
     batched_eye,
-    check_integer_root,
+    check_instance,
     check_nonnegative,
-    scaled_result,
+    check_positive_root,
     frobenius_norm,
+    scaled_result,
 )
 from distributed_shampoo_dash.solvers.iteration import BestIterateTracker, IterationControl
 from distributed_shampoo_dash.solvers.precision import batched_matmul
@@ -49,19 +50,19 @@ def check_newton_db_root(root: float) -> int:
     Raises:
         ValueError: If ``root`` is not a power of two (Newton-DB only composes square roots).
     """
-    integer_root = check_integer_root(root, "Newton-DB")
-    if integer_root & (integer_root - 1):
+    value = check_positive_root(root)
+    if not value.is_integer() or int(value) & (int(value) - 1):
         raise ValueError(
             f"Invalid root {root} for Newton-DB. Must be a power of two (1, 2, 4, 8, ...); "
             "use the Chebyshev, coupled Newton or eigh solver for other roots."
         )
-    return integer_root
+    return int(value)
 
 
 def _coupled_residual(product: Tensor) -> Tensor:
-    """``||Z Y - I||_F / sqrt(d)`` per block, float32."""
+    """``||Z Y - I||_F / sqrt(d)`` per block, in the working dtype of ``product``."""
     d = product.shape[-1]
-    return (frobenius_norm(product - batched_eye(product)) / math.sqrt(d)).float()
+    return frobenius_norm(product - batched_eye(product)) / math.sqrt(d)
 
 
 def newton_schulz_square_roots(B: Tensor, control: IterationControl) -> tuple[Tensor, Tensor]:
@@ -77,17 +78,19 @@ def newton_schulz_square_roots(B: Tensor, control: IterationControl) -> tuple[Te
     """
     identity = batched_eye(B)
     tracker = BestIterateTracker(control.tolerance, control.stop_at_best)
-    (precision, iterations), *refinement = control.phases()
+    (main_precision, main_iterations), *refinement = control.phases()
 
     # Closed-form first iteration from Y_0 = B, Z_0 = I.
     E = add_to_diagonal(-0.5 * B, 1.5)
-    Y, Z = batched_matmul(B, E, precision), E
-    for phase_index, (precision, iterations) in enumerate(
-        [(precision, iterations - 1), *refinement]
-    ):
+    Y, Z = batched_matmul(B, E, main_precision), E
+    phases = [(main_precision, main_iterations - 1), *refinement]
+    for phase_index, (precision, iterations) in enumerate(phases):
         if phase_index > 0:
+            # Re-couple from the best inverse square root: Y = B Z restores the invariant that
+            # rounding at the lower precision broke, which the coupled step cannot see otherwise.
             tracker.restart()
-            Y, Z = tracker.best
+            Z = tracker.best[1]
+            Y = batched_matmul(B, Z, precision)
         for iteration in range(iterations):
             product = batched_matmul(Z, Y, precision)
             tracker.offer((Y, Z), _coupled_residual(product))
@@ -125,6 +128,8 @@ def newton_db_inverse_root(
     stack = as_stack(A)
     root = check_newton_db_root(root)
     epsilon = check_nonnegative(epsilon, "epsilon")
+    check_instance(control, IterationControl, "control")
+    check_instance(scaling, SpectralScaling, "scaling")
 
     working = add_to_diagonal(stack.to(control.precision.working_dtype), epsilon)
     scale = scaling.upper_bound(working)

@@ -13,7 +13,8 @@ convergence region, and they converge faster the closer ``lambda_max(A) / s`` is
 
 Taking the minimum with ``||A||_F`` keeps the bound no looser than Frobenius scaling (it matters
 for nearly rank-one blocks). Start vectors come from a private generator with a fixed seed, so
-the global random state is untouched and results are reproducible. A zero block gets the
+the global random state is untouched and results are reproducible; every block starts from the
+same vectors, so a block's bound does not depend on its position in the stack. A zero block gets the
 smallest normal number of its dtype as its bound, so ``A / s`` is 0 rather than ``0 / 0``.
 """
 
@@ -63,19 +64,24 @@ def rayleigh_lambda_max(A: Tensor, num_iterations: int, num_vectors: int) -> Ten
 
     Returns:
         lambda_estimate (Tensor): ``(N,)`` lower estimate of ``lambda_max`` per block, >= 0 for PSD input.
+
+    The iteration runs on ``A / max_ij |A_ij|`` (entries in ``[-1, 1]``) and scales the estimate
+    back, so that no squared entry over- or underflows whatever the scale of ``A``.
     """
     check_count(num_iterations, "num_iterations")
     check_count(num_vectors, "num_vectors")
+    largest = A.abs().amax(dim=(-2, -1))
+    A = A / torch.where(largest > 0, largest, torch.ones_like(largest))[:, None, None]
     n, d, _ = A.shape
     generator = torch.Generator(device=A.device).manual_seed(_START_VECTOR_SEED)
-    V = torch.randn((n, d, num_vectors), generator=generator, device=A.device, dtype=A.dtype)
+    V = torch.randn((d, num_vectors), generator=generator, device=A.device, dtype=A.dtype).expand(n, d, num_vectors)
     tiny = torch.finfo(A.dtype).tiny
     for _ in range(num_iterations):
         V = V / torch.linalg.vector_norm(V, dim=-2, keepdim=True).clamp_min(tiny)
         V = A @ V
     V = V / torch.linalg.vector_norm(V, dim=-2, keepdim=True).clamp_min(tiny)
     rayleigh = (V * (A @ V)).sum(dim=-2)
-    return rayleigh.amax(dim=-1)
+    return rayleigh.amax(dim=-1) * largest
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,7 +105,12 @@ class SpectralScaling:
         object.__setattr__(self, "method", as_scaling_method(self.method))
         check_count(self.num_iterations, "num_iterations")
         check_count(self.num_vectors, "num_vectors")
-        if not (isinstance(self.safety_factor, (int, float)) and 1.0 <= self.safety_factor < float("inf")):
+        if isinstance(self.safety_factor, bool) or not isinstance(self.safety_factor, (int, float)):
+            raise TypeError(
+                f"safety_factor must be a real number, got {self.safety_factor!r} "
+                f"of type {type(self.safety_factor).__name__}."
+            )
+        if not 1.0 <= self.safety_factor < float("inf"):
             raise ValueError(
                 f"Invalid safety_factor={self.safety_factor}. Must be a finite number >= 1.0."
             )

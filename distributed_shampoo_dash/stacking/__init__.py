@@ -13,7 +13,12 @@ from distributed_shampoo_dash.stacking.groups import (
     write_back,
 )
 from distributed_shampoo_dash.stacking.kronecker import mode_gram_matrices, precondition_stack
-from distributed_shampoo_dash.stacking.packing import pack_stack, packed_size, unpack_stack, unpacked_dim
+from distributed_shampoo_dash.stacking.packing import (
+    pack_stack,
+    packed_size,
+    unpack_stack,
+    unpacked_dim,
+)
 
 __all__ = [
     "InverseRootKey",

@@ -1,0 +1,84 @@
+"""Shared helpers of the solver tests: test stacks with a chosen spectrum and the fp64 reference.
+
+Everything here works in float64 and is independent of the solvers under test (the reference is
+one ``torch.linalg.eigh`` per stack, the Chebyshev bound uses ``numpy``'s own interpolant).
+"""
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+#: Eigenvalues of a ``d``-dimensional test spectrum, given a seeded generator; largest is <= 1.
+Spectrum = Callable[[int, torch.Generator], torch.Tensor]
+
+
+def random_orthogonal(num_blocks: int, dim: int, generator: torch.Generator) -> torch.Tensor:
+    """``(N, d, d)`` float64 orthogonal bases: Q of the QR of a seeded Gaussian stack."""
+    basis, _ = torch.linalg.qr(torch.randn(num_blocks, dim, dim, generator=generator, dtype=torch.float64))
+    return basis
+
+
+def stack_with_eigenvalues(eigenvalues: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """``Q diag(L) Q^T`` per block, exactly symmetrised; ``eigenvalues`` is ``(d,)`` or ``(N, d)``."""
+    stack = (basis * eigenvalues.unsqueeze(-2)) @ basis.mT
+    return (stack + stack.mT) / 2
+
+
+def stack_with_spectrum(spectrum: Spectrum, num_blocks: int, dim: int, seed: int = 0) -> torch.Tensor:
+    """``(N, d, d)`` float64 stack whose blocks share ``spectrum`` in independent random bases."""
+    generator = torch.Generator().manual_seed(seed)
+    eigenvalues = spectrum(dim, generator)
+    return stack_with_eigenvalues(eigenvalues, random_orthogonal(num_blocks, dim, generator))
+
+
+def spd_stack(num_blocks: int, dim: int, condition: float, seed: int = 0) -> torch.Tensor:
+    """``(N, d, d)`` float64 SPD stack with log-uniform eigenvalues in ``[1 / condition, 1]``."""
+    generator = torch.Generator().manual_seed(seed)
+    basis, _ = torch.linalg.qr(torch.randn(num_blocks, dim, dim, generator=generator, dtype=torch.float64))
+    eigenvalues = torch.logspace(0, -math.log10(condition), dim, dtype=torch.float64)
+    return (basis * eigenvalues) @ basis.mT
+
+
+def reference_inverse_root(A: torch.Tensor, root: float, epsilon: float | torch.Tensor) -> torch.Tensor:
+    """``(A + epsilon I)^{-1/p}`` per block by an fp64 eigendecomposition of ``A`` as given.
+
+    ``epsilon`` is a scalar or an ``(N,)`` tensor of per-block shifts.
+    """
+    A = A.double()
+    if A.ndim == 2:
+        A = A.unsqueeze(0)
+    shift = torch.as_tensor(epsilon, dtype=torch.float64).reshape(-1, 1, 1)
+    eigenvalues, eigenvectors = torch.linalg.eigh(A + shift * torch.eye(A.shape[-1], dtype=torch.float64))
+    return (eigenvectors * eigenvalues.pow(-1.0 / root).unsqueeze(-2)) @ eigenvectors.mT
+
+
+def relative_errors(X: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` float64 relative Frobenius errors ``||X_i - R_i||_F / ||R_i||_F``."""
+    X = X.double().reshape(reference.shape)
+    return torch.linalg.norm((X - reference).flatten(1), dim=1) / torch.linalg.norm(
+        reference.flatten(1), dim=1
+    )
+
+
+def condition_numbers(A: torch.Tensor, epsilon: float = 0.0) -> torch.Tensor:
+    """``(N,)`` float64 ``lambda_max / lambda_min`` of ``A + epsilon I`` (inf if not positive)."""
+    eigenvalues = torch.linalg.eigvalsh(A.double() + epsilon * torch.eye(A.shape[-1], dtype=torch.float64))
+    smallest = eigenvalues[..., 0]
+    return torch.where(smallest > 0, eigenvalues[..., -1] / smallest, torch.full_like(smallest, math.inf))
+
+
+def chebyshev_relative_bound(degree: int, root: float, relative_epsilon: float) -> float:
+    """Max relative error ``|q(t) / g(t) - 1|`` on ``t in [0, 1]`` of the degree-``n`` interpolant
+    ``q`` of ``g(t) = (t + delta)^{-1/p}`` at Chebyshev points of the first kind.
+
+    It bounds the relative Frobenius error of ``q(B)`` against ``g(B)`` for any symmetric ``B``
+    with spectrum in ``[0, 1]`` (the matrix error is a weighted mean of the scalar ones). Computed
+    by ``numpy`` alone, independently of the solver's own coefficients.
+    """
+    g = lambda t: (t + relative_epsilon) ** (-1.0 / root)
+    interpolant = np.polynomial.Chebyshev.interpolate(g, degree, domain=[0.0, 1.0])
+    # Dense near 0, where g varies fastest, and uniform elsewhere.
+    t = np.unique(np.concatenate([np.linspace(0.0, 1.0, 20001), np.geomspace(1e-12, 1.0, 20001)]))
+    return float(np.max(np.abs(interpolant(t) / g(t) - 1.0)))

@@ -1,0 +1,328 @@
+"""Properties every solver must have, whatever the block: batching, symmetry, honest residuals,
+safe spectral bounds, ordered matmul precisions, and no process-global side effects.
+
+The hypothesis tests draw SPD blocks ``Q diag(10^l) Q^T`` with ``d`` in 1..24, log10-eigenvalues
+``l`` in ``[-3, 0]`` (condition <= 1e3) and ``Q`` from the QR of a seeded Gaussian matrix. Solver
+settings and tolerances are those of ``tests/test_solver_spectra.py`` (its ``condition_1e3`` row).
+"""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from distributed_shampoo_dash.solvers import (
+    FROBENIUS_SCALING,
+    MULTI_POWER_ITERATION_SCALING,
+    InverseRootResult,
+    IterationControl,
+    MatmulPrecision,
+    ScalingMethod,
+    SpectralScaling,
+    chebyshev_inverse_root,
+    coupled_newton_inverse_root,
+    eigh_inverse_root,
+    newton_db_inverse_root,
+)
+from distributed_shampoo_dash.solvers.scaling import rayleigh_lambda_max
+from tests.solver_helpers import (
+    random_orthogonal,
+    reference_inverse_root,
+    relative_errors,
+    stack_with_eigenvalues,
+)
+from tests.test_solver_spectra import FLAG_RESIDUAL, SOLVERS, promised_tolerance, solve
+
+PROPERTY_SETTINGS = settings(max_examples=30, deadline=None, derandomize=True)
+MAX_LOG10_CONDITION = 3.0
+DTYPES = (torch.float32, torch.float64)
+
+
+# --------------------------------------------------------------------------------------------
+# (a) A batched call equals the per-block calls.
+# --------------------------------------------------------------------------------------------
+
+BATCH_EPSILON = 1e-3
+
+
+def mixed_stack(dim: int = 16) -> torch.Tensor:
+    """Five float32 blocks: flat, i^-1, condition 1e3, half zero (epsilon decides), condition 1e6."""
+    generator = torch.Generator().manual_seed(0)
+    half = dim // 2
+    eigenvalues = torch.stack(
+        [
+            0.5 + 0.5 * torch.rand(dim, generator=generator, dtype=torch.float64),
+            torch.arange(1, dim + 1, dtype=torch.float64) ** -1.0,
+            torch.logspace(0, -3, dim, dtype=torch.float64),
+            torch.cat([torch.zeros(half, dtype=torch.float64), torch.ones(dim - half, dtype=torch.float64)]),
+            torch.logspace(0, -6, dim, dtype=torch.float64),
+        ]
+    )
+    return stack_with_eigenvalues(eigenvalues, random_orthogonal(5, dim, generator)).float()
+
+
+#: Every solver, with each spectral bound (the power-iteration start vectors are the same for
+#: every block, so a block's bound does not depend on the stack it is in).
+BATCHABLE_SOLVERS = {
+    "eigh": lambda A: eigh_inverse_root(A, 4, epsilon=BATCH_EPSILON),
+    "coupled_newton": lambda A: coupled_newton_inverse_root(A, 4, epsilon=BATCH_EPSILON),
+    "newton_db": lambda A: newton_db_inverse_root(A, 4, epsilon=BATCH_EPSILON),
+    "newton_db_frobenius": lambda A: newton_db_inverse_root(A, 4, epsilon=BATCH_EPSILON, scaling=FROBENIUS_SCALING),
+    "chebyshev": lambda A: chebyshev_inverse_root(A, 4, epsilon=BATCH_EPSILON),
+    "chebyshev_frobenius": lambda A: chebyshev_inverse_root(A, 4, epsilon=BATCH_EPSILON, scaling=FROBENIUS_SCALING),
+}
+
+
+def per_block(solver, A: torch.Tensor) -> InverseRootResult:  # type: ignore[no-untyped-def]
+    results = [solver(A[i]) for i in range(A.shape[0])]
+    return InverseRootResult(*(torch.cat(parts) for parts in zip(*results, strict=True)))
+
+
+@pytest.mark.parametrize("solver", sorted(BATCHABLE_SOLVERS))
+def test_batched_call_equals_per_block_calls_to_fp32_rounding(solver: str) -> None:
+    A = mixed_stack()
+    batched = BATCHABLE_SOLVERS[solver](A)
+    single = per_block(BATCHABLE_SOLVERS[solver], A)
+    # A different BLAS may block batched and single products differently: fp32 rounding only.
+    assert relative_errors(batched.inverse_root, single.inverse_root.double()).max() <= 1e-6
+    torch.testing.assert_close(batched.residual, single.residual, rtol=1e-5, atol=1e-7)
+    assert torch.equal(batched.is_finite, single.is_finite)
+
+
+def test_power_iteration_bound_of_a_block_does_not_depend_on_its_position() -> None:
+    generator = torch.Generator().manual_seed(5)
+    eigenvalues = torch.linspace(1.0, 0.9, 64, dtype=torch.float64)
+    stack = stack_with_eigenvalues(eigenvalues, random_orthogonal(3, 64, generator)).float()
+    batched = MULTI_POWER_ITERATION_SCALING.upper_bound(stack)
+    single = torch.cat([MULTI_POWER_ITERATION_SCALING.upper_bound(stack[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(batched, single, rtol=1e-6, atol=0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# (b) Properties over random SPD blocks.
+# --------------------------------------------------------------------------------------------
+
+
+@st.composite
+def spd_blocks(draw: st.DrawFn, max_log10_condition: float = MAX_LOG10_CONDITION) -> tuple[torch.Tensor, float]:
+    """A ``(1, d, d)`` SPD block in a drawn dtype and its exact condition number."""
+    dim = draw(st.integers(min_value=1, max_value=24))
+    log10_eigenvalues = draw(
+        st.lists(st.floats(min_value=-max_log10_condition, max_value=0.0), min_size=dim, max_size=dim)
+    )
+    seed = draw(st.integers(min_value=0, max_value=2**31 - 1))
+    dtype = draw(st.sampled_from(DTYPES))
+    eigenvalues = 10.0 ** torch.tensor(log10_eigenvalues, dtype=torch.float64)
+    basis = random_orthogonal(1, dim, torch.Generator().manual_seed(seed))
+    condition = float(eigenvalues.max() / eigenvalues.min())
+    return stack_with_eigenvalues(eigenvalues, basis).to(dtype), condition
+
+
+def unit_roundoff(dtype: torch.dtype) -> float:
+    return torch.finfo(dtype).eps / 2
+
+
+@PROPERTY_SETTINGS
+@given(problem=spd_blocks(), root=st.sampled_from([1, 2, 4]))
+def test_roots_are_symmetric_finite_and_accurate_up_to_condition_1e3(
+    problem: tuple[torch.Tensor, float], root: int
+) -> None:
+    A, condition = problem
+    for solver in SOLVERS:
+        result, reference = solve(solver, A, root, 0.0)
+        X = result.inverse_root
+        assert X.dtype == A.dtype and bool(result.is_finite.all()) and bool(torch.isfinite(X).all()), solver
+        # Symmetric up to rounding amplified by the conditioning of the root.
+        asymmetry = torch.linalg.norm(X - X.mT) / torch.linalg.norm(X)
+        assert asymmetry <= 64 * unit_roundoff(A.dtype) * condition ** (1.0 / root) * X.shape[-1], (solver, asymmetry)
+        tolerance = promised_tolerance(solver, "condition_1e3", A.dtype, root).tolerance
+        error = relative_errors(X, reference).item()
+        assert error <= tolerance, (solver, error, tolerance, condition)
+
+
+@PROPERTY_SETTINGS
+@given(
+    problem=spd_blocks(),
+    root=st.sampled_from([1, 2, 4]),
+    iterations=st.integers(min_value=1, max_value=30),
+    solver=st.sampled_from(["coupled_newton", "newton_db", "chebyshev"]),
+)
+def test_residual_is_small_exactly_when_the_error_is_small(
+    problem: tuple[torch.Tensor, float], root: int, iterations: int, solver: str
+) -> None:
+    """For ``X = B^{-1/p} (I + G)`` (``G`` commuting with ``B``), ``residual = ||(I + G)^p - I||_F / sqrt(d)``
+    and ``error = ||B^{-1/p} G||_F / ||B^{-1/p}||_F``, so
+
+        error <= sqrt(d) * residual + rounding          (|(1 + g)^p - 1| >= |g| for p >= 1)
+        residual <= 2 p kappa^{1/p} * error + rounding  (unconverged iterates have |g| <= 1)
+
+    checked on partially converged iterates (few iterations, or a low Chebyshev degree)."""
+    A, condition = problem
+    precision = MatmulPrecision.FP32 if A.dtype == torch.float32 else MatmulPrecision.FP64
+    shift: float | torch.Tensor = 0.0
+    match solver:
+        case "coupled_newton":
+            control = IterationControl(num_iterations=iterations, precision=precision, stop_at_best=False)
+            result = coupled_newton_inverse_root(A, root, control=control)
+        case "newton_db":
+            result = newton_db_inverse_root(A, root, control=IterationControl(num_iterations=iterations, precision=precision))
+        case "chebyshev":
+            delta = 1e-2
+            result = chebyshev_inverse_root(A, root, degree=3 * iterations, relative_epsilon=delta, precision=precision)
+            shift = delta * MULTI_POWER_ITERATION_SCALING.upper_bound(A.to(precision.working_dtype)).double()
+            lambdas = torch.linalg.eigvalsh(A.double())
+            condition = float((lambdas[..., -1] + shift) / (lambdas[..., 0] + shift))
+    error = relative_errors(result.inverse_root, reference_inverse_root(A, root, shift)).item()
+    residual = result.residual.item()
+    dim = A.shape[-1]
+    u_out, u_work = unit_roundoff(A.dtype), unit_roundoff(precision.working_dtype)
+    error_rounding = 16 * u_out + 4 * dim * u_work * condition ** (1.0 / root)
+    assert error <= math.sqrt(dim) * residual * (1 + 1e-3) + error_rounding, (error, residual)
+    rounding = 4 * root * dim * u_work * condition
+    assert residual <= 2 * root * condition ** (1.0 / root) * error + rounding, (error, residual, condition)
+
+
+@PROPERTY_SETTINGS
+@given(problem=spd_blocks())
+def test_spectral_upper_bounds_are_at_least_lambda_max(problem: tuple[torch.Tensor, float]) -> None:
+    A, _ = problem
+    lambda_max = torch.linalg.eigvalsh(A.double())[..., -1]
+    slack = 1 - 4 * A.shape[-1] * unit_roundoff(A.dtype)  # bounds are sums of d products in A's dtype
+    for scaling in (FROBENIUS_SCALING, MULTI_POWER_ITERATION_SCALING):
+        assert bool((scaling.upper_bound(A).double() >= slack * lambda_max).all()), scaling.method
+    # The power-iteration estimate is a Rayleigh quotient: a lower bound, within a factor 2 here.
+    estimate = rayleigh_lambda_max(A, 10, 16).double()
+    assert bool((estimate <= lambda_max / slack).all() and (2 * estimate >= slack * lambda_max).all())
+
+
+def test_rayleigh_estimate_is_a_lower_bound_for_tiny_float32_blocks() -> None:
+    A = 1e-30 * torch.diag(torch.tensor([1.0, 0.5, 0.25])).unsqueeze(0)
+    assert rayleigh_lambda_max(A, 10, 16).item() <= 1e-30 * (1 + 1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# (c) Matmul precision, refinement and global state.
+# --------------------------------------------------------------------------------------------
+
+PRECISION_SOLVERS = {
+    "coupled_newton": lambda A, control: coupled_newton_inverse_root(A, 4, control=control),
+    "newton_db": lambda A, control: newton_db_inverse_root(A, 4, control=control),
+}
+
+
+def precision_problem() -> torch.Tensor:
+    generator = torch.Generator().manual_seed(1)
+    eigenvalues = torch.logspace(0, -2, 32, dtype=torch.float64)
+    return stack_with_eigenvalues(eigenvalues, random_orthogonal(4, 32, generator))
+
+
+@pytest.mark.parametrize("solver", sorted(PRECISION_SOLVERS))
+def test_errors_are_ordered_by_matmul_precision(solver: str) -> None:
+    A = precision_problem()  # float64 input, so that FP64 products are not hidden by the output dtype
+    reference = reference_inverse_root(A, 4, 0.0)
+
+    def error(precision: MatmulPrecision) -> float:
+        control = IterationControl(num_iterations=20, precision=precision)
+        return relative_errors(PRECISION_SOLVERS[solver](A, control).inverse_root, reference).max().item()
+
+    errors = {precision: error(precision) for precision in MatmulPrecision}
+    # Unit roundoffs: fp64 1e-16 < fp32 6e-8 < fp16 5e-4 < bf16 4e-3.
+    assert errors[MatmulPrecision.FP64] < 1e-12
+    assert errors[MatmulPrecision.FP64] < errors[MatmulPrecision.FP32] < 1e-5
+    assert errors[MatmulPrecision.FP32] < errors[MatmulPrecision.FP16] < errors[MatmulPrecision.BF16] < 5e-2
+    # TF32 only changes CUDA products: on CPU it is FP32.
+    assert errors[MatmulPrecision.TF32] == errors[MatmulPrecision.FP32]
+
+
+@pytest.mark.parametrize("solver", sorted(PRECISION_SOLVERS))
+def test_low_precision_results_are_flagged_by_their_residual(solver: str) -> None:
+    A = precision_problem().float()
+    result = PRECISION_SOLVERS[solver](A, IterationControl(num_iterations=20, precision="bf16"))
+    errors = relative_errors(result.inverse_root, reference_inverse_root(A, 4, 0.0))
+    assert bool((errors > 1e-3).all()) and bool((result.residual > FLAG_RESIDUAL).all())
+
+
+@pytest.mark.parametrize(("solver", "factor"), [("newton_db", 0.6), ("coupled_newton", 1.0)])
+def test_fp32_refinement_after_bf16_does_not_lose_accuracy(solver: str, factor: float) -> None:
+    """Refinement removes the part of the bf16 error that commutes with ``A``; Newton-DB re-couples
+    (``Y = B Z``) and gains 2-4x in one step, then stops at the part that does not commute, which
+    a coupled iteration does not reduce (coupled Newton keeps its bf16 error)."""
+    A = precision_problem().float()
+    reference = reference_inverse_root(A, 4, 0.0)
+
+    def error(refinement_iterations: int) -> float:
+        control = IterationControl(num_iterations=20, precision="bf16", refinement_iterations=refinement_iterations)
+        return relative_errors(PRECISION_SOLVERS[solver](A, control).inverse_root, reference).max().item()
+
+    assert error(5) <= factor * error(0)
+
+
+def global_state() -> dict[str, object]:
+    """Every process-global setting a solver could plausibly touch."""
+    state: dict[str, object] = {
+        "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+        "default_dtype": torch.get_default_dtype(),
+        "grad_enabled": torch.is_grad_enabled(),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "num_threads": torch.get_num_threads(),
+    }
+    for name, owner in (
+        ("cuda.matmul.fp32_precision", torch.backends.cuda.matmul),
+        ("backends.fp32_precision", torch.backends),
+        ("cudnn.fp32_precision", torch.backends.cudnn),
+    ):
+        if hasattr(owner, "fp32_precision"):
+            state[name] = owner.fp32_precision
+    return state
+
+
+STATE_CALLS = {
+    "eigh": lambda A: eigh_inverse_root(A, 4, epsilon=1e-6),
+    **{
+        f"coupled_newton_{precision.value}": (
+            lambda A, precision=precision: coupled_newton_inverse_root(
+                A, 4, control=IterationControl(num_iterations=3, precision=precision, refinement_iterations=1)
+            )
+        )
+        for precision in MatmulPrecision
+    },
+    **{
+        f"newton_db_{method.value}": (
+            lambda A, method=method: newton_db_inverse_root(
+                A, 4, control=IterationControl(num_iterations=3, precision="tf32"), scaling=SpectralScaling(method=method)
+            )
+        )
+        for method in ScalingMethod
+    },
+    **{
+        f"chebyshev_{precision.value}": (
+            lambda A, precision=precision: chebyshev_inverse_root(A, 4, degree=5, precision=precision)
+        )
+        for precision in MatmulPrecision
+    },
+}
+
+
+@pytest.mark.parametrize("call", sorted(STATE_CALLS))
+def test_solver_changes_no_global_torch_state(call: str) -> None:
+    A = precision_problem().float()
+    before, rng_before = global_state(), torch.random.get_rng_state()
+    STATE_CALLS[call](A)
+    assert global_state() == before
+    assert torch.equal(torch.random.get_rng_state(), rng_before)
+
+
+def test_solvers_honour_their_input_dtype_under_a_float64_default_dtype() -> None:
+    A = precision_problem()[:2].float()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        results = [call(A) for call in STATE_CALLS.values()]
+    finally:
+        torch.set_default_dtype(previous)
+    assert all(result.inverse_root.dtype == torch.float32 for result in results)
+    assert all(result.residual.dtype == torch.float32 for result in results)

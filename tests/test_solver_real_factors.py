@@ -1,0 +1,73 @@
+"""Solvers on real Shampoo factor matrices: a root the residual accepts is an accurate root.
+
+The factors are those of ``shared/data/shampoo_factors_bytellama.pt`` (bias-corrected Kronecker
+factors of a small byte-level Llama trained with upstream Shampoo, epsilon 1e-10, conditions up
+to ~1e9); the tests skip when ``shared/`` is not beside the checkout. Only the factors recorded at
+step 300 are used, to keep the file fast.
+"""
+
+import collections
+from pathlib import Path
+
+import pytest
+import torch
+
+from distributed_shampoo_dash.solvers import (
+    InverseRootResult,
+    IterationControl,
+    coupled_newton_inverse_root,
+    newton_db_inverse_root,
+)
+from tests.solver_helpers import reference_inverse_root, relative_errors
+
+FACTORS_PATH = Path(__file__).resolve().parents[2] / "shared" / "data" / "shampoo_factors_bytellama.pt"
+STEP = 300
+#: A block is accepted when its residual is at most this (``max_residual`` of the adapter configs).
+MAX_RESIDUAL = 1e-3
+#: Accuracy promised for accepted blocks (measured: at most 1.5e-4 for Newton-DB, 1.5e-5 for
+#: coupled Newton on all 195 factors).
+ACCEPTED_TOLERANCE = 1e-3
+
+SOLVERS = {
+    "newton_db_converged": lambda A, root, epsilon: newton_db_inverse_root(
+        A,
+        root,
+        epsilon=epsilon,
+        control=IterationControl(num_iterations=30, tolerance=1e-5, early_exit_check_interval=5),
+    ),
+    "newton_db_paper": lambda A, root, epsilon: newton_db_inverse_root(A, root, epsilon=epsilon),
+    "coupled_newton": lambda A, root, epsilon: coupled_newton_inverse_root(A, root, epsilon=epsilon),
+}
+
+
+@pytest.fixture(scope="module")
+def factor_groups() -> tuple[float, dict[tuple[int, int], torch.Tensor]]:
+    """``(epsilon, {(d, root): (N, d, d) float32 stack})`` of the step-300 factors."""
+    if not FACTORS_PATH.exists():
+        pytest.skip(f"real factors not found at {FACTORS_PATH}")
+    data = torch.load(FACTORS_PATH)
+    groups: dict[tuple[int, int], list[torch.Tensor]] = collections.defaultdict(list)
+    for factor in data["factors"]:
+        if factor["step"] == STEP:
+            groups[(factor["matrix"].shape[0], factor["root"])].append(factor["matrix"])
+    return data["epsilon"], {key: torch.stack(matrices) for key, matrices in groups.items()}
+
+
+@pytest.mark.parametrize("solver", sorted(SOLVERS))
+def test_accepted_roots_of_real_factors_are_accurate(
+    solver: str, factor_groups: tuple[float, dict[tuple[int, int], torch.Tensor]]
+) -> None:
+    epsilon, groups = factor_groups
+    accepted_errors, num_blocks = [], 0
+    for (dim, root), stack in groups.items():
+        result: InverseRootResult = SOLVERS[solver](stack, root, epsilon)
+        assert result.inverse_root.shape == stack.shape
+        # Blocks whose fp64 A + epsilon I is not positive definite have no reference root.
+        defined = torch.linalg.eigvalsh(stack.double() + epsilon * torch.eye(dim, dtype=torch.float64))[:, 0] > 0
+        accepted = result.is_finite & (result.residual <= MAX_RESIDUAL) & defined
+        reference = reference_inverse_root(stack[accepted], root, epsilon)
+        accepted_errors.append(relative_errors(result.inverse_root[accepted], reference))
+        num_blocks += stack.shape[0]
+    errors = torch.cat(accepted_errors)
+    assert errors.numel() > 0, f"{solver} accepted none of the {num_blocks} factors"
+    assert errors.max().item() <= ACCEPTED_TOLERANCE, (solver, errors.numel(), errors.max().item())
