@@ -2,8 +2,10 @@
 
 Every row builds a fresh optimizer over the same parameters, feeds the same random gradients,
 runs ``--warmup`` steps and then times ``--steps`` steps (device-synchronised), and reports the
-median step time, the peak memory, the speedup against upstream ``EigenConfig`` measured in the
-same run, and the accuracy of the inverse roots it computed: the relative Frobenius error of
+median step time, the mean step time, the median of the steps that computed no inverse roots
+(with ``--precondition-frequency`` > 1: the factor update and preconditioning alone), the peak
+memory, the speedups against upstream ``EigenConfig`` measured in the same run, and the accuracy
+of the inverse roots it computed: the relative Frobenius error of
 every inverse factor against the fp64 root of its bias-corrected factor matrix (median, 90th
 percentile and max; rank-deficient factors, e.g. of 1-D blocks after a few steps, have a null
 space that fp32 cannot resolve at epsilon 1e-10, so their error is ~1 for every fp32 solver).
@@ -14,7 +16,8 @@ Presets (DESIGN.md section 4):
 
 Usage:
     python3 scripts/benchmark.py --preset cpu --out bench_out/step_cpu
-    python3 scripts/benchmark.py --preset gpu --precondition-frequency 10 --out bench_out/step_gpu
+    python3 scripts/benchmark.py --preset gpu --precondition-frequency 10 --steps 30 --only Eigen \
+        --out bench_out/step_gpu_every10
 """
 
 import argparse
@@ -71,16 +74,23 @@ class Row:
 
 
 def rows() -> list[Row]:
-    """Upstream first (the reference for speedups), then DASH with each solver."""
+    """Upstream ``EigenConfig`` first (the reference for speedups), then DASH with each solver
+    (and upstream ``CoupledNewtonConfig``, to compare the same solver)."""
     return [
         Row("upstream EigenConfig", False, EigenConfig()),
         Row("DASH EigenConfig", True, EigenConfig()),
+        Row("upstream CoupledNewtonConfig", False, CoupledNewtonConfig()),
         Row("DASH CoupledNewtonConfig", True, CoupledNewtonConfig()),
         Row("DASH Newton-DB fp32 (k=10)", True, dash.NewtonDBRootInvConfig()),
         Row(
-            "DASH Newton-DB fp16 (k=12)",
+            "DASH Newton-DB tf32 (k=10, +2 fp32)",
             True,
-            dash.NewtonDBRootInvConfig(num_iterations=12, precision=MatmulPrecision.FP16),
+            dash.NewtonDBRootInvConfig(precision=MatmulPrecision.TF32, refinement_iterations=2),
+        ),
+        Row(
+            "DASH Newton-DB bf16 (k=10, +2 fp32)",
+            True,
+            dash.NewtonDBRootInvConfig(precision=MatmulPrecision.BF16, refinement_iterations=2),
         ),
         Row("DASH Chebyshev fp32 (degree 60)", True, dash.ChebyshevRootInvConfig()),
     ]
@@ -135,6 +145,11 @@ def root_errors(optimizer: DistributedShampoo, epsilon: float) -> list[float]:
     return errors
 
 
+def computes_roots(step: int, precondition_frequency: int) -> bool:
+    """Whether 1-based ``step`` computes inverse roots (upstream's rule with its default start)."""
+    return step % precondition_frequency == 0
+
+
 def run_row(
     row: Row, preset: Preset, args: argparse.Namespace, device: torch.device
 ) -> dict[str, object]:
@@ -148,7 +163,7 @@ def run_row(
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
+    times, root_steps = [], []
     for step in range(args.warmup + args.steps):
         for param in params:
             param.grad = torch.randn(param.shape, generator=generator).to(device)
@@ -158,12 +173,18 @@ def run_row(
         synchronize(device)
         if step >= args.warmup:
             times.append(time.perf_counter() - start)
+            root_steps.append(computes_roots(step + 1, args.precondition_frequency))
     errors = root_errors(optimizer, epsilon=1e-10)
     shampoo_list = optimizer._per_group_state_lists[0]["shampoo_preconditioner_list"]
     return {
         "label": row.label,
         "median_step_s": statistics.median(times),
+        "mean_step_s": statistics.mean(times),
+        "median_step_without_roots_s": statistics.median(
+            [t for t, roots in zip(times, root_steps, strict=True) if not roots] or [float("nan")]
+        ),
         "step_times_s": times,
+        "root_steps": root_steps,
         "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
         "root_error_median": statistics.median(errors),
         "root_error_p90": statistics.quantiles(errors, n=10)[-1],
@@ -175,16 +196,23 @@ def run_row(
 
 
 def markdown_table(results: list[dict[str, object]]) -> str:
-    reference = results[0]["median_step_s"]
+    """One row per optimizer; speedups are against the first row (upstream ``EigenConfig``)."""
+    reference = results[0]
     lines = [
-        "| optimizer | median step (s) | speedup vs upstream Eigen | peak memory (GB) | root error median / p90 / max | fallbacks | finite |",
-        "|---|---|---|---|---|---|---|",
+        "| optimizer | median step (s) | mean step (s) | median step without roots (s) | "
+        "speedup: median / mean / without roots | peak memory (GB) | root error median / p90 / max | "
+        "fallbacks | finite |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for result in results:
         memory = result["peak_memory_bytes"]
+        speedups = " / ".join(
+            f"{reference[key] / result[key]:.2f}x"
+            for key in ("median_step_s", "mean_step_s", "median_step_without_roots_s")
+        )
         lines.append(
-            f"| {result['label']} | {result['median_step_s']:.4f} | "
-            f"{reference / result['median_step_s']:.2f}x | "
+            f"| {result['label']} | {result['median_step_s']:.4f} | {result['mean_step_s']:.4f} | "
+            f"{result['median_step_without_roots_s']:.4f} | {speedups} | "
             f"{'-' if memory is None else f'{memory / 1e9:.2f}'} | "
             f"{result['root_error_median']:.1e} / {result['root_error_p90']:.1e} / {result['root_error_max']:.1e} | "
             f"{result['fallbacks'] or '-'} | {result['finite']} |"
