@@ -55,9 +55,6 @@ class DashRootInvConfig(RootInvConfig):
     fallback_to_eigh: bool = True
 
     def __post_init__(self) -> None:
-        from distributed_shampoo_dash.integration.install import install_construction_check
-
-        install_construction_check()
         self.precision = as_matmul_precision(self.precision)
         self.scaling_method = self.scaling.method
         if self.max_residual is not None:

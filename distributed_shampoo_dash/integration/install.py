@@ -10,8 +10,9 @@
   configs and hands every other config to upstream's function.
 
 ``disable()`` puts upstream's objects back. Both are idempotent. Importing this package changes
-nothing; creating a DASH config installs, once, a check that makes ``DistributedShampoo`` refuse a
-DASH config at construction while DASH is disabled (upstream alone would silently keep identity
+nothing; importing the adapter (``distributed_shampoo_dash.integration``, which every access to a
+DASH config does) installs, once, a check that makes ``DistributedShampoo`` refuse a DASH config at
+construction while DASH is disabled (upstream alone would silently keep identity
 preconditioners for a few steps and then fail).
 """
 

@@ -228,8 +228,8 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
             shampoo_preconditioner_list.matrix_inverse_root is not dash_matrix_inverse_root
         ):
             raise RuntimeError(
-                f"{type(config).__name__} needs DASH, which was disabled after this optimizer was "
-                "created: call distributed_shampoo_dash.enable() again."
+                f"{type(config).__name__} needs DASH's per-block solver binding, which was "
+                "removed (DASH disabled) after this optimizer was created: enable DASH again."
             )
 
         refs: list[_FactorRef] = []

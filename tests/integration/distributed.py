@@ -35,7 +35,9 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 import distributed_shampoo_dash as dash
-from distributed_shampoo_dash.integration.preconditioner_list import BatchedRootInvShampooPreconditionerList
+from distributed_shampoo_dash.integration.preconditioner_list import (
+    BatchedRootInvShampooPreconditionerList,
+)
 from tests.integration.models import MixedShapeModel, make_batches, run_steps
 from tests.integration.shampoo import preconditioner_list, shampoo_factory
 

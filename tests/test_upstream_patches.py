@@ -1,0 +1,48 @@
+"""The committed ``patches/`` series is what ``scripts/make_upstream_patches.py`` generates.
+
+The generator locates upstream's hook points in the installed ``distributed_shampoo`` sources
+(the pinned commit of the ``upstream`` extra); the test is skipped without them.
+"""
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.upstream
+distributed_shampoo = pytest.importorskip("distributed_shampoo")
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("make_upstream_patches", REPOSITORY / "scripts" / "make_upstream_patches.py")
+assert spec is not None and spec.loader is not None
+make_upstream_patches = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = make_upstream_patches
+spec.loader.exec_module(make_upstream_patches)
+
+UPSTREAM_ROOT = Path(distributed_shampoo.__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def series() -> dict[str, str]:
+    return make_upstream_patches.generate(UPSTREAM_ROOT)
+
+
+def test_committed_series_is_what_the_generator_produces(series: dict[str, str]) -> None:
+    committed = {path.name: path.read_text() for path in (REPOSITORY / "patches").glob("*.patch")}
+    assert committed.keys() == series.keys()
+    stale = [name for name in series if committed[name] != series[name]]
+    assert not stale, f"regenerate with scripts/make_upstream_patches.py: {stale}"
+
+
+def test_series_only_adds_lines(series: dict[str, str]) -> None:
+    """Zero-context hunks without removed lines: no upstream line is reproduced."""
+    for name, text in series.items():
+        body = text[text.index("diff --git") :]
+        for line in body.splitlines():
+            if line.startswith(("diff --git", "--- ", "+++ ", "new file mode", "@@ ")):
+                if line.startswith("@@ "):
+                    assert re.fullmatch(r"@@ -\d+,0 \+\d+,\d+ @@", line), (name, line)
+                continue
+            assert line.startswith("+"), (name, line)
