@@ -1,8 +1,9 @@
 """DASH for Distributed Shampoo: batched block preconditioning and matmul-only inverse roots.
 
 Importing this package changes nothing in ``distributed_shampoo``. The solvers need only torch;
-the upstream adapter (``enable``, ``disable``, ``enabled``, ``is_enabled`` and the configs
-``NewtonDBRootInvConfig`` and ``ChebyshevRootInvConfig``) is imported on first access and needs
+the upstream adapter (``enable``, ``disable``, ``enabled``, ``is_enabled``, the configs
+``NewtonDBRootInvConfig`` and ``ChebyshevRootInvConfig`` and the DDP cost model
+``InverseRootCostModel``) is imported on first access and needs
 ``distributed_shampoo`` installed.
 """
 
@@ -13,6 +14,7 @@ from distributed_shampoo_dash import solvers
 _ADAPTER_NAMES = frozenset(
     {
         "ChebyshevRootInvConfig",
+        "InverseRootCostModel",
         "NewtonDBRootInvConfig",
         "disable",
         "enable",

@@ -10,6 +10,7 @@ from distributed_shampoo_dash.integration.configs import (
     DashRootInvConfig,
     NewtonDBRootInvConfig,
 )
+from distributed_shampoo_dash.integration.cost_models import InverseRootCostModel
 from distributed_shampoo_dash.integration.install import (
     disable,
     enable,
@@ -28,6 +29,7 @@ __all__ = [
     "BatchedRootInvShampooPreconditionerList",
     "ChebyshevRootInvConfig",
     "DashRootInvConfig",
+    "InverseRootCostModel",
     "NewtonDBRootInvConfig",
     "dash_matrix_inverse_root",
     "disable",

@@ -1,0 +1,78 @@
+"""``InverseRootCostModel`` and the DDP balance measured by ``scripts/stack_balance.py``."""
+
+import importlib.util
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.upstream
+distributed_shampoo = pytest.importorskip("distributed_shampoo")
+
+from distributed_shampoo.shampoo_types import DDPDistributedConfig, LoadBalancingConfig
+from distributed_shampoo.utils.load_balancing_utils import CostModel
+
+from distributed_shampoo_dash.integration.cost_models import InverseRootCostModel
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "stack_balance.py"
+spec = importlib.util.spec_from_file_location("stack_balance", SCRIPT)
+assert spec is not None and spec.loader is not None
+stack_balance = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(stack_balance)
+
+
+def meta(*shape: int) -> torch.Tensor:
+    return torch.empty(shape, device="meta")
+
+
+@pytest.mark.parametrize(
+    "shape, expected",
+    [
+        ((1024, 768), 61 * 2 * (1024**3 + 768**3)),  # 2-D block: two root-4 factors
+        ((1024,), 31 * 2 * 1024**3),  # 1-D block: one root-2 factor
+        ((8, 8, 8), 61 * 2 * 3 * 8**3),  # root 6 is not listed: default_products
+    ],
+)
+def test_cost_is_products_times_two_d_cubed_per_factor(
+    shape: tuple[int, ...], expected: int
+) -> None:
+    assert InverseRootCostModel().cost(meta(*shape)) == expected
+
+
+def test_block_overhead_and_custom_products() -> None:
+    model = InverseRootCostModel(products_by_root=((4.0, 1),), default_products=1, block_overhead=5)
+    assert isinstance(model, CostModel)
+    assert model.cost(meta(3, 2)) == 5 + 2 * (27 + 8)
+    assert model.cost(meta(3)) == 5 + 2 * 27
+
+
+def test_ddp_config_with_the_model_pickles() -> None:
+    config = DDPDistributedConfig(
+        load_balancing_config=LoadBalancingConfig(
+            cost_model=InverseRootCostModel(block_overhead=1.0)
+        )
+    )
+    assert pickle.loads(pickle.dumps(config)) == config
+
+
+def test_every_block_is_assigned_to_exactly_one_rank() -> None:
+    preset = stack_balance.load_presets()["cpu"]
+    params = stack_balance.meta_parameters(preset.parameter_shapes())
+    per_rank = stack_balance.ddp_block_shapes_per_rank(
+        params, preset.max_preconditioner_dim, 4, InverseRootCostModel()
+    )
+    everything = stack_balance.ddp_block_shapes_per_rank(
+        params, preset.max_preconditioner_dim, 1, InverseRootCostModel()
+    )[0]
+    assert sorted(shape for shapes in per_rank for shape in shapes) == sorted(everything)
+
+
+def test_inverse_root_model_balances_flops_better_than_upstream_default() -> None:
+    """gpu preset (meta tensors, no memory), 8 ranks: 1.081 with bytes, 1.004 with FLOPs."""
+    preset = stack_balance.load_presets()["gpu"]
+    default = stack_balance.measure("gpu", preset, 8, "memory")
+    balanced = stack_balance.measure("gpu", preset, 8, "inverse-root")
+    assert balanced.flops_max_over_mean < 1.01
+    assert default.flops_max_over_mean > 1.05
+    assert sum(balanced.flops_per_rank) == pytest.approx(sum(default.flops_per_rank))
