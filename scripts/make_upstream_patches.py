@@ -302,7 +302,8 @@ def check(upstream: Path, pytest_args: list[str]) -> int:
         completed = subprocess.run(
             command, cwd=copy, env=environment, capture_output=True, text=True, check=False
         )
-        print("\n".join(completed.stdout.strip().splitlines()[-15:]))
+        lines = completed.stdout.strip().splitlines()
+        print("\n".join([line for line in lines if line.startswith(("FAILED", "ERROR"))] + lines[-1:]))
         return completed.returncode
 
 
