@@ -141,6 +141,10 @@ def print_comparison(part: str, results: dict[str, dict[str, str]]) -> int:
         counts = Counter(outcomes.values())
         print(f"| {mode} | " + " | ".join(str(counts[o]) for o in OUTCOMES) + f" | {len(outcomes)} |")
     if len(results) < 2:
+        (mode, outcomes), = results.items()
+        failing = sorted(test for test, outcome in outcomes.items() if outcome in ("failed", "error"))
+        for test in failing:
+            print(f"- {test}: {outcomes[test]} (DASH {mode})")
         return 0
     without, with_dash = results["upstream"], results["dash"]
     differing = sorted(

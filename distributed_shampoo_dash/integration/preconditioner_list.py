@@ -249,19 +249,19 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
                 replayed.update(refs[p][0] for p in group)
                 continue
             for positions in chunked(group, key.dim**2 * key.dtype.itemsize, self.max_stack_bytes):
-                chunk = [refs[p] for p in positions]
-                stack = self._bias_corrected_stack(chunk)
+                chunk_refs = [refs[p] for p in positions]
+                stack = self._bias_corrected_stack(chunk_refs)
                 input_checks.append(torch.isfinite(stack).all().unsqueeze(0))
                 try:
                     result = solve_stack(config, stack, key.root, self._epsilon)
                 except Exception as exception:
                     logger.warning(
-                        f"Batched {type(config).__name__} failed on {len(chunk)} factor matrices "
+                        f"Batched {type(config).__name__} failed on {len(chunk_refs)} factor matrices "
                         f"of dim {key.dim} ({exception!r}); using the per-block path for their blocks."
                     )
-                    replayed.update(block_index for block_index, _ in chunk)
+                    replayed.update(block_index for block_index, _ in chunk_refs)
                     continue
-                solved.append(_SolvedChunk(key, chunk, self._to_inverse_factor_format(result.inverse_root), result))
+                solved.append(_SolvedChunk(key, chunk_refs, self._to_inverse_factor_format(result.inverse_root), result))
 
         # One device-to-host read for the whole param group.
         flags = (
