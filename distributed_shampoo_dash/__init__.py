@@ -23,7 +23,16 @@ _ADAPTER_NAMES = frozenset(
     }
 )
 
-__all__ = ["solvers", *sorted(_ADAPTER_NAMES)]
+__all__ = [
+    "ChebyshevRootInvConfig",
+    "InverseRootCostModel",
+    "NewtonDBRootInvConfig",
+    "disable",
+    "enable",
+    "enabled",
+    "is_enabled",
+    "solvers",
+]
 
 
 def __getattr__(name: str) -> Any:

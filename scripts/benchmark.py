@@ -199,9 +199,11 @@ def markdown_table(results: list[dict[str, object]]) -> str:
     """One row per optimizer; speedups are against the first row (upstream ``EigenConfig``)."""
     reference = results[0]
     lines = [
-        "| optimizer | median step (s) | mean step (s) | median step without roots (s) | "
-        "speedup: median / mean / without roots | peak memory (GB) | root error median / p90 / max | "
-        "fallbacks | finite |",
+        (
+            "| optimizer | median step (s) | mean step (s) | median step without roots (s) | "
+            "speedup: median / mean / without roots | peak memory (GB) | root error median / p90 / max | "
+            "fallbacks | finite |"
+        ),
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for result in results:
@@ -262,7 +264,7 @@ def main() -> None:
         start = time.perf_counter()
         try:
             results.append(run_row(row, preset, args, device))
-        except Exception as exception:  # A solver that diverges on this preset is a result too.
+        except Exception as exception:  # noqa: BLE001 - a solver that diverges on this preset is a result too
             print(f"{row.label}: failed with {type(exception).__name__}", flush=True)
             failures.append({"label": row.label, "error": f"{type(exception).__name__}: {str(exception)[:160]}"})
             continue

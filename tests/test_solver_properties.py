@@ -26,6 +26,7 @@ from distributed_shampoo_dash.solvers import (
     eigh_inverse_root,
     newton_db_inverse_root,
 )
+from distributed_shampoo_dash.solvers.common import stable_power
 from distributed_shampoo_dash.solvers.scaling import rayleigh_lambda_max
 from tests.solver_helpers import (
     random_orthogonal,
@@ -98,6 +99,19 @@ def test_power_iteration_bound_of_a_block_does_not_depend_on_its_position() -> N
     batched = MULTI_POWER_ITERATION_SCALING.upper_bound(stack)
     single = torch.cat([MULTI_POWER_ITERATION_SCALING.upper_bound(stack[i : i + 1]) for i in range(3)])
     torch.testing.assert_close(batched, single, rtol=1e-6, atol=0.0)
+
+
+@pytest.mark.parametrize("exponent", [-0.25, -0.5, -1.0 / 3.0])
+def test_float32_powers_do_not_depend_on_the_position_of_an_element(exponent: float) -> None:
+    generator = torch.Generator().manual_seed(0)
+    values = torch.logspace(-10, 3, 1000, dtype=torch.float32)[torch.randperm(1000, generator=generator)]
+    together = stable_power(values, exponent)
+    alone = torch.cat([stable_power(values[i : i + 1], exponent) for i in range(values.numel())])
+    assert torch.equal(together, alone)
+    # Correctly rounded up to float64 rounding: at most one float32 ulp from the float64 power.
+    reference = values.double().pow(exponent)
+    ulp = torch.finfo(torch.float32).eps * reference.abs()
+    assert ((together.double() - reference).abs() <= ulp).all()
 
 
 # --------------------------------------------------------------------------------------------

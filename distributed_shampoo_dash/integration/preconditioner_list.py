@@ -254,7 +254,7 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
                 input_checks.append(torch.isfinite(stack).all().unsqueeze(0))
                 try:
                     result = solve_stack(config, stack, key.root, self._epsilon)
-                except Exception as exception:
+                except Exception as exception:  # noqa: BLE001 - like upstream, any solver failure falls back
                     logger.warning(
                         f"Batched {type(config).__name__} failed on {len(chunk_refs)} factor matrices "
                         f"of dim {key.dim} ({exception!r}); using the per-block path for their blocks."
@@ -309,7 +309,7 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
         stack = self._bias_corrected_stack([chunk.refs[j] for j in rejected])
         try:
             fallback = eigh_stack(config, stack, chunk.key.root, self._epsilon)
-        except Exception as exception:
+        except Exception as exception:  # noqa: BLE001 - the rejected roots stay rejected
             logger.warning(f"The eigh fallback failed too ({exception!r}).")
             return rejected
         chunk.roots[rejected] = self._to_inverse_factor_format(fallback.inverse_root)

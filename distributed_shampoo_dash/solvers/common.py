@@ -199,6 +199,18 @@ def inverse_root_residual(
     return (frobenius_norm(error) / math.sqrt(B.shape[-1])).float()
 
 
+def stable_power(values: Tensor, exponent: float) -> Tensor:
+    """``values ** exponent`` elementwise, evaluated in float64 and rounded to ``values.dtype``.
+
+    CPU kernels evaluate ``pow`` with vectorised and scalar code that round differently, and which
+    one handles an element depends on its position in the tensor. Evaluated in float64, both are
+    accurate far below float32 resolution, so the float32 powers of a block do not depend on the
+    stack it is in (a DDP rank stacks other blocks than a single device does). Products and
+    eigendecompositions of a stack may still round differently from those of a single block.
+    """
+    return values.double().pow(exponent).to(values.dtype)
+
+
 def finite_blocks(*stacks: Tensor) -> Tensor:
     """``(N,)`` bool: True where every entry of the given per-block tensors is finite."""
     finite = torch.ones(stacks[0].shape[0], dtype=torch.bool, device=stacks[0].device)
@@ -230,5 +242,5 @@ def scaled_result(
         ``||X_s^p B - I||_F / sqrt(d)`` and the finiteness flags.
     """
     residual = inverse_root_residual(scaled_matrix, scaled_root, root, precision)
-    inverse_root = (scaled_root * scale.pow(-1.0 / root)[:, None, None]).to(stack.dtype)
+    inverse_root = (scaled_root * stable_power(scale, -1.0 / root)[:, None, None]).to(stack.dtype)
     return InverseRootResult(inverse_root, residual, finite_blocks(inverse_root, residual.unsqueeze(-1)))

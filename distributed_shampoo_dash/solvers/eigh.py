@@ -23,6 +23,7 @@ from distributed_shampoo_dash.solvers.common import (
     check_positive_root,
     finite_blocks,
     frobenius_norm,
+    stable_power,
 )
 
 
@@ -66,7 +67,7 @@ def eigh_inverse_root(
         shifted = torch.where(lambda_min < epsilon, (eigenvalues - lambda_min) + epsilon, eigenvalues)
     else:
         shifted = (eigenvalues - lambda_min.clamp(max=0.0)) + epsilon
-    inverse_root = (eigenvectors * shifted.pow(-1.0 / root).unsqueeze(-2)) @ eigenvectors.mT
+    inverse_root = (eigenvectors * stable_power(shifted, -1.0 / root).unsqueeze(-2)) @ eigenvectors.mT
 
     decomposition_error = perturbed @ eigenvectors - eigenvectors * eigenvalues.unsqueeze(-2)
     norm = frobenius_norm(perturbed)
