@@ -176,13 +176,12 @@ def run_row(
             root_steps.append(computes_roots(step + 1, args.precondition_frequency))
     errors = root_errors(optimizer, epsilon=1e-10)
     shampoo_list = optimizer._per_group_state_lists[0]["shampoo_preconditioner_list"]
+    times_without_roots = [t for t, roots in zip(times, root_steps, strict=True) if not roots]
     return {
         "label": row.label,
         "median_step_s": statistics.median(times),
         "mean_step_s": statistics.mean(times),
-        "median_step_without_roots_s": statistics.median(
-            [t for t, roots in zip(times, root_steps, strict=True) if not roots] or [float("nan")]
-        ),
+        "median_step_without_roots_s": statistics.median(times_without_roots) if times_without_roots else None,
         "step_times_s": times,
         "root_steps": root_steps,
         "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
@@ -208,13 +207,14 @@ def markdown_table(results: list[dict[str, object]]) -> str:
     ]
     for result in results:
         memory = result["peak_memory_bytes"]
+        without_roots = result["median_step_without_roots_s"]
         speedups = " / ".join(
-            f"{reference[key] / result[key]:.2f}x"
+            "-" if result[key] is None else f"{reference[key] / result[key]:.2f}x"
             for key in ("median_step_s", "mean_step_s", "median_step_without_roots_s")
         )
         lines.append(
             f"| {result['label']} | {result['median_step_s']:.4f} | {result['mean_step_s']:.4f} | "
-            f"{result['median_step_without_roots_s']:.4f} | {speedups} | "
+            f"{'-' if without_roots is None else f'{without_roots:.4f}'} | {speedups} | "
             f"{'-' if memory is None else f'{memory / 1e9:.2f}'} | "
             f"{result['root_error_median']:.1e} / {result['root_error_p90']:.1e} / {result['root_error_max']:.1e} | "
             f"{result['fallbacks'] or '-'} | {result['finite']} |"
