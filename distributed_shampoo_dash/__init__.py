@@ -11,18 +11,6 @@ from typing import Any
 
 from distributed_shampoo_dash import solvers
 
-_ADAPTER_NAMES = frozenset(
-    {
-        "ChebyshevRootInvConfig",
-        "InverseRootCostModel",
-        "NewtonDBRootInvConfig",
-        "disable",
-        "enable",
-        "enabled",
-        "is_enabled",
-    }
-)
-
 __all__ = [
     "ChebyshevRootInvConfig",
     "InverseRootCostModel",
@@ -33,6 +21,9 @@ __all__ = [
     "is_enabled",
     "solvers",
 ]
+
+#: Names served from ``distributed_shampoo_dash.integration`` on first access.
+_ADAPTER_NAMES = frozenset(__all__) - {"solvers"}
 
 
 def __getattr__(name: str) -> Any:
