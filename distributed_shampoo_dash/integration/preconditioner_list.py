@@ -56,6 +56,7 @@ from distributed_shampoo_dash.integration.solve import (
     upstream_matrix_inverse_root,
 )
 from distributed_shampoo_dash.solvers import InverseRootResult
+from distributed_shampoo_dash.solvers.common import stable_power
 from distributed_shampoo_dash.stacking import (
     InverseRootKey,
     chunked,
@@ -94,7 +95,7 @@ def bias_corrected_factor_stack(
     if kronecker_factors.use_trace_scaling:
         traces = stack.diagonal(dim1=-2, dim2=-1).sum(dim=-1)
         safe_traces = torch.clamp(traces, min=kronecker_factors.epsilon)
-        stack = stack * torch.pow(safe_traces, -kronecker_factors.trace_scaling_exponent)[:, None, None]
+        stack = stack * stable_power(safe_traces, -kronecker_factors.trace_scaling_exponent)[:, None, None]
     return stack
 
 
