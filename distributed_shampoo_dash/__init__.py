@@ -1,10 +1,11 @@
 """DASH for Distributed Shampoo: batched block preconditioning and matmul-only inverse roots.
 
 Importing this package changes nothing in ``distributed_shampoo``. The solvers need only torch;
-the upstream adapter (``enable``, ``disable``, ``enabled``, ``is_enabled``, the configs
-``NewtonDBRootInvConfig`` and ``ChebyshevRootInvConfig`` and the DDP cost model
-``InverseRootCostModel``) is imported on first access and needs
-``distributed_shampoo`` installed.
+the upstream adapter (the switch ``enable``, ``disable``, ``enabled``, ``is_enabled``; the configs
+``NewtonDBRootInvConfig`` and ``ChebyshevRootInvConfig``; ``inverse_roots``, the roots of a stack
+exactly as the optimizer computes them; the diagnostics ``fallback_counts``,
+``preconditioner_lists`` and ``inverse_factors``; the DDP cost model ``InverseRootCostModel``) is imported on first access
+and needs ``distributed_shampoo`` installed.
 """
 
 from typing import Any
@@ -13,12 +14,18 @@ from distributed_shampoo_dash import solvers
 
 __all__ = [
     "ChebyshevRootInvConfig",
+    "InverseFactor",
     "InverseRootCostModel",
+    "InverseRoots",
     "NewtonDBRootInvConfig",
     "disable",
     "enable",
     "enabled",
+    "fallback_counts",
+    "inverse_factors",
+    "inverse_roots",
     "is_enabled",
+    "preconditioner_lists",
     "solvers",
 ]
 

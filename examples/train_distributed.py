@@ -1,6 +1,6 @@
 """Train a small byte-level Llama with Distributed Shampoo + DASH under torchrun (DDP or fully_shard).
 
-Every rank builds the same seeded model (``examples/llama.py``), wraps it with
+Every rank builds the same seeded model (``distributed_shampoo_dash/examples/llama.py``), wraps it with
 ``DistributedDataParallel`` (``--distributed ddp``, with upstream's ``DDPDistributedConfig``) or
 with torch's ``fully_shard`` per transformer block and then the root (``--distributed
 fully_shard``, with ``FullyShardDistributedConfig``), and trains it on random byte windows of the
@@ -51,19 +51,17 @@ import os
 import sys
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from llama import (
+from distributed_shampoo_dash.examples.llama import (
     ByteCorpus,
     Llama,
     LlamaConfig,
@@ -71,6 +69,15 @@ from llama import (
     load_stdlib_corpus,
     random_windows,
     split_windows,
+)
+from distributed_shampoo_dash.examples.training import (
+    DEFAULT_EPSILON,
+    PRESETS,
+    HelpFormatter,
+    make_progress,
+    mean_ms,
+    pick_device,
+    synchronize,
 )
 
 try:
@@ -95,45 +102,9 @@ import distributed_shampoo_dash as dash
 
 SOLVERS = ("eigen", "coupled-newton", "newton-db", "chebyshev")
 DASH_ONLY_SOLVERS = ("newton-db", "chebyshev")
-#: Shampoo epsilon per solver when --epsilon is not given: the paper's 1e-10, except for coupled
-#: Newton, whose iteration (upstream's and DASH's alike) diverges on the rank-deficient factors of
-#: the first root computations of this model at 1e-10 and 1e-8 (PreconditionerValueError).
-DEFAULT_EPSILON = {"coupled-newton": 1e-6}
-
-
-@dataclass(frozen=True)
-class Preset:
-    """Model size and batch defaults of a ``--preset`` (each can be overridden by its flag)."""
-
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    ffn_hidden_size: int
-    seq_len: int
-    batch_size: int
-    max_preconditioner_dim: int
-
-
-PRESETS = {
-    # 0.12M parameters: every factor is 64 x 64, many same-shaped blocks to stack.
-    "tiny": Preset(64, 2, 4, 128, 64, 8, 64),
-    # 3.5M parameters: whole matrices (up to 768 x 256) as blocks, the paper's block limit.
-    "small": Preset(256, 4, 4, 768, 128, 16, 1024),
-}
-
-
 # --------------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------------
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except the unset ones (``None``: taken from the preset or the solver)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -292,22 +263,6 @@ class Context:
         return self.rank == 0
 
 
-def pick_device(choice: str, local_rank: int) -> torch.device:
-    """``cuda:<local_rank>`` or ``cpu`` for ``--device``."""
-    use_cuda = torch.cuda.is_available() if choice == "auto" else choice == "cuda"
-    if not use_cuda:
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise SystemExit("--device cuda, but torch.cuda.is_available() is False.")
-    if local_rank >= torch.cuda.device_count():
-        raise SystemExit(
-            f"LOCAL_RANK {local_rank} has no GPU ({torch.cuda.device_count()} visible): "
-            "use one process per GPU (--nproc_per_node <= number of GPUs)."
-        )
-    torch.cuda.set_device(local_rank)
-    return torch.device("cuda", local_rank)
-
-
 @contextmanager
 def process_group(device_choice: str) -> Iterator[Context]:
     """Joins torchrun's process group, or starts a one-process group without torchrun."""
@@ -335,12 +290,6 @@ def process_group(device_choice: str) -> Iterator[Context]:
             )
         finally:
             dist.destroy_process_group()
-
-
-def synchronize(device: torch.device) -> None:
-    """Waits for queued device work (CUDA) so that host timers measure it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -416,89 +365,9 @@ def build_optimizer(
     )
 
 
-def preconditioner_lists(optimizer: DistributedShampoo) -> list[Any]:
-    """This rank's Shampoo preconditioner list of each param group (an upstream internal)."""
-    lists = []
-    for state in getattr(optimizer, "_per_group_state_lists", []):
-        if "shampoo_preconditioner_list" in state:
-            lists.append(state["shampoo_preconditioner_list"])
-    return lists
-
-
 # --------------------------------------------------------------------------------------------------
 # Progress display (rank 0)
 # --------------------------------------------------------------------------------------------------
-
-
-class Progress(Protocol):
-    def update(self, n: int = 1) -> Any: ...
-    def set_postfix_str(self, s: str = "", refresh: bool = True) -> Any: ...
-    def close(self) -> Any: ...
-
-
-class TextProgress:
-    """A plain progress line on stderr for when tqdm is not installed.
-
-    On a terminal the line is rewritten at every step; otherwise (logs, pipes) a line is printed
-    at every tenth of the run. ``enabled=False`` prints nothing (ranks other than 0).
-    """
-
-    def __init__(self, total: int, enabled: bool = True, stream: Any = sys.stderr) -> None:
-        self.total, self.count, self.postfix, self.stream = total, 0, "", stream
-        self.enabled = enabled
-        self.interactive = enabled and bool(getattr(stream, "isatty", lambda: False)())
-        self.every = max(1, total // 10)
-        self.start = time.perf_counter()
-
-    def _line(self) -> str:
-        width = 24
-        filled = width * self.count // max(1, self.total)
-        elapsed = time.perf_counter() - self.start
-        return (
-            f"train [{'#' * filled}{'.' * (width - filled)}] {self.count}/{self.total} "
-            f"{elapsed:.1f}s {self.postfix}"
-        )
-
-    def update(self, n: int = 1) -> None:
-        self.count += n
-        if self.interactive:
-            self.stream.write("\r" + self._line())
-            self.stream.flush()
-        elif self.enabled and (self.count % self.every == 0 or self.count == self.total):
-            print(self._line(), file=self.stream, flush=True)
-
-    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
-        self.postfix = s
-
-    def close(self) -> None:
-        if self.interactive:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-def make_progress(total: int, enabled: bool) -> tuple[Progress, Callable[[str], None]]:
-    """A progress bar and a function that prints a line above it; both silent unless ``enabled``.
-
-    The bar is tqdm's if tqdm is importable, else a :class:`TextProgress`.
-    """
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        progress = TextProgress(total, enabled)
-
-        def write(message: str) -> None:
-            if progress.interactive:
-                sys.stderr.write("\r\033[K")  # clear the progress line first
-            if enabled:
-                print(message, flush=True)
-
-        return progress, write
-
-    def tqdm_write(message: str) -> None:
-        if enabled:
-            tqdm.write(message)
-
-    return tqdm(total=total, desc="train", dynamic_ncols=True, disable=not enabled), tqdm_write
 
 
 # --------------------------------------------------------------------------------------------------
@@ -543,11 +412,6 @@ def evaluate(model: nn.Module, corpus: ByteCorpus, args: argparse.Namespace, ctx
     return float(totals[0] / totals[1])
 
 
-def mean_ms(times: list[float]) -> str:
-    """Mean of ``times`` (seconds) in milliseconds, formatted; ``n/a`` when empty."""
-    return f"{1e3 * sum(times) / len(times):.1f} ms" if times else "n/a"
-
-
 FALLBACK_KINDS = ("eigh", "replayed")
 
 
@@ -557,9 +421,7 @@ def fallback_counts(optimizer: DistributedShampoo, device: torch.device) -> dict
     ``eigh``: roots recomputed by eigh after failing their check; ``replayed``: blocks handed to
     upstream's per-block code.
     """
-    counts: Counter[str] = Counter()
-    for pl in preconditioner_lists(optimizer):
-        counts.update(getattr(pl, "fallback_counts", {}))
+    counts = dash.fallback_counts(optimizer)
     totals = torch.tensor([counts[kind] for kind in FALLBACK_KINDS], device=device)
     dist.all_reduce(totals)
     return {kind: int(count) for kind, count in zip(FALLBACK_KINDS, totals.tolist()) if count}
@@ -588,7 +450,7 @@ def train(args: argparse.Namespace, ctx: Context) -> int:
     num_parameters = sum(p.numel() for p in llama.parameters())
     model, distributed_config = wrap_model(llama, args.distributed, ctx)
     optimizer = build_optimizer(model, args, distributed_config)
-    list_classes = sorted({type(pl).__name__ for pl in preconditioner_lists(optimizer)})
+    list_classes = sorted({type(pl).__name__ for pl in dash.preconditioner_lists(optimizer)})
     solver = solver_description(args.solver, use_dash)
     say = print if ctx.is_main else (lambda *_, **__: None)
     say(

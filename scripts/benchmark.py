@@ -38,7 +38,10 @@ from distributed_shampoo import (
 from distributed_shampoo.preconditioner.matrix_functions_types import RootInvConfig
 
 import distributed_shampoo_dash as dash
-from distributed_shampoo_dash.solvers import MatmulPrecision
+from distributed_shampoo_dash.solvers import IterationControl, MatmulPrecision
+
+#: Ten iterations at the reduced precision, then two in fp32.
+REFINED = IterationControl(num_iterations=10, refinement_iterations=2)
 
 
 @dataclass(frozen=True)
@@ -85,12 +88,12 @@ def rows() -> list[Row]:
         Row(
             "DASH Newton-DB tf32 (k=10, +2 fp32)",
             True,
-            dash.NewtonDBRootInvConfig(precision=MatmulPrecision.TF32, refinement_iterations=2),
+            dash.NewtonDBRootInvConfig(precision=MatmulPrecision.TF32, iteration=REFINED),
         ),
         Row(
             "DASH Newton-DB bf16 (k=10, +2 fp32)",
             True,
-            dash.NewtonDBRootInvConfig(precision=MatmulPrecision.BF16, refinement_iterations=2),
+            dash.NewtonDBRootInvConfig(precision=MatmulPrecision.BF16, iteration=REFINED),
         ),
         Row("DASH Chebyshev fp32 (degree 60)", True, dash.ChebyshevRootInvConfig()),
     ]
@@ -124,24 +127,17 @@ def make_optimizer(
     )
 
 
-def root_errors(optimizer: DistributedShampoo, epsilon: float) -> list[float]:
+def root_errors(optimizer: DistributedShampoo) -> list[float]:
     """Relative Frobenius error of every inverse factor against the fp64 root of its factor."""
     errors = []
-    for state_lists in optimizer._per_group_state_lists:
-        preconditioner_list = state_lists["shampoo_preconditioner_list"]
-        bias_correction2 = float(preconditioner_list._bias_correction2)
-        for block in preconditioner_list._masked_kronecker_factors_unwrapped:
-            for factor, inverse, root in zip(
-                block.factor_matrices, block.inv_factor_matrices, block.roots, strict=True
-            ):
-                matrix = block._unpack_matrix(factor).double() / bias_correction2
-                computed = block._unpack_matrix(inverse).double()
-                eigenvalues, eigenvectors = torch.linalg.eigh(
-                    matrix + epsilon * torch.eye(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
-                )
-                eigenvalues = eigenvalues.clamp_min(epsilon)
-                reference = (eigenvectors * eigenvalues.pow(-1.0 / root)) @ eigenvectors.T
-                errors.append(float(torch.linalg.norm(computed - reference) / torch.linalg.norm(reference)))
+    for factor in dash.inverse_factors(optimizer):
+        matrix = factor.matrix.double()
+        identity = torch.eye(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
+        eigenvalues, eigenvectors = torch.linalg.eigh(matrix + factor.epsilon * identity)
+        eigenvalues = eigenvalues.clamp_min(factor.epsilon)
+        reference = (eigenvectors * eigenvalues.pow(-1.0 / factor.root)) @ eigenvectors.T
+        difference = factor.inverse_root.double() - reference
+        errors.append(float(torch.linalg.norm(difference) / torch.linalg.norm(reference)))
     return errors
 
 
@@ -174,8 +170,7 @@ def run_row(
         if step >= args.warmup:
             times.append(time.perf_counter() - start)
             root_steps.append(computes_roots(step + 1, args.precondition_frequency))
-    errors = root_errors(optimizer, epsilon=1e-10)
-    shampoo_list = optimizer._per_group_state_lists[0]["shampoo_preconditioner_list"]
+    errors = root_errors(optimizer)
     times_without_roots = [t for t, roots in zip(times, root_steps, strict=True) if not roots]
     return {
         "label": row.label,
@@ -189,7 +184,7 @@ def run_row(
         "root_error_p90": statistics.quantiles(errors, n=10)[-1],
         "root_error_max": max(errors),
         "num_factors": len(errors),
-        "fallbacks": dict(getattr(shampoo_list, "fallback_counts", {})),
+        "fallbacks": dict(dash.fallback_counts(optimizer)),
         "finite": all(bool(torch.isfinite(p).all()) for p in params),
     }
 

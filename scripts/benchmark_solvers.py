@@ -16,25 +16,16 @@ Spectra (bases: QR of a seeded Gaussian in fp64; the fp64 stack is rounded to fp
 solver gets that fp32 stack): Wishart ``X X^T / n`` with ``X`` of shape ``(d, 2d)`` (condition
 ~34), eigenvalues ``i^-1/2`` (condition ``sqrt(d)``) and ``i^-1`` (condition ``d``, ~1e3 at
 d = 1024). Reference: fp64 ``eigh`` of the same fp32 stack,
-``X_ref = Q diag((L + shift)^{-1/p}) Q^T``, epsilon 0 for every solver. The shift is 0 except for
-Chebyshev, whose target is the root of ``A + delta s I`` (``delta = relative_epsilon = 1e-3``,
-``s`` its multi-power-iteration scale): its table errors are against that target, its errors
-against ``A^{-1/p}`` follow the table. Each solver uses its default scaling: Frobenius for coupled
-Newton (upstream's), multi-power iteration (16 vectors, 10 steps, safety factor 2) otherwise.
+``X_ref = Q diag((L + r)^{-1/p}) Q^T``, epsilon 0 for every solver, where ``r`` is the ridge the
+solver reports for the block (``regularization``): 0 except for Chebyshev, whose target is the
+root of ``A + delta u I`` (``delta = rel_epsilon = 1e-3``, ``u`` its multi-power-iteration bound):
+its table errors are against that target, its errors against ``A^{-1/p}`` follow the table. Each
+solver uses its default scaling: Frobenius for coupled Newton (upstream's), multi-power iteration
+(16 vectors, 10 steps, safety factor 2) otherwise.
 
-Product counts (``d x d`` batched products, ``2 d^3`` FLOPs per block each), root ``p``, with
-``P(n) = floor(log2 n) + popcount(n) - 1`` products for ``X^n`` by repeated squaring:
-
-* Newton-DB, ``p = 2^m``, ``k`` iterations and ``r`` fp32 refinement iterations: per square-root
-  run ``3k - 2`` iteration products plus 1 ``Z Y`` product judging the last iterate at the main
-  precision, plus ``3r + 2`` at fp32 if ``r > 0`` (one of them re-couples ``Y = B Z``);
-  ``max(m, 1)`` chained runs (``p = 1`` adds one squaring); plus the residual ``||X^p B - I||``:
-  ``P(p) + 1`` at fp32. Root 4, k = 10: 61.
-* Coupled Newton, ``k`` iterations: ``k (2 + P(p))`` at the main precision plus the residual
-  ``P(p) + 1`` at fp32. Root 4, k = 10: 43.
-* Chebyshev, degree ``D``: ``D - 1`` Clenshaw products plus the residual ``P(p) + 1`` at fp32.
-  Degree 60, root 4: 62.
-* eigh: no product count, no TFLOP/s.
+Product counts (``d x d`` batched products, ``2 d^3`` FLOPs per block each) are the solvers' own
+``*_products`` functions, per precision (reduced-precision rows run their refinement and residual
+products at fp32); eigh has no product count and no TFLOP/s.
 
 Not counted: the scaling's power iteration (11 products of ``(d, d) @ (d, 16)``, about ``176 / d``
 product equivalents, fp32), elementwise updates and norms. Every count is fixed (no row uses a
@@ -79,13 +70,17 @@ from distributed_shampoo_dash.solvers import (
     InverseRootResult,
     IterationControl,
     MatmulPrecision,
+    ProductCounts,
     SpectralScaling,
     chebyshev_inverse_root,
-    check_newton_db_root,
+    chebyshev_products,
     coupled_newton_inverse_root,
+    coupled_newton_products,
     eigh_inverse_root,
     newton_db_inverse_root,
+    newton_db_products,
 )
+from distributed_shampoo_dash.solvers.checks import is_power_of_two
 from distributed_shampoo_dash.solvers.precision import batched_matmul
 
 FP32, TF32, BF16, FP16 = (
@@ -97,13 +92,11 @@ FP32, TF32, BF16, FP16 = (
 #: Precisions whose plain batched matmul is timed as the peak.
 PEAK_PRECISIONS = (FP32, TF32, BF16, FP16)
 PEAK_CALLS_PER_SAMPLE = 10
-CHEBYSHEV_RELATIVE_EPSILON = 1e-3
-CHEBYSHEV_SCALING = MULTI_POWER_ITERATION_SCALING
+CHEBYSHEV_REL_EPSILON = 1e-3
 ERROR_TARGET = 1e-3
 MAX_STUDY_ITERATIONS = 30
 STUDY_ROOT = 4
 
-ProductCounts = dict[MatmulPrecision, int]
 Shape = tuple[int, int, int]
 
 
@@ -128,10 +121,10 @@ class Row:
     Attributes:
         name (str): Label, also matched by ``--only``.
         solve (Callable[[Tensor], InverseRootResult]): Runs the solver on an fp32 stack.
-        products (ProductCounts | None): Products per precision; None for eigh.
+        products (ProductCounts | None): Products per precision (the solver's ``*_products``);
+            None for eigh.
         precisions (frozenset[MatmulPrecision]): Precisions of its iterations, for device checks
             and notes (the fp32 residual products are not listed).
-        relative_epsilon (float): Chebyshev's ``delta`` (its target is ``A + delta s I``), else 0.
         skip_reason (str | None): Why the row cannot run for this root, if it cannot.
     """
 
@@ -139,27 +132,7 @@ class Row:
     solve: Callable[[Tensor], InverseRootResult]
     products: ProductCounts | None
     precisions: frozenset[MatmulPrecision]
-    relative_epsilon: float = 0.0
     skip_reason: str | None = None
-
-
-def power_products(exponent: int) -> int:
-    """Products of ``X^n`` by repeated squaring: ``floor(log2 n) + popcount(n) - 1``."""
-    return exponent.bit_length() - 1 + exponent.bit_count() - 1
-
-
-def merge_counts(*counts: ProductCounts) -> ProductCounts:
-    """Sums product counts per precision, dropping zeros."""
-    total: ProductCounts = {}
-    for count in counts:
-        for precision, products in count.items():
-            total[precision] = total.get(precision, 0) + products
-    return {precision: products for precision, products in total.items() if products}
-
-
-def residual_counts(root: int) -> ProductCounts:
-    """The fp32 ``||X^p B - I||`` every iterative solver returns: ``P(p) + 1`` products."""
-    return {FP32: power_products(root) + 1}
 
 
 def eigh_row(root: int) -> Row:
@@ -167,14 +140,11 @@ def eigh_row(root: int) -> Row:
 
 
 def coupled_newton_row(precision: MatmulPrecision, iterations: int, root: int) -> Row:
-    control = IterationControl(num_iterations=iterations, precision=precision)
-    products = merge_counts(
-        {precision: iterations * (2 + power_products(root))}, residual_counts(root)
-    )
+    iteration = IterationControl(num_iterations=iterations)
     return Row(
         f"coupled-newton {precision.value} k={iterations}",
-        lambda A: coupled_newton_inverse_root(A, root, control=control),
-        products,
+        lambda A: coupled_newton_inverse_root(A, root, precision=precision, iteration=iteration),
+        coupled_newton_products(root, precision, iteration),
         frozenset({precision}),
     )
 
@@ -185,42 +155,26 @@ def newton_db_row(
     name = f"newton-db {precision.value} k={iterations}" + (
         f" +{refinement} fp32" if refinement else ""
     )
-    control = IterationControl(
-        num_iterations=iterations, precision=precision, refinement_iterations=refinement
-    )
+    iteration = IterationControl(num_iterations=iterations, refinement_iterations=refinement)
     row = Row(
         name,
-        lambda A: newton_db_inverse_root(A, root, control=control),
+        lambda A: newton_db_inverse_root(A, root, precision=precision, iteration=iteration),
         None,
         frozenset({precision, FP32} if refinement else {precision}),
     )
-    try:
-        check_newton_db_root(root)
-    except ValueError as error:
-        return replace(row, skip_reason=str(error).split(". ")[0])
-    runs = max(root.bit_length() - 1, 1)
-    per_run = merge_counts(
-        {precision: 3 * iterations - 1}, {FP32: 3 * refinement + 2 if refinement else 0}
-    )
-    squaring = {precision: 1 if root == 1 else 0}
-    return replace(row, products=merge_counts(*[per_run] * runs, squaring, residual_counts(root)))
+    if not is_power_of_two(root):
+        return replace(row, skip_reason=f"root {root} is not a power of two")
+    return replace(row, products=newton_db_products(root, precision, iteration))
 
 
 def chebyshev_row(precision: MatmulPrecision, degree: int, root: int) -> Row:
-    products = merge_counts({precision: degree - 1}, residual_counts(root))
     return Row(
         f"chebyshev {precision.value} deg={degree}",
         lambda A: chebyshev_inverse_root(
-            A,
-            root,
-            degree=degree,
-            relative_epsilon=CHEBYSHEV_RELATIVE_EPSILON,
-            precision=precision,
-            scaling=CHEBYSHEV_SCALING,
+            A, root, degree=degree, rel_epsilon=CHEBYSHEV_REL_EPSILON, precision=precision
         ),
-        products,
+        chebyshev_products(root, precision, degree),
         frozenset({precision}),
-        relative_epsilon=CHEBYSHEV_RELATIVE_EPSILON,
     )
 
 
@@ -349,15 +303,10 @@ class ErrorSummary:
     flagged_fraction: float
 
 
-def error_summary(
-    row: Row, case: SpectrumCase, result: InverseRootResult, root: int
-) -> ErrorSummary:
+def error_summary(case: SpectrumCase, result: InverseRootResult, root: int) -> ErrorSummary:
     """Median/max errors per block and the fraction flagged (residual > 1 or not finite)."""
     plain = relative_errors(result.inverse_root, case.reference(root, 0.0))
-    target = plain
-    if row.relative_epsilon:
-        shift = row.relative_epsilon * CHEBYSHEV_SCALING.upper_bound(case.stack).double()
-        target = relative_errors(result.inverse_root, case.reference(root, shift))
+    target = relative_errors(result.inverse_root, case.reference(root, result.regularization.double()))
     flagged = ~result.is_finite | (result.residual > 1.0)
     return ErrorSummary(
         median=float(target.median()),
@@ -499,7 +448,7 @@ def measure_row(
             torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
         ),
         notes=device_notes(row.precisions, device),
-        errors={case.name: error_summary(row, case, results[case.name], root) for case in cases},
+        errors={case.name: error_summary(case, results[case.name], root) for case in cases},
     )
 
 
@@ -566,8 +515,8 @@ def iterations_to_target(case: SpectrumCase, scaling: SpectralScaling) -> int | 
     """First ``num_iterations`` in 1..30 at which Newton-DB's max block error is <= the target."""
     reference = case.reference(STUDY_ROOT, 0.0)
     for iterations in range(1, MAX_STUDY_ITERATIONS + 1):
-        control = IterationControl(num_iterations=iterations)
-        result = newton_db_inverse_root(case.stack, STUDY_ROOT, control=control, scaling=scaling)
+        iteration = IterationControl(num_iterations=iterations)
+        result = newton_db_inverse_root(case.stack, STUDY_ROOT, iteration=iteration, scaling=scaling)
         if float(relative_errors(result.inverse_root, reference).max()) <= ERROR_TARGET:
             return iterations
     return None
@@ -635,8 +584,8 @@ def rows_table(result: ShapeResult) -> str:
 def chebyshev_footnote(result: ShapeResult) -> str:
     lines = [
         (
-            f"† error against the Chebyshev target (A + {CHEBYSHEV_RELATIVE_EPSILON:g} s I)^(-1/p),"
-            " s its multi-power-iteration scale; against A^(-1/p) (median / max):"
+            f"† error against the Chebyshev target (A + {CHEBYSHEV_REL_EPSILON:g} u I)^(-1/p),"
+            " u its multi-power-iteration bound; against A^(-1/p) (median / max):"
         )
     ]
     for record in result.rows:
@@ -762,7 +711,7 @@ def main() -> None:
         "torch": torch.__version__,
         "root": args.root,
         "repeats": repeats,
-        "chebyshev_relative_epsilon": CHEBYSHEV_RELATIVE_EPSILON,
+        "chebyshev_rel_epsilon": CHEBYSHEV_REL_EPSILON,
         "shapes": [asdict(result) for result in shape_results],
         "scaling_study": None
         if study is None

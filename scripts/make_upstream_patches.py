@@ -48,12 +48,15 @@ MODULES: dict[str, str] = {
         for name in (
             "__init__",
             "chebyshev",
-            "common",
+            "checks",
             "coupled_newton",
             "eigh",
             "iteration",
+            "linalg",
             "newton_db",
             "precision",
+            "problem",
+            "result",
             "scaling",
         )
     },
@@ -63,7 +66,7 @@ MODULES: dict[str, str] = {
     },
     **{
         f"distributed_shampoo_dash/integration/{name}.py": f"{NATIVE_PACKAGE}/{name}.py"
-        for name in ("configs", "solve", "preconditioner_list")
+        for name in ("configs", "solve", "roots", "per_block", "preconditioner_list")
     },
 }
 
@@ -71,6 +74,8 @@ MODULES: dict[str, str] = {
 IMPORT_PATHS: dict[str, str] = {
     "distributed_shampoo_dash.integration.configs": "distributed_shampoo.preconditioner.dash.configs",
     "distributed_shampoo_dash.integration.solve": "distributed_shampoo.preconditioner.dash.solve",
+    "distributed_shampoo_dash.integration.roots": "distributed_shampoo.preconditioner.dash.roots",
+    "distributed_shampoo_dash.integration.per_block": "distributed_shampoo.preconditioner.dash.per_block",
     "distributed_shampoo_dash.integration.preconditioner_list": (
         "distributed_shampoo.preconditioner.dash.preconditioner_list"
     ),
@@ -116,7 +121,7 @@ HOOKS: tuple[Hook, ...] = (
         "imports",
         (
             "# DASH configs are solved by DASH; every other config goes to matrix_inverse_root above.",
-            "from distributed_shampoo.preconditioner.dash.solve import (",
+            "from distributed_shampoo.preconditioner.dash.per_block import (",
             "    dash_matrix_inverse_root as matrix_inverse_root,  # type: ignore[no-redef]",
             ")",
         ),

@@ -2,7 +2,7 @@
 
 Setup (docs/quality.md has the full description):
 
-* Model and data: ``examples/llama.py`` (reused, not copied). A byte-level Llama (vocabulary 256,
+* Model and data: ``distributed_shampoo_dash/examples/llama.py`` (shared with the example). A byte-level Llama (vocabulary 256,
   RMSNorm, rotary attention, SwiGLU, untied head) of the shape of ``examples/train_distributed.py``'s
   presets (``--preset cpu``: its ``tiny`` model, ``--preset gpu``: its ``small`` model), trained on
   random windows of the Python standard library's ``*.py`` files; every 10th file (sorted by path)
@@ -73,12 +73,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-sys.path.insert(0, str(EXAMPLES))
-# The example owns the presets, the progress bar and the optimizer-internals helpers; reuse them.
-import train_distributed as example
 from distributed_shampoo import (
     AdamPreconditionerConfig,
     CoupledNewtonConfig,
@@ -86,7 +80,11 @@ from distributed_shampoo import (
     EigenConfig,
     RootInvShampooPreconditionerConfig,
 )
-from llama import (
+from torch import nn
+
+import distributed_shampoo_dash as dash
+from distributed_shampoo_dash.examples import training as example
+from distributed_shampoo_dash.examples.llama import (
     ByteCorpus,
     Llama,
     LlamaConfig,
@@ -95,8 +93,11 @@ from llama import (
     random_windows,
     split_windows,
 )
-
-import distributed_shampoo_dash as dash
+from distributed_shampoo_dash.solvers import (
+    FROBENIUS_SCALING,
+    MULTI_POWER_ITERATION_SCALING,
+    IterationControl,
+)
 
 EQUIVALENCE_TOLERANCE = 1e-3
 ROUNDING_NOISE = 1e-7
@@ -184,15 +185,15 @@ RUNS: dict[str, RunSpec] = {
         ),
         RunSpec(
             "newton-db-frobenius",
-            "NewtonDBRootInvConfig(scaling_method=frobenius)",
+            "NewtonDBRootInvConfig(scaling=FROBENIUS_SCALING)",
             True,
-            lambda: dash.NewtonDBRootInvConfig(scaling_method="frobenius"),
+            lambda: dash.NewtonDBRootInvConfig(scaling=FROBENIUS_SCALING),
         ),
         RunSpec(
             "newton-db-multipower",
-            "NewtonDBRootInvConfig(scaling_method=multi_power_iteration)",
+            "NewtonDBRootInvConfig(scaling=MULTI_POWER_ITERATION_SCALING)",
             True,
-            lambda: dash.NewtonDBRootInvConfig(scaling_method="multi_power_iteration"),
+            lambda: dash.NewtonDBRootInvConfig(scaling=MULTI_POWER_ITERATION_SCALING),
         ),
         RunSpec(
             "coupled-newton",
@@ -206,9 +207,12 @@ RUNS: dict[str, RunSpec] = {
         ),
         RunSpec(
             "newton-db-bf16-refined",
-            "NewtonDBRootInvConfig(precision=bf16, refinement_iterations=2)",
+            "NewtonDBRootInvConfig(precision=bf16, iteration=IterationControl(10, refinement 2))",
             True,
-            lambda: dash.NewtonDBRootInvConfig(precision="bf16", refinement_iterations=2),
+            lambda: dash.NewtonDBRootInvConfig(
+                precision="bf16",
+                iteration=IterationControl(num_iterations=10, refinement_iterations=2),
+            ),
         ),
     )
 }
@@ -336,11 +340,9 @@ def build_optimizer(spec: RunSpec, model: nn.Module, preset: StudyPreset) -> tor
 
 
 def fallback_counts(optimizer: torch.optim.Optimizer) -> dict[str, int]:
-    """DASH's fallback counters over all param groups (``{}`` for upstream lists and AdamW)."""
-    counts: Counter[str] = Counter()
-    for preconditioner_list in example.preconditioner_lists(optimizer):
-        counts.update(getattr(preconditioner_list, "fallback_counts", {}))
-    return {kind: int(counts[kind]) for kind in example.FALLBACK_KINDS}
+    """DASH's fallback counters over all param groups (zeros for upstream lists and AdamW)."""
+    counts = dash.fallback_counts(optimizer) if isinstance(optimizer, DistributedShampoo) else {}
+    return {kind: int(counts.get(kind, 0)) for kind in ("eigh", "replayed")}
 
 
 def run_config(
@@ -379,7 +381,7 @@ def run_config(
         "solver": repr(spec.solver()) if spec.solver is not None else None,
         "dash": spec.use_dash,
         "preconditioner_lists": sorted(
-            {type(pl).__name__ for pl in example.preconditioner_lists(optimizer)}
+            {type(pl).__name__ for pl in dash.preconditioner_lists(optimizer)}
         ),
         "device": str(device),
         "torch": torch.__version__,

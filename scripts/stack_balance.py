@@ -7,9 +7,9 @@ reads back the blocks each rank owns. Per rank it reports:
 
 * estimated solver FLOPs. A block of order ``n`` has ``n`` factors, one per dim ``d``, each with
   upstream's default inverse root ``p = 2n``; one factor costs ``products(p) * 2 d^3`` FLOPs, with
-  the product counts of Newton-DB at 10 fp32 iterations (``scripts/benchmark_solvers.py``):
-  ``products(2) = 31``, ``products(4) = 61`` (two chained square-root runs of ``3k - 1 = 29``
-  products plus the 3-product residual). This is ``InverseRootCostModel().cost`` with no per-block
+  the product counts of Newton-DB at 10 fp32 iterations (``newton_db_products``):
+  ``products(2) = 31``, ``products(4) = 61`` (two chained runs of ``3k - 1 = 29`` products plus
+  the 3-product residual). This is ``InverseRootCostModel().cost`` with no per-block
   constant; other solvers scale the counts (coupled Newton 43, Chebyshev 62 for ``p = 4``) but the
   ``d^3`` shape, and so the balance, barely moves. Reported: max over mean (1.0 is perfect).
 * ``(dim, root)`` groups: the distinct keys of its factors. Each group is at least one sequential

@@ -69,16 +69,18 @@ def condition_numbers(A: torch.Tensor, epsilon: float = 0.0) -> torch.Tensor:
     return torch.where(smallest > 0, eigenvalues[..., -1] / smallest, torch.full_like(smallest, math.inf))
 
 
-def chebyshev_relative_bound(degree: int, root: float, relative_epsilon: float) -> float:
-    """Max relative error ``|q(t) / g(t) - 1|`` on ``t in [0, 1]`` of the degree-``n`` interpolant
-    ``q`` of ``g(t) = (t + delta)^{-1/p}`` at Chebyshev points of the first kind.
+def chebyshev_relative_bound(degree: int, root: float, rel_epsilon: float) -> float:
+    """Max relative error ``|q(t) / g(t) - 1|`` on ``t in [l, 1]`` of the degree-``n`` interpolant
+    ``q`` of ``g(t) = t^{-1/p}`` at Chebyshev points of the first kind, ``l = delta / (1 + delta)``
+    (the smallest eigenvalue of the scaled, regularised problem).
 
     It bounds the relative Frobenius error of ``q(B)`` against ``g(B)`` for any symmetric ``B``
-    with spectrum in ``[0, 1]`` (the matrix error is a weighted mean of the scalar ones). Computed
+    with spectrum in ``[l, 1]`` (the matrix error is a weighted mean of the scalar ones). Computed
     by ``numpy`` alone, independently of the solver's own coefficients.
     """
-    g = lambda t: (t + relative_epsilon) ** (-1.0 / root)
-    interpolant = np.polynomial.Chebyshev.interpolate(g, degree, domain=[0.0, 1.0])
-    # Dense near 0, where g varies fastest, and uniform elsewhere.
-    t = np.unique(np.concatenate([np.linspace(0.0, 1.0, 20001), np.geomspace(1e-12, 1.0, 20001)]))
+    lower = rel_epsilon / (1.0 + rel_epsilon)
+    g = lambda t: t ** (-1.0 / root)
+    interpolant = np.polynomial.Chebyshev.interpolate(g, degree, domain=[lower, 1.0])
+    # Dense near the lower end, where g varies fastest, and uniform elsewhere.
+    t = np.unique(np.concatenate([np.linspace(lower, 1.0, 20001), np.geomspace(lower, 1.0, 20001)]))
     return float(np.max(np.abs(interpolant(t) / g(t) - 1.0)))

@@ -1,10 +1,12 @@
 """DASH on and off give the same optimizer for upstream's solvers; the switch and configs behave."""
 
+import dataclasses
 import pickle
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,7 +20,7 @@ import distributed_shampoo_dash as dash
 from distributed_shampoo_dash.integration.preconditioner_list import (
     bias_corrected_factor_stack,
 )
-from distributed_shampoo_dash.solvers.scaling import SpectralScaling
+from distributed_shampoo_dash.solvers import IterationControl, SpectralScaling
 from tests.integration.models import train
 from tests.integration.shampoo import (
     kronecker_factors,
@@ -101,8 +103,13 @@ def fp64_reference_root(matrix: torch.Tensor, root: float, epsilon: float) -> to
 @pytest.mark.parametrize(
     "solver, max_error",
     [
-        (dash.NewtonDBRootInvConfig(num_iterations=30, tolerance=1e-6, max_residual=1e-3), 1e-3),
-        (dash.ChebyshevRootInvConfig(degree=100, relative_epsilon=1e-2, max_residual=1e-3), 1e-3),
+        (
+            dash.NewtonDBRootInvConfig(
+                iteration=IterationControl(num_iterations=30, tolerance=1e-6), max_residual=1e-3
+            ),
+            1e-3,
+        ),
+        (dash.ChebyshevRootInvConfig(degree=100, rel_epsilon=1e-2, max_residual=1e-3), 1e-3),
     ],
     ids=["newton_db", "chebyshev"],
 )
@@ -113,7 +120,8 @@ def test_dash_configs_train_the_model_with_roots_of_the_promised_accuracy(
 
     A root the solver computed has residual <= ``max_residual``, which bounds its relative error
     by about ``max_residual sqrt(d) / p``; a rejected one was recomputed by eigh. Chebyshev roots
-    are those of ``A + epsilon I + delta s I`` (``s`` the config's spectral bound).
+    are those of ``A + r I``, ``r = max(delta u, epsilon)`` (``u`` the config's spectral bound of
+    ``A + epsilon I``).
     """
     dash.enable()
     epsilon = 1e-6
@@ -127,13 +135,13 @@ def test_dash_configs_train_the_model_with_roots_of_the_promised_accuracy(
             factors.factor_matrices, factors.inv_factor_matrices, factors.roots, strict=True
         ):
             matrix = bias_corrected_factor_stack(factors, [factor_matrix], bias_correction2)[0]
-            matrix = matrix + epsilon * torch.eye(matrix.shape[0])
             inverse = factors._unpack_matrix(inverse)
-            shift = 0.0
+            ridge = epsilon
             if isinstance(solver, dash.ChebyshevRootInvConfig):
-                scale: SpectralScaling = solver.scaling
-                shift = solver.relative_epsilon * float(scale.upper_bound(matrix.unsqueeze(0))[0])
-            reference = fp64_reference_root(matrix, root, shift)
+                scaling: SpectralScaling = solver.scaling
+                shifted = matrix + epsilon * torch.eye(matrix.shape[0])
+                ridge = max(solver.rel_epsilon * float(scaling.upper_bound(shifted.unsqueeze(0))[0]), epsilon)
+            reference = fp64_reference_root(matrix, root, ridge)
             error = torch.linalg.norm(inverse.double() - reference) / torch.linalg.norm(reference)
             assert error < max_error
 
@@ -164,13 +172,25 @@ def test_enable_and_disable_are_idempotent_and_restore_upstream() -> None:
     from distributed_shampoo import distributed_shampoo as optimizer_module
     from distributed_shampoo.preconditioner import shampoo_preconditioner_list
 
-    original = (optimizer_module.RootInvShampooPreconditionerList, shampoo_preconditioner_list.matrix_inverse_root)
+    def bindings() -> tuple[object, ...]:
+        return (
+            optimizer_module.RootInvShampooPreconditionerList,
+            optimizer_module.RootInvKLShampooPreconditionerList,
+            shampoo_preconditioner_list.matrix_inverse_root,
+        )
+
+    original = bindings()
     dash.enable()
     dash.enable()
     assert dash.is_enabled()
+    assert bindings() == (
+        dash.integration.BatchedRootInvShampooPreconditionerList,
+        dash.integration.BatchedRootInvKLShampooPreconditionerList,
+        dash.integration.dash_matrix_inverse_root,
+    )
     dash.disable()
     dash.disable()
-    assert (optimizer_module.RootInvShampooPreconditionerList, shampoo_preconditioner_list.matrix_inverse_root) == original
+    assert bindings() == original
 
 
 def test_importing_the_package_changes_nothing_upstream() -> None:
@@ -184,22 +204,73 @@ def test_importing_the_package_changes_nothing_upstream() -> None:
 
 
 @pytest.mark.parametrize(
-    "config", [dash.NewtonDBRootInvConfig(num_iterations=7, precision="fp16"), dash.ChebyshevRootInvConfig(degree=20)]
+    "config",
+    [
+        dash.NewtonDBRootInvConfig(iteration=IterationControl(num_iterations=7), precision="fp16"),
+        dash.ChebyshevRootInvConfig(degree=20),
+    ],
 )
 def test_configs_pickle_round_trip(config: RootInvConfig) -> None:
-    assert pickle.loads(pickle.dumps(config)) == config
+    restored = pickle.loads(pickle.dumps(config))
+    assert restored == config
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        restored.max_residual = 2.0  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(
     "make_config, match",
     [
-        (lambda: dash.NewtonDBRootInvConfig(num_iterations=0), "num_iterations=0"),
         (lambda: dash.NewtonDBRootInvConfig(precision="fp8"), "'fp8'"),
-        (lambda: dash.NewtonDBRootInvConfig(safety_factor=0.5), "safety_factor=0.5"),
-        (lambda: dash.ChebyshevRootInvConfig(degree=0), "degree=0"),
-        (lambda: dash.ChebyshevRootInvConfig(relative_epsilon=0.0), "relative_epsilon=0.0"),
+        (lambda: dash.NewtonDBRootInvConfig(rel_epsilon=-1.0), r"Invalid rel_epsilon=-1\.0"),
+        (lambda: dash.NewtonDBRootInvConfig(max_residual=-1.0), r"Invalid max_residual=-1\.0"),
+        (lambda: dash.ChebyshevRootInvConfig(degree=0), r"Invalid degree=0\. Must be an int in \[1, 1000\]"),
+        (lambda: dash.ChebyshevRootInvConfig(degree=10**9), r"Invalid degree=1000000000"),
+        (lambda: dash.ChebyshevRootInvConfig(rel_epsilon=0.0), r"Invalid rel_epsilon=0\.0"),
     ],
 )
 def test_configs_reject_bad_values_by_name(make_config: Callable[[], object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         make_config()
+
+
+@pytest.mark.parametrize(
+    "make_config, match",
+    [
+        (lambda: dash.ChebyshevRootInvConfig(degree="60"), r"Invalid degree='60' of type str\. Must be an int"),
+        (lambda: dash.NewtonDBRootInvConfig(fallback_to_eigh=1), r"Invalid fallback_to_eigh=1 of type int"),
+        (lambda: dash.NewtonDBRootInvConfig(iteration=10), r"Invalid iteration=10 of type int\. Must be a IterationControl"),
+        (lambda: dash.NewtonDBRootInvConfig(scaling="frobenius"), r"Invalid scaling='frobenius' of type str"),
+    ],
+)
+def test_configs_reject_values_of_the_wrong_type_by_name(make_config: Callable[[], object], match: str) -> None:
+    with pytest.raises(TypeError, match=match):
+        make_config()
+
+
+def test_config_option_objects_report_their_own_field_names() -> None:
+    with pytest.raises(ValueError, match=r"Invalid num_iterations=0\."):
+        dash.NewtonDBRootInvConfig(scaling=SpectralScaling(num_iterations=0))
+    with pytest.raises(ValueError, match=r"Invalid num_vectors=0\."):
+        dash.NewtonDBRootInvConfig(scaling=SpectralScaling(num_vectors=0))
+
+
+def test_configs_accept_numpy_scalars_and_store_python_values() -> None:
+    config = dash.ChebyshevRootInvConfig(
+        degree=np.int64(30), rel_epsilon=np.float32(0.01), max_residual=np.float64(0.5), fallback_to_eigh=np.bool_(False)
+    )
+    assert (config.degree, config.max_residual, config.fallback_to_eigh) == (30, 0.5, False)
+    assert [type(value) for value in (config.degree, config.rel_epsilon, config.max_residual, config.fallback_to_eigh)] == [
+        int,
+        float,
+        float,
+        bool,
+    ]
+
+
+def test_configs_are_immutable_and_replace_makes_a_checked_copy() -> None:
+    config = dash.NewtonDBRootInvConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError, match=r"dataclasses\.replace"):
+        config.max_residual = 1e-3  # type: ignore[misc]
+    assert dataclasses.replace(config, max_residual=1e-3).max_residual == 1e-3
+    with pytest.raises(ValueError, match=r"Invalid max_residual=-1\.0"):
+        dataclasses.replace(config, max_residual=-1.0)

@@ -17,13 +17,13 @@ from distributed_shampoo_dash.integration import solve
 from distributed_shampoo_dash.integration.preconditioner_list import (
     bias_corrected_factor_stack,
 )
-from distributed_shampoo_dash.solvers import InverseRootResult, eigh_inverse_root
+from distributed_shampoo_dash.solvers import InverseRootResult, IterationControl, eigh_inverse_root
 from tests.integration.models import MixedShapeModel, make_batches, run_steps
 from tests.integration.shampoo import kronecker_factors, preconditioner_list, shampoo_factory
 
 EPSILON = 1e-6
 #: A converging Newton-DB that accepts any finite root, so only injected failures are rejected.
-NEWTON_DB = {"num_iterations": 30, "tolerance": 1e-6, "max_residual": None}
+NEWTON_DB = {"iteration": IterationControl(num_iterations=30, tolerance=1e-6), "max_residual": None}
 #: Factor dimension whose Newton-DB roots the tests corrupt (the linear layer's 5-column blocks).
 CORRUPTED_DIM = 5
 
@@ -121,7 +121,7 @@ def corrupt_newton_db_roots_of_dim(dim: int, monkeypatch: pytest.MonkeyPatch) ->
             return result
         corrupted_calls[0] += 1
         nan = torch.full_like(result.inverse_root, float("nan"))
-        return InverseRootResult(nan, result.residual, torch.zeros_like(result.is_finite))
+        return result._replace(inverse_root=nan, is_finite=torch.zeros_like(result.is_finite))
 
     monkeypatch.setattr(solve, "newton_db_inverse_root", corrupting)
     return corrupted_calls
@@ -184,7 +184,7 @@ def test_rejected_roots_fall_back_to_eigh_for_those_blocks_alone(
         else:
             assert torch.equal(inverse, clean_inverse)
     assert corrupted > 0
-    assert preconditioner_list(optimizer).fallback_counts["eigh"] == corrupted
+    assert dash.fallback_counts(optimizer)["eigh"] == corrupted
     assert failure_counters(optimizer) == [0] * len(failure_counters(optimizer))
 
 

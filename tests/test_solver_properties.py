@@ -26,7 +26,7 @@ from distributed_shampoo_dash.solvers import (
     eigh_inverse_root,
     newton_db_inverse_root,
 )
-from distributed_shampoo_dash.solvers.common import stable_power
+from distributed_shampoo_dash.solvers.linalg import stable_power
 from distributed_shampoo_dash.solvers.scaling import rayleigh_lambda_max
 from tests.solver_helpers import (
     random_orthogonal,
@@ -178,13 +178,14 @@ def test_residual_is_small_exactly_when_the_error_is_small(
     shift: float | torch.Tensor = 0.0
     match solver:
         case "coupled_newton":
-            control = IterationControl(num_iterations=iterations, precision=precision, stop_at_best=False)
-            result = coupled_newton_inverse_root(A, root, control=control)
+            iteration = IterationControl(num_iterations=iterations, stop_at_best=False)
+            result = coupled_newton_inverse_root(A, root, precision=precision, iteration=iteration)
         case "newton_db":
-            result = newton_db_inverse_root(A, root, control=IterationControl(num_iterations=iterations, precision=precision))
+            iteration = IterationControl(num_iterations=iterations)
+            result = newton_db_inverse_root(A, root, precision=precision, iteration=iteration)
         case "chebyshev":
             delta = 1e-2
-            result = chebyshev_inverse_root(A, root, degree=3 * iterations, relative_epsilon=delta, precision=precision)
+            result = chebyshev_inverse_root(A, root, degree=3 * iterations, rel_epsilon=delta, precision=precision)
             shift = delta * MULTI_POWER_ITERATION_SCALING.upper_bound(A.to(precision.working_dtype)).double()
             lambdas = torch.linalg.eigvalsh(A.double())
             condition = float((lambdas[..., -1] + shift) / (lambdas[..., 0] + shift))
@@ -221,8 +222,12 @@ def test_rayleigh_estimate_is_a_lower_bound_for_tiny_float32_blocks() -> None:
 # --------------------------------------------------------------------------------------------
 
 PRECISION_SOLVERS = {
-    "coupled_newton": lambda A, control: coupled_newton_inverse_root(A, 4, control=control),
-    "newton_db": lambda A, control: newton_db_inverse_root(A, 4, control=control),
+    "coupled_newton": lambda A, precision, iteration: coupled_newton_inverse_root(
+        A, 4, precision=precision, iteration=iteration
+    ),
+    "newton_db": lambda A, precision, iteration: newton_db_inverse_root(
+        A, 4, precision=precision, iteration=iteration
+    ),
 }
 
 
@@ -238,8 +243,8 @@ def test_errors_are_ordered_by_matmul_precision(solver: str) -> None:
     reference = reference_inverse_root(A, 4, 0.0)
 
     def error(precision: MatmulPrecision) -> float:
-        control = IterationControl(num_iterations=20, precision=precision)
-        return relative_errors(PRECISION_SOLVERS[solver](A, control).inverse_root, reference).max().item()
+        result = PRECISION_SOLVERS[solver](A, precision, IterationControl(num_iterations=20))
+        return relative_errors(result.inverse_root, reference).max().item()
 
     errors = {precision: error(precision) for precision in MatmulPrecision}
     # Unit roundoffs: fp64 1e-16 < fp32 6e-8 < fp16 5e-4 < bf16 4e-3.
@@ -253,7 +258,7 @@ def test_errors_are_ordered_by_matmul_precision(solver: str) -> None:
 @pytest.mark.parametrize("solver", sorted(PRECISION_SOLVERS))
 def test_low_precision_results_are_flagged_by_their_residual(solver: str) -> None:
     A = precision_problem().float()
-    result = PRECISION_SOLVERS[solver](A, IterationControl(num_iterations=20, precision="bf16"))
+    result = PRECISION_SOLVERS[solver](A, MatmulPrecision.BF16, IterationControl(num_iterations=20))
     errors = relative_errors(result.inverse_root, reference_inverse_root(A, 4, 0.0))
     assert bool((errors > 1e-3).all()) and bool((result.residual > FLAG_RESIDUAL).all())
 
@@ -267,8 +272,9 @@ def test_fp32_refinement_after_bf16_does_not_lose_accuracy(solver: str, factor: 
     reference = reference_inverse_root(A, 4, 0.0)
 
     def error(refinement_iterations: int) -> float:
-        control = IterationControl(num_iterations=20, precision="bf16", refinement_iterations=refinement_iterations)
-        return relative_errors(PRECISION_SOLVERS[solver](A, control).inverse_root, reference).max().item()
+        iteration = IterationControl(num_iterations=20, refinement_iterations=refinement_iterations)
+        result = PRECISION_SOLVERS[solver](A, MatmulPrecision.BF16, iteration)
+        return relative_errors(result.inverse_root, reference).max().item()
 
     assert error(5) <= factor * error(0)
 
@@ -299,7 +305,10 @@ STATE_CALLS = {
     **{
         f"coupled_newton_{precision.value}": (
             lambda A, precision=precision: coupled_newton_inverse_root(
-                A, 4, control=IterationControl(num_iterations=3, precision=precision, refinement_iterations=1)
+                A,
+                4,
+                precision=precision,
+                iteration=IterationControl(num_iterations=3, refinement_iterations=1),
             )
         )
         for precision in MatmulPrecision
@@ -307,7 +316,11 @@ STATE_CALLS = {
     **{
         f"newton_db_{method.value}": (
             lambda A, method=method: newton_db_inverse_root(
-                A, 4, control=IterationControl(num_iterations=3, precision="tf32"), scaling=SpectralScaling(method=method)
+                A,
+                4,
+                precision=MatmulPrecision.TF32,
+                iteration=IterationControl(num_iterations=3),
+                scaling=SpectralScaling(method=method),
             )
         )
         for method in ScalingMethod

@@ -33,7 +33,7 @@ SOLVERS = {
         A,
         root,
         epsilon=epsilon,
-        control=IterationControl(num_iterations=30, tolerance=1e-5, early_exit_check_interval=5),
+        iteration=IterationControl(num_iterations=30, tolerance=1e-5, early_exit_check_interval=5),
     ),
     "newton_db_paper": lambda A, root, epsilon: newton_db_inverse_root(A, root, epsilon=epsilon),
     "coupled_newton": lambda A, root, epsilon: coupled_newton_inverse_root(A, root, epsilon=epsilon),

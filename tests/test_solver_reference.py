@@ -38,7 +38,7 @@ def relative_errors(X: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 SOLVERS = {
     "eigh": lambda A, p: eigh_inverse_root(A, p),
     "coupled_newton": lambda A, p: coupled_newton_inverse_root(A, p),
-    "newton_db": lambda A, p: newton_db_inverse_root(A, p, control=IterationControl(num_iterations=20)),
+    "newton_db": lambda A, p: newton_db_inverse_root(A, p, iteration=IterationControl(num_iterations=20)),
 }
 
 
@@ -54,7 +54,7 @@ def test_solver_matches_fp64_reference_at_condition_1e3(solver: str, root: int) 
 def test_chebyshev_matches_the_root_of_its_shifted_matrix() -> None:
     A = spd_stack(num_blocks=2, dim=32, condition=10.0)
     delta = 1e-2
-    result = chebyshev_inverse_root(A.float(), 4, degree=60, relative_epsilon=delta)
+    result = chebyshev_inverse_root(A.float(), 4, degree=60, rel_epsilon=delta)
     scale = MULTI_POWER_ITERATION_SCALING.upper_bound(A.float()).double()
     references = torch.stack(
         [reference_inverse_root(A[i : i + 1], 4, delta * float(scale[i]))[0] for i in range(A.shape[0])]
@@ -64,7 +64,7 @@ def test_chebyshev_matches_the_root_of_its_shifted_matrix() -> None:
 
 def test_newton_db_residual_flags_unconverged_blocks() -> None:
     A = spd_stack(num_blocks=2, dim=48, condition=1e6)
-    result = newton_db_inverse_root(A.float(), 4, control=IterationControl(num_iterations=4))
+    result = newton_db_inverse_root(A.float(), 4, iteration=IterationControl(num_iterations=4))
     errors = relative_errors(result.inverse_root, reference_inverse_root(A, 4, 0.0))
     assert bool((errors > 0.1).all()) and bool((result.residual > 0.1).all())
 
@@ -73,7 +73,7 @@ def test_zero_block_gives_epsilon_root() -> None:
     zero = torch.zeros(1, 5, 5)
     for solve in (
         lambda: eigh_inverse_root(zero, 4, epsilon=1e-4),
-        lambda: newton_db_inverse_root(zero, 4, epsilon=1e-4, control=IterationControl(num_iterations=5)),
+        lambda: newton_db_inverse_root(zero, 4, epsilon=1e-4, iteration=IterationControl(num_iterations=5)),
         lambda: coupled_newton_inverse_root(zero, 4, epsilon=1e-4),
     ):
         torch.testing.assert_close(solve().inverse_root, 10.0 * torch.eye(5).unsqueeze(0), rtol=1e-4, atol=1e-4)

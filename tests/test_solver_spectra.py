@@ -7,8 +7,9 @@ of the solver). The error is the relative Frobenius error per block.
 
 Working precision follows the input: float32 stacks run fp32 products, float64 stacks fp64
 products (``u`` below is the unit roundoff of that precision). The Chebyshev solver by design
-returns the root of a *regularised* matrix ``A + epsilon I + delta s I`` (``s`` its spectral bound,
-``delta`` its ``relative_epsilon``): it is compared with the fp64 root of exactly that matrix, and
+returns the root of a *regularised* matrix ``A + r I``, ``r = max(delta u, epsilon)`` (``u`` its
+spectral bound of ``A + epsilon I``, ``delta`` its ``rel_epsilon``): it is compared with the fp64
+root of exactly that matrix, and
 its promise is the interpolation bound of its polynomial plus rounding.
 
 What a solver promises in a regime is written in ``TOLERANCES`` below. ``converges=True`` means
@@ -118,7 +119,6 @@ def coupled_newton_control(dtype: torch.dtype) -> IterationControl:
     return IterationControl(
         num_iterations=60,
         tolerance=ITERATION_TOLERANCE[dtype],
-        precision=PRECISION[dtype],
         stop_at_best=False,
         early_exit_check_interval=1,
     )
@@ -128,18 +128,17 @@ def newton_db_control(dtype: torch.dtype) -> IterationControl:
     return IterationControl(
         num_iterations=40,
         tolerance=ITERATION_TOLERANCE[dtype],
-        precision=PRECISION[dtype],
         early_exit_check_interval=1,
     )
 
 
 def chebyshev_shift(A: torch.Tensor, epsilon: float, dtype: torch.dtype) -> torch.Tensor:
-    """``(N,)`` float64 total diagonal shift ``epsilon + delta s`` of Chebyshev's target matrix."""
+    """``(N,)`` float64 ridge ``max(delta u, epsilon)`` of Chebyshev's target matrix."""
     working_dtype = PRECISION[dtype].working_dtype
     stack = A.to(working_dtype).reshape(-1, A.shape[-1], A.shape[-1])
     shifted = stack + epsilon * torch.eye(A.shape[-1], dtype=working_dtype)
     scale = MULTI_POWER_ITERATION_SCALING.upper_bound(shifted).double()
-    return epsilon + CHEBYSHEV_RELATIVE_EPSILON * scale
+    return torch.clamp(CHEBYSHEV_RELATIVE_EPSILON * scale, min=epsilon)
 
 
 def solve(solver: str, A: torch.Tensor, root: float, epsilon: float) -> tuple[InverseRootResult, torch.Tensor]:
@@ -150,10 +149,14 @@ def solve(solver: str, A: torch.Tensor, root: float, epsilon: float) -> tuple[In
             result = eigh_inverse_root(A, root, epsilon=epsilon)
             shift: float | torch.Tensor = epsilon
         case "coupled_newton":
-            result = coupled_newton_inverse_root(A, root, epsilon=epsilon, control=coupled_newton_control(dtype))
+            result = coupled_newton_inverse_root(
+                A, root, epsilon=epsilon, precision=PRECISION[dtype], iteration=coupled_newton_control(dtype)
+            )
             shift = epsilon
         case "newton_db":
-            result = newton_db_inverse_root(A, root, epsilon=epsilon, control=newton_db_control(dtype))
+            result = newton_db_inverse_root(
+                A, root, epsilon=epsilon, precision=PRECISION[dtype], iteration=newton_db_control(dtype)
+            )
             shift = epsilon
         case "chebyshev":
             result = chebyshev_inverse_root(
@@ -161,7 +164,7 @@ def solve(solver: str, A: torch.Tensor, root: float, epsilon: float) -> tuple[In
                 root,
                 epsilon=epsilon,
                 degree=CHEBYSHEV_DEGREE,
-                relative_epsilon=CHEBYSHEV_RELATIVE_EPSILON,
+                rel_epsilon=CHEBYSHEV_RELATIVE_EPSILON,
                 precision=PRECISION[dtype],
             )
             shift = chebyshev_shift(A, epsilon, dtype)
@@ -422,7 +425,7 @@ def test_two_dimensional_input_is_a_stack_of_one_in_its_own_dtype(solver: str, d
 def test_chebyshev_paper_setting_is_within_its_interpolation_bound() -> None:
     """Degree 60 with ``delta = 1e-3``: the error against the shifted target is the fit's bound."""
     A = stack_with_spectrum(power_decay(1.0), NUM_BLOCKS, 64, seed=4).float()
-    result = chebyshev_inverse_root(A, 4, degree=60, relative_epsilon=1e-3)
+    result = chebyshev_inverse_root(A, 4, degree=60, rel_epsilon=1e-3)
     scale = MULTI_POWER_ITERATION_SCALING.upper_bound(A).double()
     errors = relative_errors(result.inverse_root, reference_inverse_root(A, 4, 1e-3 * scale))
     bound = chebyshev_relative_bound(60, 4, 1e-3)
@@ -465,7 +468,9 @@ def test_newton_db_in_fp64_converges_on_a_two_cluster_spectrum_at_condition_1e8(
     """The residual changes by ~1e-8 per step while the small eigenvalue grows: below float32
     resolution, so the stopping rule must judge it in the working dtype and tolerate stalls."""
     A = torch.diag(torch.tensor([1.0, 1e-8], dtype=torch.float64))
-    result = newton_db_inverse_root(A, 2, control=IterationControl(num_iterations=60, precision="fp64"))
+    result = newton_db_inverse_root(
+        A, 2, precision=MatmulPrecision.FP64, iteration=IterationControl(num_iterations=60)
+    )
     assert relative_errors(result.inverse_root, reference_inverse_root(A, 2, 0.0)).item() < 1e-8
 
 

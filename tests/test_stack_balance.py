@@ -13,7 +13,9 @@ distributed_shampoo = pytest.importorskip("distributed_shampoo")
 from distributed_shampoo.shampoo_types import DDPDistributedConfig, LoadBalancingConfig
 from distributed_shampoo.utils.load_balancing_utils import CostModel
 
+import distributed_shampoo_dash as dash
 from distributed_shampoo_dash.integration.cost_models import InverseRootCostModel
+from distributed_shampoo_dash.solvers import chebyshev_products, newton_db_products
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "stack_balance.py"
 spec = importlib.util.spec_from_file_location("stack_balance", SCRIPT)
@@ -31,7 +33,7 @@ def meta(*shape: int) -> torch.Tensor:
     [
         ((1024, 768), 61 * 2 * (1024**3 + 768**3)),  # 2-D block: two root-4 factors
         ((1024,), 31 * 2 * 1024**3),  # 1-D block: one root-2 factor
-        ((8, 8, 8), 61 * 2 * 3 * 8**3),  # root 6 is not listed: default_products
+        ((8, 8, 8), 61 * 2 * 3 * 8**3),  # root 6 goes to eigh: default_products
     ],
 )
 def test_cost_is_products_times_two_d_cubed_per_factor(
@@ -40,11 +42,18 @@ def test_cost_is_products_times_two_d_cubed_per_factor(
     assert InverseRootCostModel().cost(meta(*shape)) == expected
 
 
-def test_block_overhead_and_custom_products() -> None:
-    model = InverseRootCostModel(products_by_root=((4.0, 1),), default_products=1, block_overhead=5)
+def test_products_are_the_configured_solvers_own_count() -> None:
+    assert InverseRootCostModel().products(4.0) == newton_db_products(4).total() == 61
+    chebyshev = dash.ChebyshevRootInvConfig(degree=11)
+    assert InverseRootCostModel(config=chebyshev).products(6.0) == chebyshev_products(6.0, degree=11).total()
+
+
+def test_block_overhead_and_a_custom_solver() -> None:
+    model = InverseRootCostModel(config=dash.ChebyshevRootInvConfig(degree=11), block_overhead=5)
     assert isinstance(model, CostModel)
-    assert model.cost(meta(3, 2)) == 5 + 2 * (27 + 8)
-    assert model.cost(meta(3)) == 5 + 2 * 27
+    # Chebyshev degree 11: 10 Clenshaw products plus the residual (3 for root 4, 2 for root 2).
+    assert model.cost(meta(3, 2)) == 5 + 13 * 2 * (27 + 8)
+    assert model.cost(meta(3)) == 5 + 12 * 2 * 27
 
 
 def test_ddp_config_with_the_model_pickles() -> None:

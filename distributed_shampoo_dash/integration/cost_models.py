@@ -11,22 +11,24 @@ FLOPs instead::
     cost(block) = block_overhead + sum over dims d of products(p) * 2 d^3,   p = 2 * block.ndim
 
 ``p`` is upstream's default inverse root of a block of that order (no ``inverse_exponent_override``)
-and ``products(p)`` is the number of ``d x d`` matrix products the solver runs per factor, by default
-Newton-DB with 10 fp32 iterations (``scripts/benchmark_solvers.py``): 31 for ``p = 2``, 61 for
-``p = 4``, 91 for ``p = 8``; other roots use ``default_products`` (61).
+and ``products(p)`` the ``d x d`` products the configured solver runs per factor, as the solver's
+own ``*_products`` function counts them (:func:`~.solve.batched_solver`); a root the config
+leaves to eigh (e.g. root 6 of 3-D blocks with Newton-DB) or does not batch counts as
+``default_products``.
 
 Usage (the model is a plain dataclass, so the config pickles, unlike a lambda)::
 
     DDPDistributedConfig(load_balancing_config=LoadBalancingConfig(cost_model=InverseRootCostModel()))
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from distributed_shampoo.preconditioner.matrix_functions_types import RootInvConfig
 from distributed_shampoo.utils.load_balancing_utils import CostModel
 from torch import Tensor
 
-#: Newton-DB, 10 fp32 iterations: ``max(m, 1) (3k - 1) + P(p) + 1`` products for ``p = 2^m``.
-NEWTON_DB_PRODUCTS_BY_ROOT: tuple[tuple[float, int], ...] = ((2.0, 31), (4.0, 61), (8.0, 91))
+from distributed_shampoo_dash.integration.configs import NewtonDBRootInvConfig
+from distributed_shampoo_dash.integration.solve import batched_solver
 
 
 @dataclass
@@ -34,20 +36,24 @@ class InverseRootCostModel(CostModel):
     """Cost of a block = estimated FLOPs of its factors' inverse roots, plus a per-block constant.
 
     Attributes:
-        products_by_root (tuple[tuple[float, int], ...]): ``(root, products)`` pairs: the ``d x d``
-            products one factor of that root costs. (Default: Newton-DB, 10 iterations)
-        default_products (int): Products for a root not in ``products_by_root``. (Default: 61)
+        config (RootInvConfig): The solver whose product count prices a root.
+            (Default: ``NewtonDBRootInvConfig()``)
+        default_products (int): Product-equivalent of a root ``config`` computes by eigh or does
+            not batch. (Default: 61)
         block_overhead (float): FLOP-equivalent constant added per block, e.g. to model per-block
             launch latency. (Default: 0.0)
     """
 
-    products_by_root: tuple[tuple[float, int], ...] = NEWTON_DB_PRODUCTS_BY_ROOT
+    config: RootInvConfig = field(default_factory=NewtonDBRootInvConfig)
     default_products: int = 61
     block_overhead: float = 0.0
 
     def products(self, root: float) -> int:
         """Products one factor with inverse root ``root`` costs."""
-        return dict(self.products_by_root).get(float(root), self.default_products)
+        solver = batched_solver(self.config, root, 0.0)
+        if solver is None or solver.name == "eigh":
+            return self.default_products
+        return solver.products
 
     def cost(self, tensor: Tensor) -> float:
         """``block_overhead + sum_d products(2 * ndim) * 2 d^3`` for a block of ``tensor``'s shape."""

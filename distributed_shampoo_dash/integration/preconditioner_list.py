@@ -2,35 +2,36 @@
 
 Upstream loops over blocks, and over the factors of each block, in all three stages of a step.
 This list does each stage per *group* instead, building the stacks on the fly from the state
-tensors and writing results back into them (one foreach op per chunk), so the optimizer state,
-its ``state_dict`` and checkpoints are exactly upstream's and nothing can go stale:
+tensors and writing results back into them, so the optimizer state, its ``state_dict`` and
+checkpoints are exactly upstream's and nothing can go stale:
 
 * factor update: blocks grouped by (shape, dtype, preconditioned dims); one batched product per
-  factor dim for the mode Gram matrices, one pack, one foreach EMA;
+  factor dim for the mode Gram matrices, one pack, one foreach EMA (a subclass that overrides
+  upstream's ``_compute_outer_product_list`` hook, such as KL-Shampoo's list, keeps upstream's
+  per-block factor update, which calls the hook);
 * preconditioning: the same groups; the group's inverse factors stacked (and unpacked in one
   indexing op), one batched product per preconditioned dim;
 * amortized computation: bias-corrected (and trace-scaled) factor matrices grouped by
-  ``(dim, root, dtype)``, one solver call per group.
+  ``(dim, root, dtype)``, one solver call per chunk of a group (:mod:`.roots`).
 
 Groups whose stacks would exceed :attr:`BatchedRootInvShampooPreconditionerList.max_stack_bytes`
-are split into chunks, which bounds the extra memory of stacking.
+are split into chunks, processed one after the other.
 
-Error semantics are upstream's, block by block. The happy path reads one batch of flags from the
-device per param group (input finiteness and per-block acceptance). Whenever something is off,
-the affected blocks are *replayed* through upstream's own per-block code, which raises the same
-``PreconditionerValueError`` for non-finite factors, keeps the previous inverse factor after a
-solver exception and counts failed amortized computations per block:
+Amortized computation, per param group:
 
-* any non-finite factor matrix: every block is replayed (upstream raises at the first one);
-* a batched solver call raises (e.g. ``eigh`` does not converge): the blocks of that group;
-* an upstream config gives a non-finite root: that block (upstream raises);
-* a DASH config gives a rejected root (see :mod:`~distributed_shampoo_dash.integration.configs`):
-  the rejected roots are recomputed by batched eigh if ``fallback_to_eigh``; blocks still without
-  an acceptable root are replayed (their factor keeps its previous inverse and one failure is
-  counted). Fallbacks are logged and counted in :attr:`fallback_counts`.
+1. *check*: every bias-corrected factor matrix is finite (a device flag, chunk by chunk);
+2. *solve*: each chunk is solved and its accepted roots are written into the inverse factors,
+   selected on the device (``torch.where``), and only if every factor matrix was finite;
+3. *read*: the input flag and all acceptance flags are read in one host synchronisation;
+4. *apply*: rejected roots follow the policy of :mod:`.roots` (eigh fallback for DASH configs);
+   blocks without a usable root, and all blocks if a factor matrix was non-finite, are *replayed*
+   through upstream's own per-block code, which raises upstream's ``PreconditionerValueError``,
+   keeps previous inverse factors and counts failed amortized computations exactly as upstream.
 
+So nothing is written that upstream would not write, and every block's outcome is upstream's.
 Configs that are not batched, and a ``matrix_inverse_root`` replaced by anything but upstream's
-or DASH's function (e.g. a test mock), use upstream's per-block path unchanged.
+or DASH's function (e.g. a test mock), use upstream's per-block path unchanged. Fallbacks and
+replays are logged and counted in :attr:`~BatchedRootInvShampooPreconditionerList.fallback_counts`.
 """
 
 import logging
@@ -41,24 +42,20 @@ from dataclasses import dataclass
 import torch
 from distributed_shampoo.preconditioner import shampoo_preconditioner_list
 from distributed_shampoo.preconditioner.shampoo_preconditioner_list import (
+    RootInvKLShampooPreconditionerList,
     RootInvShampooKroneckerFactorsUnwrapped,
     RootInvShampooPreconditionerList,
 )
 from torch import Tensor
 
-from distributed_shampoo_dash.integration.configs import DashRootInvConfig
-from distributed_shampoo_dash.integration.solve import (
-    accepted,
+from distributed_shampoo_dash.integration.per_block import (
     dash_matrix_inverse_root,
-    eigh_stack,
-    is_batchable,
-    solve_stack,
     upstream_matrix_inverse_root,
 )
-from distributed_shampoo_dash.solvers import InverseRootResult
-from distributed_shampoo_dash.solvers.common import stable_power
+from distributed_shampoo_dash.integration.roots import SolvedStack, recompute_rejected, solve_stack
+from distributed_shampoo_dash.integration.solve import batched_solver
+from distributed_shampoo_dash.solvers.linalg import stable_power
 from distributed_shampoo_dash.stacking import (
-    InverseRootKey,
     chunked,
     group_indices,
     mode_gram_matrices,
@@ -67,10 +64,12 @@ from distributed_shampoo_dash.stacking import (
     stack_group,
     unpack_stack,
     unpacked_dim,
-    write_back,
 )
 
 logger: logging.Logger = logging.getLogger(__name__)
+
+#: Rejected roots named in one warning; the rest are counted.
+_LOGGED_REJECTIONS = 8
 
 
 def bias_corrected_factor_stack(
@@ -99,25 +98,36 @@ def bias_corrected_factor_stack(
     return stack
 
 
-#: A factor matrix of a param group: (masked block index, factor index within the block).
-_FactorRef = tuple[int, int]
-
-
-@dataclass
-class _SolvedChunk:
-    """One solved chunk of a group, held until the param group's flags are read.
+@dataclass(frozen=True)
+class InverseRootKey:
+    """What makes two factor matrices share one batched inverse-root call.
 
     Attributes:
-        key (InverseRootKey): The group's key.
-        refs (list[_FactorRef]): The chunk's factors, in stack order.
-        roots (Tensor): Their roots, cast (and packed) to the inverse factors' format.
-        result (InverseRootResult): The solver's result, for the residuals.
+        dim (int): ``d`` of the ``d x d`` matrix.
+        root (float): The inverse root ``p``.
+        dtype (torch.dtype): The factor matrix dtype.
+    """
+
+    dim: int
+    root: float
+    dtype: torch.dtype
+
+
+#: A factor matrix of a param group: (masked block index, factor index within the block).
+FactorRef = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class RootChunk:
+    """Factor matrices solved by one batched call.
+
+    Attributes:
+        key (InverseRootKey): Their dimension, root and dtype.
+        refs (list[FactorRef]): The factor matrices, in stack order.
     """
 
     key: InverseRootKey
-    refs: list[_FactorRef]
-    roots: Tensor
-    result: InverseRootResult
+    refs: list[FactorRef]
 
 
 class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
@@ -137,6 +147,8 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.fallback_counts: Counter[str] = Counter()
 
+    # Factor update and preconditioning.
+
     def _block_groups(self, masked_grad_list: tuple[Tensor, ...]) -> Iterator[list[int]]:
         """Chunks of masked block positions sharing shape, dtype and preconditioned dims."""
         keys = [
@@ -150,12 +162,21 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
             factors = self._masked_kronecker_factors_unwrapped[positions[0]]
             largest = max(
                 [grad.numel() * grad.element_size()]
-                + [inverse.shape[-1] ** 2 * inverse.element_size() for inverse in factors.inv_factor_matrices]
+                + [
+                    inverse.shape[-1] ** 2 * inverse.element_size()
+                    for inverse in factors.inv_factor_matrices
+                ]
             )
             yield from chunked(positions, largest, self.max_stack_bytes)
 
     def _update_factor_matrices(self, masked_grad_list: tuple[Tensor, ...]) -> None:
         """Upstream's factor EMA ``F <- beta2 F + w pack(G_(k) G_(k)^T)``, a group at a time."""
+        if (
+            type(self)._compute_outer_product_list
+            is not RootInvShampooPreconditionerList._compute_outer_product_list
+        ):
+            super()._update_factor_matrices(masked_grad_list)
+            return
         blocks = self._masked_kronecker_factors_unwrapped
         for positions in self._block_groups(masked_grad_list):
             first = blocks[positions[0]]
@@ -168,7 +189,8 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
             for factor_index, dim in enumerate(k for k, selected in enumerate(selector) if selected):
                 gram = mode_gram_matrices(G, dim)
                 factor_matrices.extend(blocks[i].factor_matrices[factor_index] for i in positions)
-                gram_matrices.extend((pack_stack(gram) if first.use_symmetric_packing else gram).unbind(0))
+                packed = pack_stack(gram) if first.use_symmetric_packing else gram
+                gram_matrices.extend(packed.unbind(0))
             if self._beta2 != 1.0:
                 torch._foreach_mul_(factor_matrices, self._beta2)
             torch._foreach_add_(factor_matrices, gram_matrices, alpha=self._weighting_factor)
@@ -195,6 +217,8 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
         stack = torch.stack(matrices)
         return unpack_stack(stack, dim) if self._preconditioner_config.use_symmetric_packing else stack
 
+    # Amortized computation.
+
     def update_preconditioners(
         self,
         masked_grad_list: tuple[Tensor, ...],
@@ -209,113 +233,134 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
         if perform_amortized_computation:
             self._batched_amortized_computation()
 
-    def _replay(self, block_indices: set[int] | range) -> None:
-        """Runs upstream's per-block amortized computation for the given masked blocks, in order."""
-        blocks = self._masked_kronecker_factors_unwrapped
-        for block_index in sorted(block_indices):
-            blocks[block_index].amortized_computation(bias_correction2=self._bias_correction2)
-
     @torch.compiler.disable
     def _batched_amortized_computation(self) -> None:
-        config = self._preconditioner_config.amortized_computation_config
+        """Check, solve, read, apply (see the module docstring)."""
         blocks = self._masked_kronecker_factors_unwrapped
         if shampoo_preconditioner_list.matrix_inverse_root not in (
             upstream_matrix_inverse_root,
             dash_matrix_inverse_root,
         ):
-            self._replay(range(len(blocks)))
+            self._replay(set(range(len(blocks))))
             return
-        if isinstance(config, DashRootInvConfig) and (
-            shampoo_preconditioner_list.matrix_inverse_root is not dash_matrix_inverse_root
-        ):
-            raise RuntimeError(
-                f"{type(config).__name__} needs DASH's per-block solver binding, which was "
-                "removed (DASH disabled) after this optimizer was created: enable DASH again."
-            )
+        chunks, replayed = self._root_chunks()
+        inputs_finite = self._inputs_finite(chunks)
+        solved: list[tuple[RootChunk, SolvedStack]] = []
+        for chunk in chunks:
+            try:
+                solved.append((chunk, self._solve_and_write(chunk, inputs_finite)))
+            except Exception as exception:  # noqa: BLE001 - like upstream, any solver failure falls back
+                logger.warning(
+                    f"Batched {type(self._config).__name__} failed on {len(chunk.refs)} factor "
+                    f"matrices of dim {chunk.key.dim} ({exception!r}); using the per-block path "
+                    "for their blocks."
+                )
+                replayed.update(block for block, _ in chunk.refs)
 
-        refs: list[_FactorRef] = []
-        keys: list[InverseRootKey] = []
+        # The one host read of the param group.
+        flags = torch.cat([inputs_finite.reshape(1), *(s.accepted for _, s in solved)]).tolist()
+        if not flags[0]:
+            self._replay(set(range(len(blocks))))
+            return
+        offset = 1
+        for chunk, solved_stack in solved:
+            accepted = flags[offset : offset + len(chunk.refs)]
+            offset += len(chunk.refs)
+            rejected = [j for j, ok in enumerate(accepted) if not ok]
+            if rejected:
+                unresolved = self._apply_fallback(chunk, solved_stack, rejected)
+                replayed.update(chunk.refs[j][0] for j in unresolved)
+
         for block_index, kronecker_factors in enumerate(blocks):
+            if block_index not in replayed:
+                kronecker_factors._failed_amortized_computation_counter = 0
+        self._replay(replayed)
+
+    @property
+    def _config(self) -> object:
+        return self._preconditioner_config.amortized_computation_config
+
+    def _root_chunks(self) -> tuple[list[RootChunk], set[int]]:
+        """The chunks of batched factor matrices, and the blocks left to the per-block path."""
+        refs: list[FactorRef] = []
+        keys: list[InverseRootKey] = []
+        for block_index, kronecker_factors in enumerate(self._masked_kronecker_factors_unwrapped):
             for factor_index, (factor_matrix, root) in enumerate(
                 zip(kronecker_factors.factor_matrices, kronecker_factors.roots, strict=True)
             ):
                 refs.append((block_index, factor_index))
                 keys.append(InverseRootKey(self._factor_dim(factor_matrix), float(root), factor_matrix.dtype))
-
-        replayed: set[int] = set()
-        solved: list[_SolvedChunk] = []
-        input_checks: list[Tensor] = []
+        chunks: list[RootChunk] = []
+        per_block: set[int] = set()
         for key, group in group_indices(keys).items():
-            if not is_batchable(config, key.root):
-                replayed.update(refs[p][0] for p in group)
+            if batched_solver(self._config, key.root, self._epsilon) is None:  # type: ignore[arg-type]
+                per_block.update(refs[p][0] for p in group)
                 continue
-            for positions in chunked(group, key.dim**2 * key.dtype.itemsize, self.max_stack_bytes):
-                chunk_refs = [refs[p] for p in positions]
-                stack = self._bias_corrected_stack(chunk_refs)
-                input_checks.append(torch.isfinite(stack).all().unsqueeze(0))
-                try:
-                    result = solve_stack(config, stack, key.root, self._epsilon)
-                except Exception as exception:  # noqa: BLE001 - like upstream, any solver failure falls back
-                    logger.warning(
-                        f"Batched {type(config).__name__} failed on {len(chunk_refs)} factor matrices "
-                        f"of dim {key.dim} ({exception!r}); using the per-block path for their blocks."
-                    )
-                    replayed.update(block_index for block_index, _ in chunk_refs)
-                    continue
-                solved.append(_SolvedChunk(key, chunk_refs, self._to_inverse_factor_format(result.inverse_root), result))
+            item_bytes = key.dim**2 * key.dtype.itemsize
+            for positions in chunked(group, item_bytes, self.max_stack_bytes):
+                chunks.append(RootChunk(key, [refs[p] for p in positions]))
+        return chunks, per_block
 
-        # One device-to-host read for the whole param group.
-        flags = (
-            torch.cat([*input_checks, *(accepted(config, chunk.result) for chunk in solved)]).tolist()
-            if input_checks
-            else []
+    def _inputs_finite(self, chunks: list[RootChunk]) -> Tensor:
+        """Device flag: every bias-corrected factor matrix of ``chunks`` is finite."""
+        finite: Tensor | None = None
+        for chunk in chunks:
+            chunk_finite = torch.isfinite(self._bias_corrected_stack(chunk.refs)).all()
+            finite = chunk_finite if finite is None else finite & chunk_finite
+        return torch.ones((), dtype=torch.bool) if finite is None else finite
+
+    def _solve_and_write(self, chunk: RootChunk, inputs_finite: Tensor) -> SolvedStack:
+        """Solves a chunk and writes its accepted roots if every input was finite (no host sync)."""
+        solved = solve_stack(
+            self._config,  # type: ignore[arg-type]
+            self._bias_corrected_stack(chunk.refs),
+            chunk.key.root,
+            epsilon=self._epsilon,
+            dtype=self._preconditioner_config.inv_factor_matrix_dtype,
         )
-        if not all(flags[: len(input_checks)]):
-            self._replay(range(len(blocks)))
-            return
-        offset = len(input_checks)
-        for chunk in solved:
-            rejected = [j for j, ok in enumerate(flags[offset : offset + len(chunk.refs)]) if not ok]
-            offset += len(chunk.refs)
-            if rejected:
-                replayed.update(chunk.refs[j][0] for j in self._fallback(config, chunk, rejected))
-            kept = [j for j, (block_index, _) in enumerate(chunk.refs) if block_index not in replayed]
-            write_back(chunk.roots[kept], [self._inverse_factor(chunk.refs[j]) for j in kept], range(len(kept)))
+        self._write_roots(chunk.refs, solved.roots, solved.accepted & inputs_finite)
+        return solved
 
-        for block_index, kronecker_factors in enumerate(blocks):
-            if block_index not in replayed:
-                kronecker_factors._failed_amortized_computation_counter = 0
-        self.fallback_counts["replayed"] += len(replayed)
-        self._replay(replayed)
-
-    def _fallback(self, config: object, chunk: _SolvedChunk, rejected: list[int]) -> list[int]:
-        """Recomputes a chunk's rejected roots by eigh (DASH configs with ``fallback_to_eigh``).
-
-        The recomputed roots replace the rejected ones in ``chunk.roots``.
-
-        Returns:
-            still_rejected (list[int]): Indices into the chunk that have no acceptable root.
-        """
-        residuals = chunk.result.residual[rejected].tolist()
+    def _apply_fallback(self, chunk: RootChunk, solved: SolvedStack, rejected: list[int]) -> list[int]:
+        """Policy steps 3-4 for a chunk's rejected roots; returns those still without a root."""
+        residuals = solved.result.residual[rejected].tolist()
         described = ", ".join(
-            f"{chunk.refs[j]} (residual {residual:.2e})" for j, residual in zip(rejected, residuals, strict=True)
+            f"{chunk.refs[j]} (residual {residual:.2e})"
+            for j, residual in zip(rejected[:_LOGGED_REJECTIONS], residuals, strict=False)
         )
-        if not (isinstance(config, DashRootInvConfig) and config.fallback_to_eigh):
-            logger.warning(f"{type(config).__name__} rejected the roots of (block, factor) {described}.")
+        if len(rejected) > _LOGGED_REJECTIONS:
+            described += f" and {len(rejected) - _LOGGED_REJECTIONS} more"
+        refs = [chunk.refs[j] for j in rejected]
+        fallback = recompute_rejected(
+            self._config,  # type: ignore[arg-type]
+            self._bias_corrected_stack(refs),
+            chunk.key.root,
+            epsilon=self._epsilon,
+            dtype=self._preconditioner_config.inv_factor_matrix_dtype,
+        )
+        name = type(self._config).__name__
+        if fallback is None:
+            logger.warning(f"{name} rejected the roots of (block, factor) {described}.")
             return rejected
-        logger.warning(
-            f"{type(config).__name__} rejected the roots of (block, factor) {described}; recomputing by eigh."
-        )
+        logger.warning(f"{name} rejected the roots of (block, factor) {described}; recomputing by eigh.")
         self.fallback_counts["eigh"] += len(rejected)
-        stack = self._bias_corrected_stack([chunk.refs[j] for j in rejected])
-        try:
-            fallback = eigh_stack(config, stack, chunk.key.root, self._epsilon)
-        except Exception as exception:  # noqa: BLE001 - the rejected roots stay rejected
-            logger.warning(f"The eigh fallback failed too ({exception!r}).")
-            return rejected
-        chunk.roots[rejected] = self._to_inverse_factor_format(fallback.inverse_root)
-        finite = fallback.is_finite.tolist()
-        return [j for j, ok in zip(rejected, finite, strict=True) if not ok]
+        self._write_roots(refs, fallback.roots, fallback.accepted)
+        usable = fallback.accepted.tolist()
+        return [j for j, ok in zip(rejected, usable, strict=True) if not ok]
+
+    def _write_roots(self, refs: list[FactorRef], roots: Tensor, mask: Tensor) -> None:
+        """Copies ``roots[j]`` into the inverse factor of ``refs[j]`` where ``mask[j]`` (on device)."""
+        targets = [self._inverse_factor(ref) for ref in refs]
+        new = pack_stack(roots) if self._preconditioner_config.use_symmetric_packing else roots
+        selected = torch.where(mask.reshape(-1, *[1] * (new.ndim - 1)), new, torch.stack(targets))
+        torch._foreach_copy_(targets, list(selected.unbind(0)))
+
+    def _replay(self, block_indices: set[int]) -> None:
+        """Runs upstream's per-block amortized computation for the given masked blocks, in order."""
+        self.fallback_counts["replayed"] += len(block_indices)
+        blocks = self._masked_kronecker_factors_unwrapped
+        for block_index in sorted(block_indices):
+            blocks[block_index].amortized_computation(bias_correction2=self._bias_correction2)
 
     def _factor_dim(self, factor_matrix: Tensor) -> int:
         """``d`` of a factor matrix as stored (packed or not)."""
@@ -323,11 +368,11 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
             return unpacked_dim(factor_matrix)
         return factor_matrix.shape[-1]
 
-    def _inverse_factor(self, ref: _FactorRef) -> Tensor:
+    def _inverse_factor(self, ref: FactorRef) -> Tensor:
         block_index, factor_index = ref
         return self._masked_kronecker_factors_unwrapped[block_index].inv_factor_matrices[factor_index]
 
-    def _bias_corrected_stack(self, refs: list[_FactorRef]) -> Tensor:
+    def _bias_corrected_stack(self, refs: list[FactorRef]) -> Tensor:
         """``(N, d, d)`` bias-corrected (and trace-scaled) factor matrices of ``refs`` (one ``d``)."""
         blocks = self._masked_kronecker_factors_unwrapped
         return bias_corrected_factor_stack(
@@ -336,7 +381,12 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
             self._bias_correction2,
         )
 
-    def _to_inverse_factor_format(self, roots: Tensor) -> Tensor:
-        """Casts ``(N, d, d)`` roots to the inverse factors' dtype and packs them if packing is on."""
-        roots = roots.to(dtype=self._preconditioner_config.inv_factor_matrix_dtype)
-        return pack_stack(roots) if self._preconditioner_config.use_symmetric_packing else roots
+
+class BatchedRootInvKLShampooPreconditionerList(
+    BatchedRootInvShampooPreconditionerList, RootInvKLShampooPreconditionerList
+):
+    """KL-Shampoo's root-inverse list with batched roots and preconditioning.
+
+    The factor update stays upstream's per-block loop through KL-Shampoo's
+    ``_compute_outer_product_list`` (its outer products use the preconditioned gradient).
+    """

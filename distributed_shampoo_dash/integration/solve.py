@@ -1,18 +1,18 @@
-"""Which solver computes a stack of inverse roots for a given ``RootInvConfig``.
+"""Which batched solver computes a stack of inverse roots for a given ``RootInvConfig``.
 
-Batched here: upstream ``EigenConfig`` (with a ``PerturbationConfig`` and no offload device),
-upstream ``CoupledNewtonConfig`` (integer roots), and the DASH configs (any root; Newton-DB
-hands roots other than ``2^k`` to batched eigh). Everything else (``PseudoInverseConfig``,
-``CoupledHigherOrderConfig``, fractional roots for coupled Newton, eigendecomposition offload)
-is left to upstream's per-block ``matrix_inverse_root``.
+:func:`batched_solver` is the one place a config is matched to a solver: it returns the solver
+call for a stack and the number of ``d x d`` products it runs, or ``None`` for what stays on
+upstream's per-block ``matrix_inverse_root``. Batched: upstream ``EigenConfig`` (with a
+``PerturbationConfig`` and no offload device), upstream ``CoupledNewtonConfig`` (integer roots),
+and the DASH configs (any root; Newton-DB hands roots other than ``2^k`` to batched eigh).
+Per block: ``PseudoInverseConfig``, ``CoupledHigherOrderConfig``, fractional roots for coupled
+Newton, eigendecomposition offload.
 """
 
-import logging
-from fractions import Fraction
+from collections.abc import Callable
+from functools import partial
+from typing import NamedTuple
 
-from distributed_shampoo.preconditioner.matrix_functions import (
-    matrix_inverse_root as upstream_matrix_inverse_root,
-)
 from distributed_shampoo.preconditioner.matrix_functions_types import (
     CoupledNewtonConfig,
     EigenConfig,
@@ -23,130 +23,102 @@ from torch import Tensor
 
 from distributed_shampoo_dash.integration.configs import (
     ChebyshevRootInvConfig,
-    DashRootInvConfig,
     NewtonDBRootInvConfig,
 )
 from distributed_shampoo_dash.solvers import (
+    EIGH_PRODUCTS,
     FROBENIUS_SCALING,
     InverseRootResult,
     IterationControl,
+    MatmulPrecision,
     chebyshev_inverse_root,
+    chebyshev_products,
     coupled_newton_inverse_root,
+    coupled_newton_products,
     eigh_inverse_root,
     newton_db_inverse_root,
+    newton_db_products,
 )
-
-logger: logging.Logger = logging.getLogger(__name__)
+from distributed_shampoo_dash.solvers.checks import is_power_of_two
 
 #: Iterations between host checks of "any block still iterating" for upstream's coupled Newton,
 #: whose default allows 100 iterations although most blocks stop after 10 to 30.
 COUPLED_NEWTON_EARLY_EXIT_CHECK_INTERVAL = 4
 
 
-def _is_power_of_two(root: float) -> bool:
-    return float(root).is_integer() and root >= 1 and int(root) & (int(root) - 1) == 0
+class BatchedSolver(NamedTuple):
+    """A solver bound to a config, a root and an epsilon.
+
+    Attributes:
+        name (str): The solver: ``"eigh"``, ``"newton_db"``, ``"chebyshev"`` or ``"coupled_newton"``.
+        solve (Callable[[Tensor], InverseRootResult]): Inverse roots of an ``(N, d, d)`` stack.
+        products (int): ``d x d`` matrix products it runs per block, all precisions together (at
+            most; ``eigh`` itself is not a product).
+    """
+
+    name: str
+    solve: Callable[[Tensor], InverseRootResult]
+    products: int
 
 
-def is_batchable(config: RootInvConfig, root: float) -> bool:
-    """Whether :func:`solve_stack` handles ``config`` at ``root`` (else: upstream's per-block path)."""
-    match config:
-        case DashRootInvConfig():
-            return True
-        case EigenConfig():
-            return (
-                isinstance(config.rank_deficient_stability_config, PerturbationConfig)
-                and config.eigendecomposition_offload_device == ""
-            )
-        case CoupledNewtonConfig():
-            return float(root).is_integer()
-        case _:
-            return False
-
-
-def eigh_stack(config: RootInvConfig, stack: Tensor, root: float, epsilon: float) -> InverseRootResult:
+def eigh_solver(config: RootInvConfig, root: float, epsilon: float) -> BatchedSolver:
     """Batched eigh with upstream ``EigenConfig`` semantics (``config``'s perturbation flag if any)."""
     perturbation = getattr(config, "rank_deficient_stability_config", PerturbationConfig())
-    return eigh_inverse_root(
-        stack,
-        root,
+    solve = partial(
+        eigh_inverse_root,
+        root=root,
         epsilon=epsilon,
         perturb_before_computation=perturbation.perturb_before_computation,
     )
+    return BatchedSolver("eigh", solve, EIGH_PRODUCTS)
 
 
-def solve_stack(config: RootInvConfig, stack: Tensor, root: float, epsilon: float) -> InverseRootResult:
-    """Inverse ``root``-th roots of an ``(N, d, d)`` stack of ``A + epsilon I`` as ``config`` asks.
-
-    Raises:
-        ValueError: If ``is_batchable(config, root)`` is False.
-        torch.linalg.LinAlgError: If a batched eigh fails (the caller falls back per block).
-    """
+def batched_solver(config: RootInvConfig, root: float, epsilon: float) -> BatchedSolver | None:
+    """The batched solver for ``config`` at ``root``, or ``None`` for upstream's per-block path."""
     match config:
-        case NewtonDBRootInvConfig() if _is_power_of_two(root):
-            return newton_db_inverse_root(
-                stack, int(root), epsilon=epsilon, control=config.control, scaling=config.scaling
-            )
-        case NewtonDBRootInvConfig():
-            return eigh_stack(config, stack, root, epsilon)
-        case ChebyshevRootInvConfig():
-            return chebyshev_inverse_root(
-                stack,
-                root,
+        case NewtonDBRootInvConfig() if is_power_of_two(root):
+            solve = partial(
+                newton_db_inverse_root,
+                root=int(root),
                 epsilon=epsilon,
-                degree=config.degree,
-                relative_epsilon=config.relative_epsilon,
+                rel_epsilon=config.rel_epsilon,
                 precision=config.precision,
+                iteration=config.iteration,
                 scaling=config.scaling,
             )
-        case EigenConfig() if is_batchable(config, root):
-            return eigh_stack(config, stack, root, epsilon)
-        case CoupledNewtonConfig() if is_batchable(config, root):
-            control = IterationControl(
+            return BatchedSolver("newton_db", solve, newton_db_products(root, config.precision, config.iteration).total())
+        case NewtonDBRootInvConfig():
+            return eigh_solver(config, root, epsilon)
+        case ChebyshevRootInvConfig():
+            solve = partial(
+                chebyshev_inverse_root,
+                root=root,
+                epsilon=epsilon,
+                rel_epsilon=config.rel_epsilon,
+                precision=config.precision,
+                degree=config.degree,
+                scaling=config.scaling,
+            )
+            return BatchedSolver("chebyshev", solve, chebyshev_products(root, config.precision, config.degree).total())
+        case EigenConfig() if (
+            isinstance(config.rank_deficient_stability_config, PerturbationConfig)
+            and config.eigendecomposition_offload_device == ""
+        ):
+            return eigh_solver(config, root, epsilon)
+        case CoupledNewtonConfig() if float(root).is_integer():
+            iteration = IterationControl(
                 num_iterations=config.max_iterations,
                 tolerance=config.tolerance,
                 early_exit_check_interval=COUPLED_NEWTON_EARLY_EXIT_CHECK_INTERVAL,
                 stop_at_best=False,
             )
-            return coupled_newton_inverse_root(
-                stack, int(root), epsilon=epsilon, control=control, scaling=FROBENIUS_SCALING
+            solve = partial(
+                coupled_newton_inverse_root,
+                root=int(root),
+                epsilon=epsilon,
+                iteration=iteration,
+                scaling=FROBENIUS_SCALING,
             )
-    raise ValueError(f"{type(config).__name__} at root {root} is not batched; use the per-block path.")
-
-
-def accepted(config: RootInvConfig, result: InverseRootResult) -> Tensor:
-    """``(N,)`` bool: blocks whose root may be used (finite, and within ``max_residual`` if set)."""
-    if isinstance(config, DashRootInvConfig) and config.max_residual is not None:
-        return result.is_finite & (result.residual <= config.max_residual)
-    return result.is_finite
-
-
-def dash_matrix_inverse_root(
-    A: Tensor, root: Fraction, root_inv_config: RootInvConfig, epsilon: float = 0.0
-) -> Tensor:
-    """Drop-in for upstream ``matrix_inverse_root`` that also understands the DASH configs.
-
-    For a DASH config, the root of the single matrix ``A`` is computed by its solver; if it is not
-    accepted it is recomputed by eigh when ``fallback_to_eigh`` is set, and otherwise (or if that
-    fails too) an ``ArithmeticError`` tells upstream to keep the previous inverse factor and count
-    a failed amortized computation. Other configs go to upstream's own function unchanged.
-    """
-    if not isinstance(root_inv_config, DashRootInvConfig):
-        return upstream_matrix_inverse_root(A=A, root=root, root_inv_config=root_inv_config, epsilon=epsilon)
-    if A.ndim != 2 or A.shape[0] != A.shape[1]:
-        raise ValueError(f"Matrix is not square and 2-dimensional! {A.shape=}")
-    result = solve_stack(root_inv_config, A.unsqueeze(0), float(root), epsilon)
-    if bool(accepted(root_inv_config, result).all()):
-        return result.inverse_root[0]
-    if root_inv_config.fallback_to_eigh:
-        logger.warning(
-            f"{type(root_inv_config).__name__} rejected a root (residual "
-            f"{result.residual.item():.3e}, max {root_inv_config.max_residual}); recomputing it by eigh."
-        )
-        fallback = eigh_stack(root_inv_config, A.unsqueeze(0), float(root), epsilon)
-        if bool(fallback.is_finite.all()):
-            return fallback.inverse_root[0]
-    raise ArithmeticError(
-        f"{type(root_inv_config).__name__} produced no acceptable inverse root: residual "
-        f"{result.residual.item():.3e} (max {root_inv_config.max_residual}), finite "
-        f"{bool(result.is_finite.item())}."
-    )
+            return BatchedSolver("coupled_newton", solve, coupled_newton_products(root, MatmulPrecision.FP32, iteration).total())
+        case _:
+            return None

@@ -1,28 +1,43 @@
 """Batched inverse-root solvers for stacks of symmetric positive semi-definite matrices.
 
-Every solver takes an ``(N, d, d)`` stack (a ``(d, d)`` matrix is a stack of one) and returns an
-:class:`InverseRootResult` with the ``(N, d, d)`` roots and ``(N,)`` per-block diagnostics, without
-reading any tensor value on the host. Only ``torch`` is needed.
+Every solver takes an ``(N, d, d)`` stack (a ``(d, d)`` matrix is a stack of one), the root and,
+keyword-only, the same kinds of options the same way: ``epsilon``, and for the iterative solvers
+``rel_epsilon`` (:mod:`~distributed_shampoo_dash.solvers.problem`), ``precision``
+(:class:`MatmulPrecision`), ``scaling`` (:class:`SpectralScaling`) and their own options
+(:class:`IterationControl`, a degree). Each returns an :class:`InverseRootResult` with the
+``(N, d, d)`` roots and ``(N,)`` per-block diagnostics, without reading any tensor value on the
+host, and has a ``*_products`` function next to it that counts the ``d x d`` products it runs.
+Only ``torch`` is needed.
 """
 
 from distributed_shampoo_dash.solvers.chebyshev import (
     chebyshev_coefficients,
     chebyshev_inverse_root,
+    chebyshev_products,
 )
-from distributed_shampoo_dash.solvers.common import InverseRootResult, inverse_root_residual
 from distributed_shampoo_dash.solvers.coupled_newton import (
-    DEFAULT_COUPLED_NEWTON_CONTROL,
+    DEFAULT_COUPLED_NEWTON_ITERATION,
     coupled_newton_inverse_root,
+    coupled_newton_products,
 )
-from distributed_shampoo_dash.solvers.eigh import eigh_inverse_root
+from distributed_shampoo_dash.solvers.eigh import EIGH_PRODUCTS, eigh_inverse_root
 from distributed_shampoo_dash.solvers.iteration import IterationControl
 from distributed_shampoo_dash.solvers.newton_db import (
-    DEFAULT_NEWTON_DB_CONTROL,
-    check_newton_db_root,
+    DEFAULT_NEWTON_DB_ITERATION,
     newton_db_inverse_root,
+    newton_db_products,
     newton_schulz_square_roots,
 )
-from distributed_shampoo_dash.solvers.precision import MatmulPrecision, as_matmul_precision
+from distributed_shampoo_dash.solvers.precision import (
+    MatmulPrecision,
+    ProductCounts,
+    as_matmul_precision,
+)
+from distributed_shampoo_dash.solvers.result import (
+    InverseRootResult,
+    inverse_root_residual,
+    residual_products,
+)
 from distributed_shampoo_dash.solvers.scaling import (
     FROBENIUS_SCALING,
     MULTI_POWER_ITERATION_SCALING,
@@ -31,22 +46,27 @@ from distributed_shampoo_dash.solvers.scaling import (
 )
 
 __all__ = [
-    "DEFAULT_COUPLED_NEWTON_CONTROL",
-    "DEFAULT_NEWTON_DB_CONTROL",
+    "DEFAULT_COUPLED_NEWTON_ITERATION",
+    "DEFAULT_NEWTON_DB_ITERATION",
+    "EIGH_PRODUCTS",
     "FROBENIUS_SCALING",
     "MULTI_POWER_ITERATION_SCALING",
     "InverseRootResult",
     "IterationControl",
     "MatmulPrecision",
+    "ProductCounts",
     "ScalingMethod",
     "SpectralScaling",
     "as_matmul_precision",
     "chebyshev_coefficients",
     "chebyshev_inverse_root",
-    "check_newton_db_root",
+    "chebyshev_products",
     "coupled_newton_inverse_root",
+    "coupled_newton_products",
     "eigh_inverse_root",
     "inverse_root_residual",
     "newton_db_inverse_root",
+    "newton_db_products",
     "newton_schulz_square_roots",
+    "residual_products",
 ]

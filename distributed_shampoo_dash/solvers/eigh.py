@@ -9,22 +9,31 @@ For each block, with ``A_e = A + epsilon I`` (only when ``perturb_before_computa
 
 which is exactly what ``distributed_shampoo``'s ``matrix_inverse_root`` does with ``EigenConfig``
 and a ``PerturbationConfig`` one block at a time, with the ``lambda_min`` test evaluated per block
-on the device (``torch.where``) instead of on the host. Any real root ``p > 0`` is allowed.
+on the device (``torch.where``) instead of on the host. Any real root ``p > 0`` is allowed. The
+result's ``regularization`` is what was added to each block's diagonal in all: ``epsilon`` (when
+``perturb_before_computation``) plus the shift of its eigenvalues.
 """
 
 import torch
 from torch import Tensor
 
-from distributed_shampoo_dash.solvers.common import (
-    InverseRootResult,
-    add_to_diagonal,
+from distributed_shampoo_dash.solvers.checks import (
     as_stack,
-    check_nonnegative,
+    check_bool,
     check_positive_root,
+    check_real,
+)
+from distributed_shampoo_dash.solvers.linalg import (
+    add_to_diagonal,
     finite_blocks,
     frobenius_norm,
     stable_power,
 )
+from distributed_shampoo_dash.solvers.result import InverseRootResult
+
+#: ``d x d`` products of :func:`eigh_inverse_root` besides ``eigh``: the reconstruction
+#: ``Q diag(L^{-1/p}) Q^T`` and the decomposition residual ``A_e Q``.
+EIGH_PRODUCTS = 2
 
 
 def eigh_inverse_root(
@@ -57,7 +66,8 @@ def eigh_inverse_root(
             "cast it, or use an iterative solver for reduced-precision products."
         )
     root = check_positive_root(root)
-    epsilon = check_nonnegative(epsilon, "epsilon")
+    epsilon = check_real(epsilon, "epsilon")
+    perturb_before_computation = check_bool(perturb_before_computation, "perturb_before_computation")
 
     perturbed = add_to_diagonal(stack, epsilon) if perturb_before_computation else stack
     eigenvalues, eigenvectors = torch.linalg.eigh(perturbed)
@@ -73,4 +83,11 @@ def eigh_inverse_root(
     norm = frobenius_norm(perturbed)
     residual = frobenius_norm(decomposition_error) / torch.where(norm > 0, norm, 1.0)
     residual = residual.float()
-    return InverseRootResult(inverse_root, residual, finite_blocks(inverse_root, residual.unsqueeze(-1)))
+    shift = shifted[..., 0] - eigenvalues[..., 0]
+    regularization = shift + epsilon if perturb_before_computation else shift
+    return InverseRootResult(
+        inverse_root,
+        residual,
+        finite_blocks(inverse_root, residual.unsqueeze(-1)),
+        regularization,
+    )

@@ -15,21 +15,28 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from distributed_shampoo_dash.solvers.common import check_count, check_nonnegative
-from distributed_shampoo_dash.solvers.precision import MatmulPrecision, as_matmul_precision
+from distributed_shampoo_dash.solvers.checks import (
+    MAX_ITERATIONS,
+    check_bool,
+    check_int,
+    check_real,
+)
+from distributed_shampoo_dash.solvers.linalg import select_blocks
+from distributed_shampoo_dash.solvers.precision import MatmulPrecision
 
 
 @dataclass(frozen=True, kw_only=True)
 class IterationControl:
-    """How long a coupled iteration runs and at which precision.
+    """How long a coupled iteration runs.
 
     Attributes:
-        num_iterations (int): Iterations at ``precision`` (the maximum when ``tolerance > 0``).
+        num_iterations (int): Iterations at the solver's precision, ``1 .. 1000`` (the maximum
+            when ``tolerance > 0``).
         tolerance (float): A block stops once its residual is ``<= tolerance``; 0 runs every block
             until its residual stops decreasing or the iterations run out. (Default: 0.0)
-        precision (MatmulPrecision): Precision of the products. (Default: ``FP32``)
         refinement_iterations (int): Further iterations with fp32 products after the
-            ``num_iterations`` ones, continuing from each block's best iterate. (Default: 0)
+            ``num_iterations`` ones, continuing from each block's best iterate, ``0 .. 1000``.
+            (Default: 0)
         early_exit_check_interval (int | None): If set, every this many iterations the loop reads
             ``any(active)`` on the host (one synchronisation) and ends when no block is active.
             ``None`` never synchronises. (Default: None)
@@ -40,35 +47,39 @@ class IterationControl:
 
     num_iterations: int
     tolerance: float = 0.0
-    precision: MatmulPrecision = MatmulPrecision.FP32
     refinement_iterations: int = 0
     early_exit_check_interval: int | None = None
     stop_at_best: bool = True
 
     def __post_init__(self) -> None:
-        check_count(self.num_iterations, "num_iterations")
-        check_nonnegative(self.tolerance, "tolerance")
-        object.__setattr__(self, "precision", as_matmul_precision(self.precision))
-        check_count(self.refinement_iterations, "refinement_iterations", minimum=0)
+        checked: dict[str, object] = {
+            "num_iterations": check_int(
+                self.num_iterations, "num_iterations", minimum=1, maximum=MAX_ITERATIONS
+            ),
+            "tolerance": check_real(self.tolerance, "tolerance"),
+            "refinement_iterations": check_int(
+                self.refinement_iterations, "refinement_iterations", minimum=0, maximum=MAX_ITERATIONS
+            ),
+            "stop_at_best": check_bool(self.stop_at_best, "stop_at_best"),
+        }
         if self.early_exit_check_interval is not None:
-            check_count(self.early_exit_check_interval, "early_exit_check_interval")
+            checked["early_exit_check_interval"] = check_int(
+                self.early_exit_check_interval, "early_exit_check_interval", minimum=1
+            )
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
 
-    def phases(self) -> list[tuple[MatmulPrecision, int]]:
+    def phases(self, precision: MatmulPrecision) -> list[tuple[MatmulPrecision, int]]:
         """``(precision, iterations)`` of the main phase and, if any, the fp32 refinement phase."""
-        phases = [(self.precision, self.num_iterations)]
+        phases = [(precision, self.num_iterations)]
         if self.refinement_iterations > 0:
-            phases.append((self.precision.full, self.refinement_iterations))
+            phases.append((precision.full, self.refinement_iterations))
         return phases
 
     def should_exit(self, iteration: int, tracker: "BestIterateTracker") -> bool:
         """Host-side early exit test, run only every ``early_exit_check_interval`` iterations."""
         interval = self.early_exit_check_interval
         return interval is not None and iteration % interval == 0 and not tracker.any_active()
-
-
-def select_blocks(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
-    """Per-block ``new if mask else old`` for ``(N, d, d)`` stacks and an ``(N,)`` mask."""
-    return torch.where(mask[:, None, None], new, old)
 
 
 class BestIterateTracker:

@@ -16,47 +16,37 @@ The inverse ``p = 2^m``-th root of ``A_e = A + epsilon I`` is then, with ``s >= 
 
     B = A_e / s;   B <- B^{1/2} (m - 1 times, the Y output);   X = s^{-1/p} (B)^{-1/2} (Z output)
 
-and ``p = 1`` squares the inverse square root. Per block the residual ``||Z Y - I||_F / sqrt(d)``
+and ``p = 1`` squares the inverse square root (``A_e = A + r I`` and ``s`` as in
+:mod:`~distributed_shampoo_dash.solvers.problem`). Per block the residual ``||Z Y - I||_F / sqrt(d)``
 (free inside the iteration) picks the best iterate; the returned residual is the explicit
 ``||X_s^p B_0 - I||_F / sqrt(d)`` of the scaled problem (``X_s = s^{1/p} X``, ``B_0 = A_e / s``).
+
+Products (:func:`newton_db_products`): a run of ``k`` iterations costs ``3k - 1`` (the
+closed-form first step, three per further step, one to judge the last iterate), ``r`` refinement
+iterations ``3r + 2`` more (re-coupling, steps, judging); a root ``2^m`` chains ``max(m, 1)``
+runs, ``p = 1`` squares once, and the residual adds :func:`residual_products`.
 """
 
 import math
 
 from torch import Tensor
 
-from distributed_shampoo_dash.solvers.common import (
-    InverseRootResult,
-    add_to_diagonal,
-    as_stack,
-    batched_eye,
-    check_instance,
-    check_nonnegative,
-    check_positive_root,
-    frobenius_norm,
-    scaled_result,
-)
+from distributed_shampoo_dash.solvers.checks import check_instance, check_power_of_two_root
 from distributed_shampoo_dash.solvers.iteration import BestIterateTracker, IterationControl
-from distributed_shampoo_dash.solvers.precision import batched_matmul
+from distributed_shampoo_dash.solvers.linalg import add_to_diagonal, batched_eye, frobenius_norm
+from distributed_shampoo_dash.solvers.precision import (
+    MatmulPrecision,
+    ProductCounts,
+    batched_matmul,
+)
+from distributed_shampoo_dash.solvers.problem import ScaledProblem
+from distributed_shampoo_dash.solvers.result import InverseRootResult, residual_products
 from distributed_shampoo_dash.solvers.scaling import MULTI_POWER_ITERATION_SCALING, SpectralScaling
 
-#: Newton-DB iteration defaults of the DASH paper: 10 fp32 iterations, no tolerance.
-DEFAULT_NEWTON_DB_CONTROL = IterationControl(num_iterations=10)
+#: Newton-DB iteration defaults of the DASH paper: 10 iterations per square root, no tolerance.
+DEFAULT_NEWTON_DB_ITERATION = IterationControl(num_iterations=10)
 
-
-def check_newton_db_root(root: float) -> int:
-    """Checks that ``root`` is ``2^m`` for some ``m >= 0`` and returns it as an ``int``.
-
-    Raises:
-        ValueError: If ``root`` is not a power of two (Newton-DB only composes square roots).
-    """
-    value = check_positive_root(root)
-    if not value.is_integer() or int(value) & (int(value) - 1):
-        raise ValueError(
-            f"Invalid root {root} for Newton-DB. Must be a power of two (1, 2, 4, 8, ...); "
-            "use the Chebyshev, coupled Newton or eigh solver for other roots."
-        )
-    return int(value)
+_METHOD = "Newton-DB"
 
 
 def _coupled_residual(product: Tensor) -> Tensor:
@@ -65,42 +55,60 @@ def _coupled_residual(product: Tensor) -> Tensor:
     return frobenius_norm(product - batched_eye(product)) / math.sqrt(d)
 
 
-def newton_schulz_square_roots(B: Tensor, control: IterationControl) -> tuple[Tensor, Tensor]:
+def newton_schulz_square_roots(
+    B: Tensor, precision: MatmulPrecision, iteration: IterationControl
+) -> tuple[Tensor, Tensor]:
     """``(B^{1/2}, B^{-1/2})`` per block by the coupled Newton-Schulz iteration.
 
     Args:
         B (Tensor): ``(N, d, d)`` symmetric stack in the working dtype, spectrum in ``(0, 2)``.
-        control (IterationControl): Iteration count, tolerance on ``||Z Y - I||_F / sqrt(d)``,
-            precision and refinement.
+        precision (MatmulPrecision): Precision of the products.
+        iteration (IterationControl): Iteration count, tolerance on ``||Z Y - I||_F / sqrt(d)``
+            and refinement.
 
     Returns:
         (Y, Z) (tuple[Tensor, Tensor]): Each ``(N, d, d)``: the best iterate of each block.
     """
     identity = batched_eye(B)
-    tracker = BestIterateTracker(control.tolerance, control.stop_at_best)
-    (main_precision, main_iterations), *refinement = control.phases()
+    tracker = BestIterateTracker(iteration.tolerance, iteration.stop_at_best)
+    (main_precision, main_iterations), *refinement = iteration.phases(precision)
 
     # Closed-form first iteration from Y_0 = B, Z_0 = I.
     E = add_to_diagonal(-0.5 * B, 1.5)
     Y, Z = batched_matmul(B, E, main_precision), E
     phases = [(main_precision, main_iterations - 1), *refinement]
-    for phase_index, (precision, iterations) in enumerate(phases):
+    for phase_index, (phase_precision, iterations) in enumerate(phases):
         if phase_index > 0:
             # Re-couple from the best inverse square root: Y = B Z restores the invariant that
             # rounding at the lower precision broke, which the coupled step cannot see otherwise.
             tracker.restart()
             Z = tracker.best[1]
-            Y = batched_matmul(B, Z, precision)
-        for iteration in range(iterations):
-            product = batched_matmul(Z, Y, precision)
+            Y = batched_matmul(B, Z, phase_precision)
+        for step in range(iterations):
+            product = batched_matmul(Z, Y, phase_precision)
             tracker.offer((Y, Z), _coupled_residual(product))
-            if control.should_exit(iteration + 1, tracker):
+            if iteration.should_exit(step + 1, tracker):
                 break
             E = 0.5 * (3.0 * identity - product)
-            Y, Z = batched_matmul(Y, E, precision), batched_matmul(E, Z, precision)
-        tracker.offer((Y, Z), _coupled_residual(batched_matmul(Z, Y, precision)))
+            Y, Z = batched_matmul(Y, E, phase_precision), batched_matmul(E, Z, phase_precision)
+        tracker.offer((Y, Z), _coupled_residual(batched_matmul(Z, Y, phase_precision)))
     Y, Z = tracker.best
     return Y, Z
+
+
+def newton_db_products(
+    root: float,
+    precision: MatmulPrecision = MatmulPrecision.FP32,
+    iteration: IterationControl = DEFAULT_NEWTON_DB_ITERATION,
+) -> ProductCounts:
+    """Most ``d x d`` products :func:`newton_db_inverse_root` runs per block (fewer on early exit)."""
+    root = check_power_of_two_root(root, _METHOD)
+    runs = max(root.bit_length() - 1, 1)
+    counts = ProductCounts({precision: runs * (3 * iteration.num_iterations - 1) + (root == 1)})
+    if iteration.refinement_iterations > 0:
+        counts[precision.full] += runs * (3 * iteration.refinement_iterations + 2)
+    counts[precision.full] += residual_products(root)
+    return counts
 
 
 def newton_db_inverse_root(
@@ -108,41 +116,41 @@ def newton_db_inverse_root(
     root: int,
     *,
     epsilon: float = 0.0,
-    control: IterationControl = DEFAULT_NEWTON_DB_CONTROL,
+    rel_epsilon: float = 0.0,
+    precision: MatmulPrecision = MatmulPrecision.FP32,
+    iteration: IterationControl = DEFAULT_NEWTON_DB_ITERATION,
     scaling: SpectralScaling = MULTI_POWER_ITERATION_SCALING,
 ) -> InverseRootResult:
-    """Computes ``(A_i + epsilon I)^{-1/p}``, ``p = 2^m``, for every block with matrix products only.
+    """Computes ``(A_i + r_i I)^{-1/p}``, ``p = 2^m``, for every block with matrix products only.
 
     Args:
         A (Tensor): ``(N, d, d)`` (or ``(d, d)``) symmetric PSD stack.
         root (int): ``p``, a power of two.
-        epsilon (float): Added to the diagonal before scaling. (Default: 0.0)
-        control (IterationControl): Iterations per square root, tolerance, precision and
-            refinement. (Default: 10 fp32 iterations, the DASH paper's setting)
-        scaling (SpectralScaling): How ``s >= lambda_max`` is found.
+        epsilon (float): Absolute ridge. (Default: 0.0)
+        rel_epsilon (float): Ridge relative to the spectral bound; ``r = max(rel_epsilon u,
+            epsilon)``. (Default: 0.0)
+        precision (MatmulPrecision): Precision of the products. (Default: ``FP32``)
+        iteration (IterationControl): Iterations per square root, tolerance and refinement.
+            (Default: 10 iterations, the DASH paper's setting)
+        scaling (SpectralScaling): How the bound ``u >= lambda_max`` is found.
             (Default: multi-power iteration, 16 vectors, 10 steps, safety factor 2)
 
     Returns:
         result (InverseRootResult): Roots in ``A.dtype``; residual as in the module docstring.
     """
-    stack = as_stack(A)
-    root = check_newton_db_root(root)
-    epsilon = check_nonnegative(epsilon, "epsilon")
-    check_instance(control, IterationControl, "control")
-    check_instance(scaling, SpectralScaling, "scaling")
+    root = check_power_of_two_root(root, _METHOD)
+    check_instance(iteration, IterationControl, "iteration")
+    problem = ScaledProblem.build(
+        A, epsilon=epsilon, rel_epsilon=rel_epsilon, scaling=scaling, precision=precision
+    )
 
-    working = add_to_diagonal(stack.to(control.precision.working_dtype), epsilon)
-    scale = scaling.upper_bound(working)
-    scaled = working / scale[:, None, None]
-
-    B = scaled
-    for _ in range(max(int(math.log2(root)) - 1, 0)):
-        B, _ = newton_schulz_square_roots(B, control)
-    _, inverse_square_root = newton_schulz_square_roots(B, control)
+    B = problem.scaled
+    for _ in range(root.bit_length() - 2):
+        B, _ = newton_schulz_square_roots(B, precision, iteration)
+    _, inverse_square_root = newton_schulz_square_roots(B, precision, iteration)
     scaled_root = (
-        batched_matmul(inverse_square_root, inverse_square_root, control.precision)
+        batched_matmul(inverse_square_root, inverse_square_root, precision)
         if root == 1
         else inverse_square_root
     )
-
-    return scaled_result(stack, scaled, scaled_root, scale, root, control.precision.full)
+    return problem.result(scaled_root, root, precision.full)

@@ -20,6 +20,7 @@ so no flag is left changed after a call.
 """
 
 import enum
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -52,11 +53,9 @@ class MatmulPrecision(enum.Enum):
         """Full precision of the working dtype: ``FP64`` for ``FP64``, ``FP32`` otherwise."""
         return MatmulPrecision.FP64 if self is MatmulPrecision.FP64 else MatmulPrecision.FP32
 
-    @property
-    def is_reduced(self) -> bool:
-        """Whether products are less accurate than the working dtype (TF32, BF16, FP16)."""
-        return self in (MatmulPrecision.TF32, MatmulPrecision.BF16, MatmulPrecision.FP16)
 
+#: ``d x d`` matrix products a solver runs per block, by the precision they run at.
+ProductCounts = Counter[MatmulPrecision]
 
 _OPERAND_DTYPES: dict[MatmulPrecision, torch.dtype] = {
     MatmulPrecision.FP64: torch.float64,

@@ -20,11 +20,13 @@ smallest normal number of its dtype as its bound, so ``A / s`` is 0 rather than 
 
 import enum
 from dataclasses import dataclass
+from typing import assert_never
 
 import torch
 from torch import Tensor
 
-from distributed_shampoo_dash.solvers.common import check_count, frobenius_norm
+from distributed_shampoo_dash.solvers.checks import MAX_ITERATIONS, check_int, check_real, type_name
+from distributed_shampoo_dash.solvers.linalg import frobenius_norm
 
 _START_VECTOR_SEED = 0x5EED
 
@@ -49,7 +51,7 @@ def as_scaling_method(method: "ScalingMethod | str") -> ScalingMethod:
             allowed = ", ".join(repr(m.value) for m in ScalingMethod)
             raise ValueError(f"Invalid scaling method {method!r}. Must be one of {allowed}.") from None
     raise TypeError(
-        f"Invalid scaling method {method!r} of type {type(method).__name__}. "
+        f"Invalid scaling method {method!r} of type {type_name(method)}. "
         "Must be a ScalingMethod or one of its string values."
     )
 
@@ -68,8 +70,6 @@ def rayleigh_lambda_max(A: Tensor, num_iterations: int, num_vectors: int) -> Ten
     The iteration runs on ``A / max_ij |A_ij|`` (entries in ``[-1, 1]``) and scales the estimate
     back, so that no squared entry over- or underflows whatever the scale of ``A``.
     """
-    check_count(num_iterations, "num_iterations")
-    check_count(num_vectors, "num_vectors")
     largest = A.abs().amax(dim=(-2, -1))
     A = A / torch.where(largest > 0, largest, torch.ones_like(largest))[:, None, None]
     n, d, _ = A.shape
@@ -90,9 +90,10 @@ class SpectralScaling:
 
     Attributes:
         method (ScalingMethod): Which bound to use. (Default: ``MULTI_POWER_ITERATION``)
-        num_iterations (int): Power steps ``k >= 1`` for the power-iteration methods. (Default: 10)
-        num_vectors (int): Start vectors ``m >= 1`` per block for ``MULTI_POWER_ITERATION``;
-            ``POWER_ITERATION`` uses one. (Default: 16)
+        num_iterations (int): Power steps ``1 <= k <= 1000`` for the power-iteration methods.
+            (Default: 10)
+        num_vectors (int): Start vectors ``1 <= m <= 1000`` per block for
+            ``MULTI_POWER_ITERATION``; ``POWER_ITERATION`` uses one. (Default: 16)
         safety_factor (float): ``c >= 1`` multiplying the power-iteration estimate. (Default: 2.0)
     """
 
@@ -102,18 +103,16 @@ class SpectralScaling:
     safety_factor: float = 2.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "method", as_scaling_method(self.method))
-        check_count(self.num_iterations, "num_iterations")
-        check_count(self.num_vectors, "num_vectors")
-        if isinstance(self.safety_factor, bool) or not isinstance(self.safety_factor, (int, float)):
-            raise TypeError(
-                f"safety_factor must be a real number, got {self.safety_factor!r} "
-                f"of type {type(self.safety_factor).__name__}."
-            )
-        if not 1.0 <= self.safety_factor < float("inf"):
-            raise ValueError(
-                f"Invalid safety_factor={self.safety_factor}. Must be a finite number >= 1.0."
-            )
+        checked = {
+            "method": as_scaling_method(self.method),
+            "num_iterations": check_int(
+                self.num_iterations, "num_iterations", minimum=1, maximum=MAX_ITERATIONS
+            ),
+            "num_vectors": check_int(self.num_vectors, "num_vectors", minimum=1, maximum=MAX_ITERATIONS),
+            "safety_factor": check_real(self.safety_factor, "safety_factor", minimum=1.0),
+        }
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
 
     def upper_bound(self, A: Tensor) -> Tensor:
         """Per-block scale ``s`` with ``lambda_max(A_i) <= s_i`` (exact for Frobenius, w.h.p. otherwise).
@@ -132,6 +131,8 @@ class SpectralScaling:
                 vectors = 1 if self.method is ScalingMethod.POWER_ITERATION else self.num_vectors
                 estimate = rayleigh_lambda_max(A, self.num_iterations, vectors)
                 scale = torch.minimum(self.safety_factor * estimate, frobenius)
+            case _:
+                assert_never(self.method)
         return scale.clamp_min(torch.finfo(A.dtype).tiny)
 
 

@@ -6,11 +6,9 @@ whose matrices share a key, e.g. ``(dim, root, dtype)`` for inverse roots; a *st
 """
 
 from distributed_shampoo_dash.stacking.groups import (
-    InverseRootKey,
     chunked,
     group_indices,
     stack_group,
-    write_back,
 )
 from distributed_shampoo_dash.stacking.kronecker import mode_gram_matrices, precondition_stack
 from distributed_shampoo_dash.stacking.packing import (
@@ -21,7 +19,6 @@ from distributed_shampoo_dash.stacking.packing import (
 )
 
 __all__ = [
-    "InverseRootKey",
     "chunked",
     "group_indices",
     "mode_gram_matrices",
@@ -31,5 +28,4 @@ __all__ = [
     "stack_group",
     "unpack_stack",
     "unpacked_dim",
-    "write_back",
 ]

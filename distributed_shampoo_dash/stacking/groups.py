@@ -1,34 +1,18 @@
 """Group, stack and unstack lists of same-shape tensors.
 
 Example: matrices ``[A0 (128x128, p=4), A1 (64x64, p=2), A2 (128x128, p=4)]`` with keys
-``InverseRootKey(d, p, dtype)`` give the groups ``{(128, 4, f32): [0, 2], (64, 2, f32): [1]}``; the
+``(d, p)`` give the groups ``{(128, 4): [0, 2], (64, 2): [1]}``; the
 first stack is ``torch.stack([A0, A2])`` of shape ``(2, 128, 128)``, and its rows are written
 back into the tensors at positions 0 and 2.
 """
 
 from collections.abc import Hashable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
 from torch import Tensor
 
 _Key = TypeVar("_Key", bound=Hashable)
-
-
-@dataclass(frozen=True)
-class InverseRootKey:
-    """What makes two factor matrices share one batched inverse-root call.
-
-    Attributes:
-        dim (int): ``d`` of the ``d x d`` matrix.
-        root (float): The inverse root ``p``.
-        dtype (torch.dtype): The matrix dtype.
-    """
-
-    dim: int
-    root: float
-    dtype: torch.dtype
 
 
 def group_indices(keys: Sequence[_Key]) -> dict[_Key, list[int]]:
@@ -57,17 +41,3 @@ def chunked(positions: Sequence[int], item_bytes: int, max_stack_bytes: int) -> 
 def stack_group(tensors: Sequence[Tensor], positions: Sequence[int]) -> Tensor:
     """``(N, *shape)`` stack of ``tensors[i]`` for ``i`` in ``positions`` (all of one shape)."""
     return torch.stack([tensors[i] for i in positions])
-
-
-def write_back(stack: Tensor, targets: Sequence[Tensor], positions: Sequence[int]) -> None:
-    """Copies row ``j`` of ``stack`` into ``targets[positions[j]]`` in place, in one foreach copy.
-
-    Targets keep their identity (optimizer state stays the same tensors), dtype and device.
-
-    Args:
-        stack (Tensor): ``(N, ...)`` results, each row of its target's shape.
-        targets (Sequence[Tensor]): The tensors to write into.
-        positions (Sequence[int]): ``N`` positions into ``targets``.
-    """
-    if positions:
-        torch._foreach_copy_([targets[i] for i in positions], list(stack.unbind(0)))

@@ -47,7 +47,7 @@ class InverseRootSolversTest(unittest.TestCase):
     def test_newton_db_matches_eigendecomposition(self, root: int) -> None:
         A = _spd_stack(num_blocks=5, dim=32, condition=1e2).float()
         result = newton_db_inverse_root(
-            A, root, control=IterationControl(num_iterations=20, tolerance=1e-6)
+            A, root, iteration=IterationControl(num_iterations=20, tolerance=1e-6)
         )
         errors = _relative_errors(result.inverse_root, _reference(A.double(), root, 0.0))
         self.assertLess(errors.max().item(), 1e-4)
@@ -69,7 +69,7 @@ class InverseRootSolversTest(unittest.TestCase):
 
     def test_chebyshev_is_the_root_of_its_regularised_matrix(self) -> None:
         A = _spd_stack(num_blocks=5, dim=32, condition=1e2).float()
-        result = chebyshev_inverse_root(A, 4, degree=60, relative_epsilon=1e-2)
+        result = chebyshev_inverse_root(A, 4, degree=60, rel_epsilon=1e-2)
         scale = MULTI_POWER_ITERATION_SCALING.upper_bound(A).double()
         errors = _relative_errors(result.inverse_root, _reference(A.double(), 4, 1e-2 * scale))
         self.assertLess(errors.max().item(), 1e-4)

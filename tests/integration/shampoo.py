@@ -14,6 +14,8 @@ from distributed_shampoo.preconditioner.shampoo_preconditioner_list import (
     RootInvShampooPreconditionerList,
 )
 
+import distributed_shampoo_dash as dash
+
 
 def shampoo_factory(
     solver: RootInvConfig,
@@ -46,7 +48,9 @@ def max_parameter_difference(first: torch.nn.Module, second: torch.nn.Module) ->
 
 
 def preconditioner_list(optimizer: DistributedShampoo, group: int = 0) -> RootInvShampooPreconditionerList:
-    return optimizer._per_group_state_lists[group]["shampoo_preconditioner_list"]
+    preconditioner_list = dash.preconditioner_lists(optimizer)[group]
+    assert isinstance(preconditioner_list, RootInvShampooPreconditionerList)
+    return preconditioner_list
 
 
 def kronecker_factors(optimizer: DistributedShampoo) -> Iterator[RootInvShampooKroneckerFactorsUnwrapped]:

@@ -1,0 +1,109 @@
+"""The scaled problem every iterative solver works on, set up once for all of them.
+
+For a stack ``A`` of symmetric PSD blocks, an absolute ``epsilon`` and a relative ``rel_epsilon``
+(upstream's ``CoupledHigherOrderConfig`` semantics), per block::
+
+    u = scaling bound of A + epsilon I           (u >= lambda_max(A) + epsilon)
+    r = max(rel_epsilon * u, epsilon)            (the ridge, "regularization")
+    s = u + (r - epsilon)                        (s >= lambda_max(A + r I))
+    B = (A + r I) / s                            spectrum in [r / s, 1]
+
+With ``rel_epsilon = 0`` this is ``B = (A + epsilon I) / u``, the scaling of upstream's coupled
+Newton. With ``rel_epsilon > 0`` the smallest eigenvalue of ``B`` is at least
+``rel_epsilon / (1 + rel_epsilon)`` whatever ``A`` is, which bounds the condition number the
+iteration has to resolve. A solver computes ``X_s ~ B^{-1/p}`` and :meth:`ScaledProblem.result`
+returns ``X = s^{-1/p} X_s ~ (A + r I)^{-1/p}`` with its residual against ``B``.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from distributed_shampoo_dash.solvers.checks import as_stack, check_instance, check_real
+from distributed_shampoo_dash.solvers.linalg import (
+    add_to_diagonal,
+    add_to_diagonal_,
+    finite_blocks,
+    stable_power,
+)
+from distributed_shampoo_dash.solvers.precision import MatmulPrecision
+from distributed_shampoo_dash.solvers.result import InverseRootResult, inverse_root_residual
+from distributed_shampoo_dash.solvers.scaling import SpectralScaling
+
+
+def check_rel_epsilon(rel_epsilon: object) -> float:
+    """Checks a relative ridge: a real number in ``[0, 1]``."""
+    return check_real(rel_epsilon, "rel_epsilon", maximum=1.0)
+
+
+@dataclass(frozen=True)
+class ScaledProblem:
+    """``B = (A + r I) / s`` per block, in the working dtype.
+
+    Attributes:
+        dtype (torch.dtype): Dtype of the input stack, and of the returned roots.
+        scaled (Tensor): ``(N, d, d)`` ``B``.
+        scale (Tensor): ``(N,)`` ``s``.
+        regularization (Tensor): ``(N,)`` ``r``, in the working dtype.
+    """
+
+    dtype: torch.dtype
+    scaled: Tensor
+    scale: Tensor
+    regularization: Tensor
+
+    @classmethod
+    def build(
+        cls,
+        A: object,
+        *,
+        epsilon: float,
+        rel_epsilon: float,
+        scaling: SpectralScaling,
+        precision: MatmulPrecision,
+    ) -> "ScaledProblem":
+        """Checks a solver's common arguments and sets up its scaled problem.
+
+        Args:
+            A (object): ``(N, d, d)`` (or ``(d, d)``) symmetric PSD stack.
+            epsilon (float): Absolute ridge ``>= 0``.
+            rel_epsilon (float): Ridge relative to the spectral bound, ``0 <= rel_epsilon <= 1``.
+            scaling (SpectralScaling): How the bound ``u`` is found.
+            precision (MatmulPrecision): The solver's precision; fixes the working dtype.
+        """
+        stack = as_stack(A)
+        epsilon = check_real(epsilon, "epsilon")
+        rel_epsilon = check_rel_epsilon(rel_epsilon)
+        check_instance(scaling, SpectralScaling, "scaling")
+        check_instance(precision, MatmulPrecision, "precision")
+
+        working = add_to_diagonal(stack.to(precision.working_dtype), epsilon)
+        bound = scaling.upper_bound(working)
+        extra = (rel_epsilon * bound - epsilon).clamp_min(0.0)
+        add_to_diagonal_(working, extra)
+        scale = bound + extra
+        return cls(
+            dtype=stack.dtype,
+            scaled=working.div_(scale[:, None, None]),
+            scale=scale,
+            regularization=extra + epsilon,
+        )
+
+    def result(self, scaled_root: Tensor, root: float, precision: MatmulPrecision) -> InverseRootResult:
+        """``X = s^{-1/p} X_s`` in the input dtype, with the residual ``||X_s^p B - I||_F / sqrt(d)``.
+
+        Args:
+            scaled_root (Tensor): ``(N, d, d)`` ``X_s ~ B^{-1/p}``.
+            root (float): ``p``.
+            precision (MatmulPrecision): Precision of the residual products.
+        """
+        residual = inverse_root_residual(self.scaled, scaled_root, root, precision)
+        scale_factor = stable_power(self.scale, -1.0 / root)[:, None, None]
+        inverse_root = (scaled_root * scale_factor).to(self.dtype)
+        return InverseRootResult(
+            inverse_root,
+            residual,
+            finite_blocks(inverse_root, residual.unsqueeze(-1)),
+            self.regularization,
+        )
