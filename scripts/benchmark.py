@@ -10,19 +10,30 @@ every inverse factor against the fp64 root of its bias-corrected factor matrix (
 percentile and max; rank-deficient factors, e.g. of 1-D blocks after a few steps, have a null
 space that fp32 cannot resolve at epsilon 1e-10, so their error is ~1 for every fp32 solver).
 
+With ``--memory`` every row is also run in a fresh process (one thread,
+``MALLOC_MMAP_THRESHOLD_=65536`` so freed memory goes back to the OS at once) that measures the
+transient memory of its steps: after ``--warmup`` steps, for a root step and the steps up to the
+next one, the peak resident set during ``optimizer.step()`` minus the resident set before it
+(CUDA: peak allocated minus allocated), reported with its ratio to upstream ``EigenConfig``.
+
 Presets (DESIGN.md section 4):
     gpu: hidden 1024, 8 layers, FFN 2816, vocab 32000, max_preconditioner_dim 1024
     cpu: hidden 128, 2 layers, FFN 352, vocab 512, max_preconditioner_dim 128 (about a minute)
+    layers: 200 weights of 256 x 256, max_preconditioner_dim 256 (many same-shape layers)
 
 Usage:
     python3 scripts/benchmark.py --preset cpu --out bench_out/step_cpu
+    python3 scripts/benchmark.py --preset layers --memory --steps 2 --out bench_out/step_layers
     python3 scripts/benchmark.py --preset gpu --precondition-frequency 10 --steps 30 --only Eigen \
         --out bench_out/step_gpu_every10
 """
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,24 +57,24 @@ REFINED = IterationControl(num_iterations=10, refinement_iterations=2)
 
 @dataclass(frozen=True)
 class Preset:
-    """A Llama-shaped parameter set and the optimizer's block size."""
+    """A parameter set and the optimizer's block size."""
 
-    hidden: int
-    layers: int
-    ffn: int
-    vocab: int
+    shapes: tuple[tuple[int, ...], ...]
     max_preconditioner_dim: int
 
-    def parameter_shapes(self) -> list[tuple[int, ...]]:
+    @classmethod
+    def llama(cls, hidden: int, layers: int, ffn: int, vocab: int, block: int) -> "Preset":
         """Embedding, per layer (4 attention, 3 MLP, 2 norm weights), final norm, untied head."""
-        h, f = self.hidden, self.ffn
-        layer = [(h, h)] * 4 + [(f, h), (f, h), (h, f), (h,), (h,)]
-        return [(self.vocab, h), *layer * self.layers, (h,), (self.vocab, h)]
+        layer = [(hidden, hidden)] * 4 + [(ffn, hidden), (ffn, hidden), (hidden, ffn), (hidden,), (hidden,)]
+        shapes = [(vocab, hidden), *layer * layers, (hidden,), (vocab, hidden)]
+        return cls(tuple(shapes), block)
 
 
 PRESETS = {
-    "gpu": Preset(hidden=1024, layers=8, ffn=2816, vocab=32000, max_preconditioner_dim=1024),
-    "cpu": Preset(hidden=128, layers=2, ffn=352, vocab=512, max_preconditioner_dim=128),
+    "gpu": Preset.llama(hidden=1024, layers=8, ffn=2816, vocab=32000, block=1024),
+    "cpu": Preset.llama(hidden=128, layers=2, ffn=352, vocab=512, block=128),
+    # Many same-shape layers: 200 weights of 256 x 256, one block each.
+    "layers": Preset(((256, 256),) * 200, 256),
 }
 
 
@@ -146,23 +157,103 @@ def computes_roots(step: int, precondition_frequency: int) -> bool:
     return step % precondition_frequency == 0
 
 
+def make_parameters(preset: Preset, device: torch.device) -> tuple[list[torch.nn.Parameter], torch.Generator]:
+    """The preset's parameters (seeded) and the generator that draws their gradients."""
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    params = [
+        torch.nn.Parameter(torch.randn(shape, generator=generator).mul_(0.02).to(device))
+        for shape in preset.shapes
+    ]
+    return params, generator
+
+
+def set_gradients(params: list[torch.nn.Parameter], generator: torch.Generator) -> None:
+    for param in params:
+        param.grad = torch.randn(param.shape, generator=generator).to(param.device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Transient memory of a step, each row in a fresh process.
+
+#: Environment of a memory measurement: one thread, and freed memory returned to the OS at once.
+MEMORY_ENVIRONMENT = {"OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
+def _status_bytes(field: str) -> int:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} is not in /proc/self/status")
+
+
+def transient_step_memory(optimizer: DistributedShampoo, device: torch.device) -> int:
+    """Peak memory ``optimizer.step()`` allocates on top of what is allocated before it.
+
+    CUDA: ``max_memory_allocated`` after a reset minus ``memory_allocated`` before. CPU: peak
+    resident set (``VmHWM``, reset through ``/proc/self/clear_refs``) minus ``VmRSS`` before.
+    """
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        optimizer.step()
+        synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    before = _status_bytes("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
+    optimizer.step()
+    return _status_bytes("VmHWM") - before
+
+
+def measure_memory_here(row: Row, preset: Preset, args: argparse.Namespace, device: torch.device) -> int:
+    """Largest transient memory over a root step and the steps up to the next one (this process)."""
+    params, generator = make_parameters(preset, device)
+    optimizer = make_optimizer(params, row, preset, args.precondition_frequency)
+    peaks = []
+    for step in range(args.warmup + args.precondition_frequency):
+        set_gradients(params, generator)
+        if step < args.warmup:
+            optimizer.step()
+        else:
+            peaks.append(transient_step_memory(optimizer, device))
+    return max(peaks)
+
+
+def measure_memory(row: Row, args: argparse.Namespace) -> int:
+    """:func:`measure_memory_here` in a fresh process with :data:`MEMORY_ENVIRONMENT`."""
+    command = [
+        sys.executable,
+        __file__,
+        "--memory-of",
+        row.label,
+        "--preset",
+        args.preset,
+        "--device",
+        args.device,
+        "--precondition-frequency",
+        str(args.precondition_frequency),
+        "--warmup",
+        str(args.warmup),
+    ]
+    completed = subprocess.run(
+        command, env={**os.environ, **MEMORY_ENVIRONMENT}, capture_output=True, text=True, check=True
+    )
+    return int(json.loads(completed.stdout.strip().splitlines()[-1])["transient_memory_bytes"])
+
+
 def run_row(
     row: Row, preset: Preset, args: argparse.Namespace, device: torch.device
 ) -> dict[str, object]:
     """Times one row; returns its measurements."""
-    generator = torch.Generator(device="cpu").manual_seed(0)
-    params = [
-        torch.nn.Parameter(torch.randn(shape, generator=generator).mul_(0.02).to(device))
-        for shape in preset.parameter_shapes()
-    ]
+    params, generator = make_parameters(preset, device)
     optimizer = make_optimizer(params, row, preset, args.precondition_frequency)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     times, root_steps = [], []
     for step in range(args.warmup + args.steps):
-        for param in params:
-            param.grad = torch.randn(param.shape, generator=generator).to(device)
+        set_gradients(params, generator)
         synchronize(device)
         start = time.perf_counter()
         optimizer.step()
@@ -195,13 +286,18 @@ def markdown_table(results: list[dict[str, object]]) -> str:
     lines = [
         (
             "| optimizer | median step (s) | mean step (s) | median step without roots (s) | "
-            "speedup: median / mean / without roots | peak memory (GB) | root error median / p90 / max | "
-            "fallbacks | finite |"
+            "speedup: median / mean / without roots | peak memory (GB) | transient step memory (MiB) | "
+            "root error median / p90 / max | fallbacks | finite |"
         ),
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for result in results:
         memory = result["peak_memory_bytes"]
+        transient = result.get("transient_memory_bytes")
+        transient_cell = "-"
+        if transient is not None:
+            ratio = transient / reference["transient_memory_bytes"]
+            transient_cell = f"{transient / 2**20:.1f} ({ratio:.2f}x)"
         without_roots = result["median_step_without_roots_s"]
         speedups = " / ".join(
             "-" if result[key] is None else f"{reference[key] / result[key]:.2f}x"
@@ -210,7 +306,7 @@ def markdown_table(results: list[dict[str, object]]) -> str:
         lines.append(
             f"| {result['label']} | {result['median_step_s']:.4f} | {result['mean_step_s']:.4f} | "
             f"{'-' if without_roots is None else f'{without_roots:.4f}'} | {speedups} | "
-            f"{'-' if memory is None else f'{memory / 1e9:.2f}'} | "
+            f"{'-' if memory is None else f'{memory / 1e9:.2f}'} | {transient_cell} | "
             f"{result['root_error_median']:.1e} / {result['root_error_p90']:.1e} / {result['root_error_max']:.1e} | "
             f"{result['fallbacks'] or '-'} | {result['finite']} |"
         )
@@ -245,9 +341,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--only", nargs="*", help="labels (substrings) of the rows to run; upstream Eigen always runs")
     parser.add_argument("--out", type=Path, default=Path("bench_out/step"))
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="also measure each row's transient step memory, in a fresh process per row",
+    )
+    parser.add_argument("--memory-of", metavar="LABEL", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     preset, device = PRESETS[args.preset], torch.device(args.device)
+    if args.memory_of is not None:
+        row = next(row for row in rows() if row.label == args.memory_of)
+        print(json.dumps({"transient_memory_bytes": measure_memory_here(row, preset, args, device)}))
+        return
     selected = [
         row
         for index, row in enumerate(rows())
@@ -259,6 +365,8 @@ def main() -> None:
         start = time.perf_counter()
         try:
             results.append(run_row(row, preset, args, device))
+            if args.memory:
+                results[-1]["transient_memory_bytes"] = measure_memory(row, args)
         except Exception as exception:  # noqa: BLE001 - a solver that diverges on this preset is a result too
             print(f"{row.label}: failed with {type(exception).__name__}", flush=True)
             failures.append({"label": row.label, "error": f"{type(exception).__name__}: {str(exception)[:160]}"})

@@ -77,7 +77,7 @@ class PresetLike(Protocol):
 
     max_preconditioner_dim: int
 
-    def parameter_shapes(self) -> list[tuple[int, ...]]: ...
+    shapes: tuple[tuple[int, ...], ...]
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ def block_flops(shape: Shape) -> float:
 
 def measure(preset_name: str, preset: PresetLike, world_size: int, cost_model_name: str) -> Balance:
     """Assigns ``preset``'s blocks with the named cost model and measures the balance."""
-    params = meta_parameters(preset.parameter_shapes())
+    params = meta_parameters(list(preset.shapes))
     per_rank = ddp_block_shapes_per_rank(
         params, preset.max_preconditioner_dim, world_size, COST_MODELS[cost_model_name]
     )

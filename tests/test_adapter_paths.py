@@ -94,3 +94,37 @@ def test_newton_db_trains_a_3d_parameter_whose_blocks_need_root_6() -> None:
     factors = preconditioner_list(optimizer)._local_kronecker_factors_unwrapped[0]
     assert factors.roots == (6.0, 6.0, 6.0)
     assert losses[-1] < losses[0] and bool(torch.isfinite(weight).all())
+
+
+def kl_shampoo_factory(model: torch.nn.Module) -> distributed_shampoo.DistributedShampoo:
+    return distributed_shampoo.DistributedShampoo(
+        model.parameters(),
+        lr=0.01,
+        betas=(0.9, 0.95),
+        epsilon=1e-6,
+        max_preconditioner_dim=8,
+        precondition_frequency=1,
+        start_preconditioning_step=1,
+        preconditioner_config=distributed_shampoo.RootInvKLShampooPreconditionerConfig(
+            amortized_computation_config=EigenConfig()
+        ),
+    )
+
+
+def test_kl_shampoo_keeps_its_outer_products_and_batches_its_roots() -> None:
+    """KL-Shampoo's list overrides upstream's ``_compute_outer_product_list`` hook: with DASH its
+    factor update still goes through the hook, so the optimizer is upstream's."""
+    dash.disable()
+    upstream_model, _, _ = train(kl_shampoo_factory, num_steps=NUM_STEPS)
+    dash.enable()
+    with mock.patch.object(
+        dash.integration.BatchedRootInvKLShampooPreconditionerList,
+        "_compute_outer_product_list",
+        autospec=True,
+        side_effect=shampoo_preconditioner_list.RootInvKLShampooPreconditionerList._compute_outer_product_list,
+    ) as hook:
+        dash_model, dash_optimizer, _ = train(kl_shampoo_factory, num_steps=NUM_STEPS)
+
+    assert isinstance(preconditioner_list(dash_optimizer), dash.integration.BatchedRootInvKLShampooPreconditionerList)
+    assert hook.call_count > 0
+    assert max_parameter_difference(upstream_model, dash_model) < 5e-4

@@ -88,6 +88,11 @@ class SyncCounter(TorchDispatchMode):
 
 def syncs_per_step(max_preconditioner_dim: int) -> tuple[int, int]:
     """(blocks, host syncs of one step with a root computation) for the mixed-shape model."""
+    return syncs_of_a_root_step(max_preconditioner_dim)[:2]
+
+
+def syncs_of_a_root_step(max_preconditioner_dim: int) -> tuple[int, int, torch.nn.Module]:
+    """(blocks, host syncs of one step with a root computation, model) for the mixed-shape model."""
     torch.manual_seed(0)
     model = MixedShapeModel()
     optimizer = DistributedShampoo(
@@ -105,7 +110,7 @@ def syncs_per_step(max_preconditioner_dim: int) -> tuple[int, int]:
     run_steps(model, optimizer, batches[:1])
     with SyncCounter() as counter:
         run_steps(model, optimizer, batches[1:])
-    return len(list(kronecker_factors(optimizer))), counter.count
+    return len(list(kronecker_factors(optimizer))), counter.count, model
 
 
 def test_host_syncs_per_step_do_not_grow_with_the_number_of_blocks() -> None:
@@ -118,6 +123,35 @@ def test_host_syncs_per_step_do_not_grow_with_the_number_of_blocks() -> None:
     assert upstream_many > upstream_few  # upstream reads flags once per factor
     assert dash_few == dash_many  # once per param group (plus the step's own constant reads)
     assert dash_many < upstream_many
+
+
+@pytest.fixture
+def one_block_per_chunk() -> Iterator[None]:
+    """Every batched operation gets a budget of one byte: each chunk holds a single block."""
+    list_class = dash.integration.BatchedRootInvShampooPreconditionerList
+    list_class.max_stack_bytes = 1
+    yield
+    list_class.max_stack_bytes = None
+
+
+def test_chunks_of_one_block_give_the_same_step_with_the_same_host_syncs(one_block_per_chunk: None) -> None:
+    dash.enable()
+    _, chunked_syncs, chunked_model = syncs_of_a_root_step(3)
+    dash.integration.BatchedRootInvShampooPreconditionerList.max_stack_bytes = None
+    _, syncs, model = syncs_of_a_root_step(3)
+    assert chunked_syncs == syncs
+    assert max_parameter_difference(chunked_model, model) < 1e-6
+
+
+def test_automatic_stack_budget_is_half_the_gradient_bytes_and_at_least_4_mib() -> None:
+    dash.enable()
+    _, optimizer, _ = train(shampoo_factory(EigenConfig()), num_steps=1)
+    preconditioner_list = dash.preconditioner_lists(optimizer)[0]
+    assert isinstance(preconditioner_list, dash.integration.BatchedRootInvShampooPreconditionerList)
+    small = (torch.zeros(100),)
+    large = (torch.zeros(2**22), torch.zeros(2**21, dtype=torch.float64))
+    assert preconditioner_list.stack_budget(small) == 4 * 2**20
+    assert preconditioner_list.stack_budget(large) == (2**22 * 4 + 2**21 * 8) // 2
 
 
 def test_loading_into_a_running_optimizer_leaves_no_stale_state(tmp_path: torch.types.FileLike) -> None:

@@ -67,7 +67,7 @@ def test_ddp_config_with_the_model_pickles() -> None:
 
 def test_every_block_is_assigned_to_exactly_one_rank() -> None:
     preset = stack_balance.load_presets()["cpu"]
-    params = stack_balance.meta_parameters(preset.parameter_shapes())
+    params = stack_balance.meta_parameters(list(preset.shapes))
     per_rank = stack_balance.ddp_block_shapes_per_rank(
         params, preset.max_preconditioner_dim, 4, InverseRootCostModel()
     )

@@ -14,8 +14,12 @@ checkpoints are exactly upstream's and nothing can go stale:
 * amortized computation: bias-corrected (and trace-scaled) factor matrices grouped by
   ``(dim, root, dtype)``, one solver call per chunk of a group (:mod:`.roots`).
 
-Groups whose stacks would exceed :attr:`BatchedRootInvShampooPreconditionerList.max_stack_bytes`
-are split into chunks, processed one after the other.
+Memory. A group is processed in chunks, one after the other, each within a budget for the
+memory one batched operation allocates: its stacks, the solver's work space and its results
+(:meth:`~BatchedRootInvShampooPreconditionerList.stack_budget`). By default the budget is half the
+bytes of the param group's gradients (at least 4 MiB): upstream's own step allocates several
+gradient-sized lists (preconditioned gradients, grafting and momentum temporaries), so stacking
+adds a bounded fraction to what the step already needs, whatever the number of blocks.
 
 Amortized computation, per param group:
 
@@ -135,13 +139,19 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
     computation are batched per group of same-shape blocks.
 
     Attributes:
-        max_stack_bytes (int): Largest stack, in bytes, one batched operation builds; larger
-            groups are processed in chunks. (Default: 128 MiB)
+        max_stack_bytes (int | None): Memory, in bytes, one batched operation may allocate for its
+            stacks, work space and results; ``None`` sizes it from the gradients
+            (:meth:`stack_budget`). A class attribute: set it before creating the optimizer, or on
+            the list. (Default: None)
         fallback_counts (Counter[str]): Roots recomputed by ``"eigh"`` and blocks ``"replayed"``
             through upstream's per-block path since construction.
     """
 
-    max_stack_bytes: int = 128 * 2**20
+    max_stack_bytes: int | None = None
+    #: Automatic budget: this fraction of the param group's gradient bytes, but at least
+    #: :attr:`min_stack_bytes`.
+    stack_budget_fraction: float = 0.5
+    min_stack_bytes: int = 4 * 2**20
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -149,25 +159,36 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
 
     # Factor update and preconditioning.
 
+    def stack_budget(self, masked_grad_list: tuple[Tensor, ...]) -> int:
+        """Bytes one batched operation may allocate: :attr:`max_stack_bytes` if set, else
+        ``max(min_stack_bytes, stack_budget_fraction * sum of the gradients' bytes)``."""
+        if self.max_stack_bytes is not None:
+            return self.max_stack_bytes
+        gradient_bytes = sum(grad.numel() * grad.element_size() for grad in masked_grad_list)
+        return max(self.min_stack_bytes, int(self.stack_budget_fraction * gradient_bytes))
+
     def _block_groups(self, masked_grad_list: tuple[Tensor, ...]) -> Iterator[list[int]]:
-        """Chunks of masked block positions sharing shape, dtype and preconditioned dims."""
+        """Chunks of masked block positions sharing shape, dtype and preconditioned dims.
+
+        A block's share of a chunk's memory: the stacked gradient, the results of two contractions
+        and its inverse factors (stacked packed, and unpacked) or its Gram matrices.
+        """
         keys = [
             (tuple(grad.shape), grad.dtype, selector)
             for grad, selector in zip(
                 masked_grad_list, self._masked_preconditioned_dims_selector_list, strict=True
             )
         ]
+        budget = self.stack_budget(masked_grad_list)
         for positions in group_indices(keys).values():
             grad = masked_grad_list[positions[0]]
             factors = self._masked_kronecker_factors_unwrapped[positions[0]]
-            largest = max(
-                [grad.numel() * grad.element_size()]
-                + [
-                    inverse.shape[-1] ** 2 * inverse.element_size()
-                    for inverse in factors.inv_factor_matrices
-                ]
+            factor_bytes = sum(
+                self._factor_dim(inverse) ** 2 * inverse.element_size()
+                for inverse in factors.inv_factor_matrices
             )
-            yield from chunked(positions, largest, self.max_stack_bytes)
+            item_bytes = 3 * grad.numel() * grad.element_size() + 3 * factor_bytes // 2
+            yield from chunked(positions, item_bytes, budget)
 
     def _update_factor_matrices(self, masked_grad_list: tuple[Tensor, ...]) -> None:
         """Upstream's factor EMA ``F <- beta2 F + w pack(G_(k) G_(k)^T)``, a group at a time."""
@@ -184,16 +205,14 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
                 continue
             G = stack_group(masked_grad_list, positions)
             selector = self._masked_preconditioned_dims_selector_list[positions[0]]
-            factor_matrices: list[Tensor] = []
-            gram_matrices: list[Tensor] = []
             for factor_index, dim in enumerate(k for k, selected in enumerate(selector) if selected):
                 gram = mode_gram_matrices(G, dim)
-                factor_matrices.extend(blocks[i].factor_matrices[factor_index] for i in positions)
                 packed = pack_stack(gram) if first.use_symmetric_packing else gram
-                gram_matrices.extend(packed.unbind(0))
-            if self._beta2 != 1.0:
-                torch._foreach_mul_(factor_matrices, self._beta2)
-            torch._foreach_add_(factor_matrices, gram_matrices, alpha=self._weighting_factor)
+                del gram
+                factor_matrices = [blocks[i].factor_matrices[factor_index] for i in positions]
+                if self._beta2 != 1.0:
+                    torch._foreach_mul_(factor_matrices, self._beta2)
+                torch._foreach_add_(factor_matrices, list(packed.unbind(0)), alpha=self._weighting_factor)
 
     def precondition(self, masked_grad_list: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         """Upstream's ``precondition``: each block's gradient times its inverse factors, per group."""
@@ -231,10 +250,10 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
             perform_amortized_computation=False,
         )
         if perform_amortized_computation:
-            self._batched_amortized_computation()
+            self._batched_amortized_computation(self.stack_budget(masked_grad_list))
 
     @torch.compiler.disable
-    def _batched_amortized_computation(self) -> None:
+    def _batched_amortized_computation(self, budget: int) -> None:
         """Check, solve, read, apply (see the module docstring)."""
         blocks = self._masked_kronecker_factors_unwrapped
         if shampoo_preconditioner_list.matrix_inverse_root not in (
@@ -243,7 +262,7 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
         ):
             self._replay(set(range(len(blocks))))
             return
-        chunks, replayed = self._root_chunks()
+        chunks, replayed = self._root_chunks(budget)
         inputs_finite = self._inputs_finite(chunks)
         solved: list[tuple[RootChunk, SolvedStack]] = []
         for chunk in chunks:
@@ -280,8 +299,12 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
     def _config(self) -> object:
         return self._preconditioner_config.amortized_computation_config
 
-    def _root_chunks(self) -> tuple[list[RootChunk], set[int]]:
-        """The chunks of batched factor matrices, and the blocks left to the per-block path."""
+    def _root_chunks(self, budget: int) -> tuple[list[RootChunk], set[int]]:
+        """The chunks of batched factor matrices, and the blocks left to the per-block path.
+
+        A factor matrix's share of a chunk's memory: its bias-corrected matrix, the solver's work
+        space and the selection of the roots written back, in stacks of ``d x d``.
+        """
         refs: list[FactorRef] = []
         keys: list[InverseRootKey] = []
         for block_index, kronecker_factors in enumerate(self._masked_kronecker_factors_unwrapped):
@@ -293,11 +316,12 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
         chunks: list[RootChunk] = []
         per_block: set[int] = set()
         for key, group in group_indices(keys).items():
-            if batched_solver(self._config, key.root, self._epsilon) is None:  # type: ignore[arg-type]
+            solver = batched_solver(self._config, key.root, self._epsilon)  # type: ignore[arg-type]
+            if solver is None:
                 per_block.update(refs[p][0] for p in group)
                 continue
-            item_bytes = key.dim**2 * key.dtype.itemsize
-            for positions in chunked(group, item_bytes, self.max_stack_bytes):
+            item_bytes = (solver.workspace + 2) * key.dim**2 * key.dtype.itemsize
+            for positions in chunked(group, item_bytes, budget):
                 chunks.append(RootChunk(key, [refs[p] for p in positions]))
         return chunks, per_block
 
@@ -357,7 +381,8 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
 
     def _replay(self, block_indices: set[int]) -> None:
         """Runs upstream's per-block amortized computation for the given masked blocks, in order."""
-        self.fallback_counts["replayed"] += len(block_indices)
+        if block_indices:
+            self.fallback_counts["replayed"] += len(block_indices)
         blocks = self._masked_kronecker_factors_unwrapped
         for block_index in sorted(block_indices):
             blocks[block_index].amortized_computation(bias_correction2=self._bias_correction2)

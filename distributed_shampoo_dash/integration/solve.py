@@ -54,11 +54,22 @@ class BatchedSolver(NamedTuple):
         solve (Callable[[Tensor], InverseRootResult]): Inverse roots of an ``(N, d, d)`` stack.
         products (int): ``d x d`` matrix products it runs per block, all precisions together (at
             most; ``eigh`` itself is not a product).
+        workspace (int): Stacks of the input's size the solver allocates at its peak, its result
+            included (:data:`SOLVER_WORKSPACE`).
     """
 
     name: str
     solve: Callable[[Tensor], InverseRootResult]
     products: int
+
+    @property
+    def workspace(self) -> int:
+        return SOLVER_WORKSPACE[self.name]
+
+
+#: Peak allocation of each solver in stacks of its input's size (float32, result included), as
+#: measured by ``tests/test_memory.py`` (peak resident memory of one call in a fresh process).
+SOLVER_WORKSPACE = {"eigh": 6, "coupled_newton": 9, "newton_db": 12, "chebyshev": 6}
 
 
 def eigh_solver(config: RootInvConfig, root: float, epsilon: float) -> BatchedSolver:
