@@ -8,6 +8,7 @@ grafting config, and the FSDP2 parameters a trainer hands over into the matching
 """
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from distributed_shampoo import (
@@ -15,18 +16,25 @@ from distributed_shampoo import (
     AdamPreconditionerConfig,
     CoupledNewtonConfig,
     DistributedConfig,
+    DistributedShampoo,
     EigenConfig,
     FullyShardDistributedConfig,
     HybridShardDistributedConfig,
     PreconditionerConfig,
     RMSpropPreconditionerConfig,
     RootInvConfig,
+    RootInvShampooPreconditionerConfig,
     SGDPreconditionerConfig,
 )
 from distributed_shampoo.shampoo_types import DefaultSingleDeviceDistributedConfig
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
-from distributed_shampoo_dash.integration import ChebyshevRootInvConfig, NewtonDBRootInvConfig
+from distributed_shampoo_dash.integration import (
+    ChebyshevRootInvConfig,
+    NewtonDBRootInvConfig,
+    disable,
+    enable,
+)
 
 #: Solver name -> factory of its ``amortized_computation_config`` (default settings). Add an entry
 #: to offer another solver (or a variant, e.g. ``"newton-db-converged"``) to every trainer.
@@ -103,4 +111,71 @@ def distributed_config_for(parameters: Iterable[torch.Tensor]) -> DistributedCon
         "(fully_shard) or replicated x sharded on one 2-D mesh (HSDP); got "
         f"{'; '.join(described)}. Use data parallelism only (no tensor, context or expert "
         "parallelism)."
+    )
+
+
+def shampoo_kwargs(
+    *,
+    lr: float = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.95),
+    epsilon: float = 1e-10,
+    weight_decay: float = 0.0,
+    max_preconditioner_dim: int = 1024,
+    precondition_frequency: int = 10,
+    start_preconditioning_step: int = -1,
+    solver: str = "newton-db",
+    grafting: str = "adam",
+    grafting_beta2: float = 0.95,
+    grafting_epsilon: float = 1e-8,
+) -> dict[str, Any]:
+    """``DistributedShampoo`` constructor arguments (all but params and distributed config).
+
+    The defaults are the DASH paper's (Llama-953M on C4): ``betas=(0.9, 0.95)``, epsilon 1e-10,
+    Adam grafting with ``beta2=0.95`` and epsilon 1e-8, blocks of 1024, roots every 10 steps, and
+    the Newton-DB solver. ``solver`` is a key of :data:`SOLVERS`, ``grafting`` one of
+    :data:`GRAFTINGS`.
+    """
+    return {
+        "lr": lr,
+        "betas": (betas[0], betas[1]),
+        "epsilon": epsilon,
+        "weight_decay": weight_decay,
+        "max_preconditioner_dim": max_preconditioner_dim,
+        "precondition_frequency": precondition_frequency,
+        "start_preconditioning_step": start_preconditioning_step,
+        "grafting_config": grafting_config(grafting, grafting_beta2, grafting_epsilon),
+        "preconditioner_config": RootInvShampooPreconditionerConfig(
+            amortized_computation_config=solver_config(solver)
+        ),
+    }
+
+
+def build_shampoo(
+    params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+    *,
+    use_dash: bool = True,
+    distributed_config: DistributedConfig | None = None,
+    extra_kwargs: dict[str, Any] | None = None,
+    **settings: Any,
+) -> DistributedShampoo:
+    """``DistributedShampoo`` over ``params`` (tensors or param-group dicts), DASH on or off.
+
+    ``settings`` are :func:`shampoo_kwargs`'s; ``distributed_config`` defaults to
+    :func:`distributed_config_for` the parameters (so build the optimizer after the model is
+    sharded); ``extra_kwargs`` go to the constructor as they are. ``use_dash`` calls
+    :func:`distributed_shampoo_dash.enable` (or ``disable``) first.
+    """
+    groups: list[Any] = list(params)
+    if use_dash:
+        enable()
+    else:
+        disable()
+    if distributed_config is None:
+        tensors = (p for g in groups for p in (g["params"] if isinstance(g, dict) else [g]))
+        distributed_config = distributed_config_for(tensors)
+    return DistributedShampoo(
+        groups,
+        distributed_config=distributed_config,
+        **shampoo_kwargs(**settings),
+        **(extra_kwargs or {}),
     )

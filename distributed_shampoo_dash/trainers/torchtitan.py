@@ -32,7 +32,7 @@ from datetime import timedelta
 from typing import Any
 
 import torch.distributed as dist
-from distributed_shampoo import DistributedShampoo, RootInvShampooPreconditionerConfig
+from distributed_shampoo import DistributedShampoo
 from torch import nn
 from torch.optim import Optimizer
 from torchtitan.components.optimizer import OptimizersContainer, ParamGroupConfig
@@ -42,8 +42,7 @@ from distributed_shampoo_dash.trainers.optimizer import (
     GRAFTINGS,
     SOLVERS,
     distributed_config_for,
-    grafting_config,
-    solver_config,
+    shampoo_kwargs,
 )
 
 __all__ = ["OPTIMIZER_NAME", "ShampooOptimizersContainer", "add_missing_set_timeout"]
@@ -132,19 +131,19 @@ class ShampooOptimizersContainer(OptimizersContainer):
 
         def shampoo_kwargs(self) -> dict[str, Any]:
             """``DistributedShampoo`` constructor arguments from the fields (no params)."""
-            return {
-                "lr": self.lr,
-                "betas": tuple(self.betas),
-                "epsilon": self.epsilon,
-                "weight_decay": self.weight_decay,
-                "max_preconditioner_dim": self.max_preconditioner_dim,
-                "precondition_frequency": self.precondition_frequency,
-                "start_preconditioning_step": self.start_preconditioning_step,
-                "grafting_config": grafting_config(self.grafting, self.grafting_beta2, self.grafting_epsilon),
-                "preconditioner_config": RootInvShampooPreconditionerConfig(
-                    amortized_computation_config=solver_config(self.solver)
-                ),
-            }
+            return shampoo_kwargs(
+                lr=self.lr,
+                betas=self.betas,
+                epsilon=self.epsilon,
+                weight_decay=self.weight_decay,
+                max_preconditioner_dim=self.max_preconditioner_dim,
+                precondition_frequency=self.precondition_frequency,
+                start_preconditioning_step=self.start_preconditioning_step,
+                solver=self.solver,
+                grafting=self.grafting,
+                grafting_beta2=self.grafting_beta2,
+                grafting_epsilon=self.grafting_epsilon,
+            )
 
     def __init__(self, config: Config, *, model_parts: list[nn.Module]) -> None:
         if config.use_dash:

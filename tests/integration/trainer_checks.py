@@ -49,6 +49,6 @@ def load_dcp_checkpoint(checkpoint_dir: Path, work_dir: Path) -> dict[str, Any]:
     """A DCP checkpoint directory read in this (non-distributed) process, flattened."""
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-    target = work_dir / f"{checkpoint_dir.parent.parent.name}_{checkpoint_dir.name}.pt"
+    target = work_dir / ("_".join(checkpoint_dir.parts[-3:]).replace("=", "-") + ".pt")
     dcp_to_torch_save(str(checkpoint_dir), str(target))
     return flatten(torch.load(target, weights_only=False))
