@@ -27,6 +27,7 @@ from distributed_shampoo_dash.trainers.optimizer import (
     grafting_config,
     solver_config,
 )
+from distributed_shampoo_dash.trainers.parameter_guard import ReplacedParametersError
 
 
 @pytest.fixture(autouse=True)
@@ -128,3 +129,31 @@ def test_registering_twice_adds_no_second_hook() -> None:
     register_checkpoint_hooks(optimizer)
     assert len(optimizer._optimizer_state_dict_post_hooks) == count
 
+
+
+def test_the_guard_lets_ordinary_steps_through() -> None:
+    net = model()
+    before = [p.detach().clone() for p in net.parameters()]
+    optimizer = build_shampoo(net.parameters(), solver="eigen", epsilon=1e-8, precondition_frequency=1)
+    for _ in range(2):
+        optimizer.zero_grad()
+        net(torch.randn(4, 6)).square().sum().backward()
+        optimizer.step()
+    assert all(not torch.equal(b, p) for b, p in zip(before, net.parameters(), strict=True))
+
+
+def test_the_guard_stops_a_step_after_the_parameters_were_swapped() -> None:
+    net = model()
+    optimizer = build_shampoo(net.parameters(), solver="eigen", epsilon=1e-8)
+    optimizer.param_groups[0]["params"] = [p.detach().clone().requires_grad_() for p in net.parameters()]
+    with pytest.raises(ReplacedParametersError, match="Parameter 0 of param group 0 .* was replaced"):
+        optimizer.step()
+
+
+def test_the_guard_stops_a_step_after_a_parameter_storage_moved() -> None:
+    net = model()
+    optimizer = build_shampoo(net.parameters(), solver="eigen", epsilon=1e-8)
+    first = next(net.parameters())
+    first.data = first.data.clone()
+    with pytest.raises(ReplacedParametersError, match="had its storage replaced"):
+        optimizer.step()

@@ -25,10 +25,12 @@ without the hooks (which hold the objects themselves) still load.
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch.optim import Optimizer
+
+OptimizerT = TypeVar("OptimizerT", bound=Optimizer)
 
 __all__ = ["MARKER", "register_checkpoint_hooks"]
 
@@ -90,7 +92,7 @@ def _restore_live_objects(optimizer: Optimizer, state_dict: dict[str, Any]) -> d
     return {**state_dict, "param_groups": groups}
 
 
-def register_checkpoint_hooks(optimizer: Optimizer) -> Optimizer:
+def register_checkpoint_hooks(optimizer: OptimizerT) -> OptimizerT:
     """Makes ``optimizer``'s state dicts pass distributed checkpointing's type check; returns it.
 
     Idempotent. Works for any optimizer; needed for ``DistributedShampoo`` wherever state dicts

@@ -35,6 +35,7 @@ from distributed_shampoo_dash.integration import (
     disable,
     enable,
 )
+from distributed_shampoo_dash.trainers.parameter_guard import register_parameter_guard
 
 #: Solver name -> factory of its ``amortized_computation_config`` (default settings). Add an entry
 #: to offer another solver (or a variant, e.g. ``"newton-db-converged"``) to every trainer.
@@ -163,7 +164,9 @@ def build_shampoo(
     ``settings`` are :func:`shampoo_kwargs`'s; ``distributed_config`` defaults to
     :func:`distributed_config_for` the parameters (so build the optimizer after the model is
     sharded); ``extra_kwargs`` go to the constructor as they are. ``use_dash`` calls
-    :func:`distributed_shampoo_dash.enable` (or ``disable``) first.
+    :func:`distributed_shampoo_dash.enable` (or ``disable``) first. The optimizer raises
+    :class:`~distributed_shampoo_dash.trainers.parameter_guard.ReplacedParametersError` at its
+    next step if a wrapper replaces its parameters afterwards.
     """
     groups: list[Any] = list(params)
     if use_dash:
@@ -173,9 +176,11 @@ def build_shampoo(
     if distributed_config is None:
         tensors = (p for g in groups for p in (g["params"] if isinstance(g, dict) else [g]))
         distributed_config = distributed_config_for(tensors)
-    return DistributedShampoo(
+    optimizer = DistributedShampoo(
         groups,
         distributed_config=distributed_config,
         **shampoo_kwargs(**settings),
         **(extra_kwargs or {}),
     )
+    register_parameter_guard(optimizer)
+    return optimizer

@@ -44,6 +44,7 @@ from distributed_shampoo_dash.trainers.optimizer import (
     distributed_config_for,
     shampoo_kwargs,
 )
+from distributed_shampoo_dash.trainers.parameter_guard import register_parameter_guard
 
 __all__ = ["OPTIMIZER_NAME", "ShampooOptimizersContainer", "add_missing_set_timeout"]
 
@@ -58,12 +59,13 @@ def build_distributed_shampoo(param_groups: list[dict[str, Any]], **kwargs: Any)
     """``DistributedShampoo`` over torchtitan's param groups (the factory behind ``OPTIMIZER_NAME``).
 
     ``kwargs`` are the constructor arguments; ``distributed_config`` defaults to the one matching
-    the groups' parameters.
+    the groups' parameters. The parameter guard of
+    :mod:`distributed_shampoo_dash.trainers.parameter_guard` is registered.
     """
     groups = [{k: v for k, v in g.items() if k not in _TORCH_IMPLEMENTATION_KEYS} for g in param_groups]
     if "distributed_config" not in kwargs:
         kwargs["distributed_config"] = distributed_config_for(p for g in groups for p in g["params"])
-    return DistributedShampoo(groups, **kwargs)
+    return register_parameter_guard(DistributedShampoo(groups, **kwargs))
 
 
 class ShampooOptimizersContainer(OptimizersContainer):
