@@ -63,13 +63,25 @@ def install(kind: str, work_dir: Path) -> Path:
     return user_base
 
 
+def require_user_site() -> None:
+    """Skips where fresh interpreters ignore the user site (inside a virtual environment)."""
+    result = subprocess.run(
+        [sys.executable, "-c", "import site; print(site.ENABLE_USER_SITE)"],
+        capture_output=True, text=True, check=True,
+    )
+    if result.stdout.strip() != "True":
+        pytest.skip("this interpreter does not process a user site (virtual environment?)")
+
+
 @pytest.fixture(scope="module", params=["wheel", "editable"])
 def user_base(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    require_user_site()
     return install(request.param, tmp_path_factory.mktemp(request.param))
 
 
 @pytest.fixture(scope="module")
 def wheel_user_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    require_user_site()
     return install("wheel", tmp_path_factory.mktemp("wheel_only"))
 
 

@@ -14,6 +14,7 @@ a resume that loses the optimizer state.
 """
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -105,3 +106,34 @@ def test_control_resume_without_optimizer_state_differs(checkpoints: dict[str, A
     assert changed_weights, "resuming without the optimizer state left the model unchanged"
     assert any(k.startswith("optimizer.state.") for k in changed)
     assert max_abs_difference(uninterrupted, control, changed_weights) > 1e-6
+
+
+def test_command_line_flags_reach_the_shampoo_config() -> None:
+    """``--optimizer.<field>`` overrides parse into ``ShampooOptimizersContainer.Config`` (torchtitan's tyro CLI)."""
+    code = (
+        f"import json, {JOB}\n"
+        "from torchtitan.config import ConfigManager\n"
+        f"c = ConfigManager().parse_args(['--module', '{JOB}', '--config', 'tiny_shampoo', "
+        "'--optimizer.solver', 'newton-db', '--optimizer.max_preconditioner_dim', '32', "
+        "'--optimizer.grafting', 'adagrad'])\n"
+        "print(json.dumps([type(c.optimizer).__qualname__, c.optimizer.solver, "
+        "c.optimizer.max_preconditioner_dim, c.optimizer.grafting]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [
+        "ShampooOptimizersContainer.Config", "newton-db", 32, "adagrad"
+    ]
+
+
+def test_an_unknown_solver_flag_is_rejected_by_name() -> None:
+    code = (
+        f"import {JOB}\n"
+        "from torchtitan.config import ConfigManager\n"
+        f"ConfigManager().parse_args(['--module', '{JOB}', '--config', 'tiny_shampoo', '--optimizer.solver', 'bogus'])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode != 0
+    assert "Unknown solver 'bogus'" in result.stdout + result.stderr
