@@ -1,9 +1,12 @@
 """Turning DASH on from the environment, for processes whose code cannot call ``enable()``.
 
-Setting ``DISTRIBUTED_SHAMPOO_DASH=1`` and calling :func:`enable_from_environment` at interpreter
-start (from a ``sitecustomize`` module or a ``.pth`` file on ``PYTHONPATH``) enables DASH in
-every Python process that inherits the environment, including those that ``torchrun`` or
-``multiprocessing`` spawn. Without the variable nothing is imported and nothing changes.
+With ``DISTRIBUTED_SHAMPOO_DASH=1``, every Python process that inherits the environment (including
+those that ``torchrun`` or ``multiprocessing`` spawn) runs with DASH enabled. The installed
+package does this by itself: its ``distributed_shampoo_dash_environment.pth`` file, which Python
+runs at interpreter start, sees the variable and calls :func:`enable_from_environment` as soon as
+``distributed_shampoo`` is first imported (``_distributed_shampoo_dash_startup.py`` explains
+why it waits for that import). Calling :func:`enable_from_environment` from a ``sitecustomize``
+module works too. Without the variable nothing is imported and nothing changes.
 """
 
 import os
