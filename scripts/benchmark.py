@@ -95,16 +95,22 @@ def rows() -> list[Row]:
         Row("DASH EigenConfig", True, EigenConfig()),
         Row("upstream CoupledNewtonConfig", False, CoupledNewtonConfig()),
         Row("DASH CoupledNewtonConfig", True, CoupledNewtonConfig()),
-        Row("DASH Newton-DB fp32 (k=10)", True, dash.NewtonDBRootInvConfig()),
+        Row("DASH Newton-DB minimax fp32", True, dash.NewtonDBRootInvConfig()),
         Row(
-            "DASH Newton-DB tf32 (k=10, +2 fp32)",
+            "DASH Newton-DB minimax bf16",
             True,
-            dash.NewtonDBRootInvConfig(precision=MatmulPrecision.TF32, iteration=REFINED),
+            dash.NewtonDBRootInvConfig(precision=MatmulPrecision.BF16, max_residual=5e-2),
         ),
         Row(
-            "DASH Newton-DB bf16 (k=10, +2 fp32)",
+            "DASH Newton-DB minimax fp16",
             True,
-            dash.NewtonDBRootInvConfig(precision=MatmulPrecision.BF16, iteration=REFINED),
+            dash.NewtonDBRootInvConfig(precision=MatmulPrecision.FP16, max_residual=5e-2),
+        ),
+        Row("DASH Newton-DB paper fp32 (k=10)", True, dash.NewtonDBRootInvConfig.paper()),
+        Row(
+            "DASH Newton-DB paper bf16 (k=10, +2 fp32)",
+            True,
+            dash.NewtonDBRootInvConfig.paper(precision=MatmulPrecision.BF16, iteration=REFINED),
         ),
         Row("DASH Chebyshev fp32 (degree 60)", True, dash.ChebyshevRootInvConfig()),
     ]

@@ -53,6 +53,8 @@ MODULES: dict[str, str] = {
             "eigh",
             "iteration",
             "linalg",
+            "minimax",
+            "minimax_schedules",
             "newton_db",
             "precision",
             "problem",

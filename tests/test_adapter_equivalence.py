@@ -103,15 +103,16 @@ def fp64_reference_root(matrix: torch.Tensor, root: float, epsilon: float) -> to
 @pytest.mark.parametrize(
     "solver, max_error",
     [
+        (dash.NewtonDBRootInvConfig(), 1e-3),
         (
-            dash.NewtonDBRootInvConfig(
+            dash.NewtonDBRootInvConfig.paper(
                 iteration=IterationControl(num_iterations=30, tolerance=1e-6), max_residual=1e-3
             ),
             1e-3,
         ),
         (dash.ChebyshevRootInvConfig(degree=100, rel_epsilon=1e-2, max_residual=1e-3), 1e-3),
     ],
-    ids=["newton_db", "chebyshev"],
+    ids=["newton_db", "newton_db_paper_converged", "chebyshev"],
 )
 def test_dash_configs_train_the_model_with_roots_of_the_promised_accuracy(
     solver: dash.NewtonDBRootInvConfig | dash.ChebyshevRootInvConfig, max_error: float
@@ -119,8 +120,8 @@ def test_dash_configs_train_the_model_with_roots_of_the_promised_accuracy(
     """Every inverse factor is within ``max_error`` of the fp64 root of its bias-corrected factor.
 
     A root the solver computed has residual <= ``max_residual``, which bounds its relative error
-    by about ``max_residual sqrt(d) / p``; a rejected one was recomputed by eigh. Chebyshev roots
-    are those of ``A + r I``, ``r = max(delta u, epsilon)`` (``u`` the config's spectral bound of
+    by about ``max_residual sqrt(d) / p``; a rejected one was recomputed by eigh. Roots are those
+    of ``A + r I``, ``r = max(rel_epsilon u, epsilon)`` (``u`` the config's spectral bound of
     ``A + epsilon I``).
     """
     dash.enable()
@@ -136,11 +137,9 @@ def test_dash_configs_train_the_model_with_roots_of_the_promised_accuracy(
         ):
             matrix = bias_corrected_factor_stack(factors, [factor_matrix], bias_correction2)[0]
             inverse = factors._unpack_matrix(inverse)
-            ridge = epsilon
-            if isinstance(solver, dash.ChebyshevRootInvConfig):
-                scaling: SpectralScaling = solver.scaling
-                shifted = matrix + epsilon * torch.eye(matrix.shape[0])
-                ridge = max(solver.rel_epsilon * float(scaling.upper_bound(shifted.unsqueeze(0))[0]), epsilon)
+            scaling: SpectralScaling = solver.scaling
+            shifted = matrix + epsilon * torch.eye(matrix.shape[0])
+            ridge = max(solver.rel_epsilon * float(scaling.upper_bound(shifted.unsqueeze(0))[0]), epsilon)
             reference = fp64_reference_root(matrix, root, ridge)
             error = torch.linalg.norm(inverse.double() - reference) / torch.linalg.norm(reference)
             assert error < max_error

@@ -1,5 +1,6 @@
 """Failure handling: upstream's per-block error semantics hold with DASH, and DASH configs fall back per block."""
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator
 
@@ -22,8 +23,18 @@ from tests.integration.models import MixedShapeModel, make_batches, run_steps
 from tests.integration.shampoo import kronecker_factors, preconditioner_list, shampoo_factory
 
 EPSILON = 1e-6
-#: A converging Newton-DB that accepts any finite root, so only injected failures are rejected.
-NEWTON_DB = {"iteration": IterationControl(num_iterations=30, tolerance=1e-6), "max_residual": None}
+#: Converging Newton-DB configs that accept any finite root, so only injected failures are
+#: rejected, and the solver function of each (the one the tests corrupt).
+NEWTON_DB_CONFIGS = {
+    "minimax": (dash.NewtonDBRootInvConfig(max_residual=None), "minimax_inverse_root"),
+    "paper": (
+        dash.NewtonDBRootInvConfig.paper(
+            iteration=IterationControl(num_iterations=30, tolerance=1e-6), max_residual=None
+        ),
+        "newton_db_inverse_root",
+    ),
+}
+NEWTON_DB = pytest.mark.parametrize("variant", sorted(NEWTON_DB_CONFIGS))
 #: Factor dimension whose Newton-DB roots the tests corrupt (the linear layer's 5-column blocks).
 CORRUPTED_DIM = 5
 
@@ -110,9 +121,10 @@ def test_non_finite_factor_raises_upstreams_error() -> None:
     assert str(with_dash.value).split("!")[0] == str(upstream.value).split("!")[0]
 
 
-def corrupt_newton_db_roots_of_dim(dim: int, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Makes Newton-DB return non-finite roots for every ``(dim, dim)`` factor; counts its calls on them."""
-    original = solve.newton_db_inverse_root
+def corrupt_roots_of_dim(dim: int, solver: str, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Makes ``solve.<solver>`` return non-finite roots for every ``(dim, dim)`` factor; counts its
+    calls on them."""
+    original = getattr(solve, solver)
     corrupted_calls = [0]
 
     def corrupting(A: torch.Tensor, *args: object, **kwargs: object) -> InverseRootResult:
@@ -123,7 +135,7 @@ def corrupt_newton_db_roots_of_dim(dim: int, monkeypatch: pytest.MonkeyPatch) ->
         nan = torch.full_like(result.inverse_root, float("nan"))
         return result._replace(inverse_root=nan, is_finite=torch.zeros_like(result.is_finite))
 
-    monkeypatch.setattr(solve, "newton_db_inverse_root", corrupting)
+    monkeypatch.setattr(solve, solver, corrupting)
     return corrupted_calls
 
 
@@ -142,6 +154,7 @@ def factor_matrices_and_inverses(
 
 def twin_runs(
     config: dash.NewtonDBRootInvConfig,
+    solver: str,
     monkeypatch: pytest.MonkeyPatch,
     clean_steps: int,
     corrupted_steps: int,
@@ -159,17 +172,18 @@ def twin_runs(
     model, optimizer = fresh_model_and_optimizer(shampoo_factory(config, EPSILON))
     run_steps(model, optimizer, batches[:clean_steps])
     before = [inverse.clone() for _, _, inverse, _ in factor_matrices_and_inverses(optimizer)]
-    corrupt_newton_db_roots_of_dim(CORRUPTED_DIM, monkeypatch)
+    corrupt_roots_of_dim(CORRUPTED_DIM, solver, monkeypatch)
     run_steps(model, optimizer, batches[clean_steps:])
     return clean_optimizer, optimizer, model, before
 
 
+@NEWTON_DB
 def test_rejected_roots_fall_back_to_eigh_for_those_blocks_alone(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    variant: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    config = dash.NewtonDBRootInvConfig(**NEWTON_DB)
+    config, solver = NEWTON_DB_CONFIGS[variant]
     with caplog.at_level(logging.WARNING):
-        clean, optimizer, model, _ = twin_runs(config, monkeypatch, clean_steps=2, corrupted_steps=1)
+        clean, optimizer, model, _ = twin_runs(config, solver, monkeypatch, clean_steps=2, corrupted_steps=1)
 
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
     assert "recomputing by eigh" in caplog.text
@@ -188,11 +202,13 @@ def test_rejected_roots_fall_back_to_eigh_for_those_blocks_alone(
     assert failure_counters(optimizer) == [0] * len(failure_counters(optimizer))
 
 
+@NEWTON_DB
 def test_rejected_roots_without_fallback_keep_the_previous_inverse_and_count_failures(
-    monkeypatch: pytest.MonkeyPatch,
+    variant: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = dash.NewtonDBRootInvConfig(fallback_to_eigh=False, **NEWTON_DB)
-    clean, optimizer, model, before = twin_runs(config, monkeypatch, clean_steps=2, corrupted_steps=1)
+    config, solver = NEWTON_DB_CONFIGS[variant]
+    config = dataclasses.replace(config, fallback_to_eigh=False)
+    clean, optimizer, model, before = twin_runs(config, solver, monkeypatch, clean_steps=2, corrupted_steps=1)
 
     affected_blocks = set()
     for (block_index, matrix, inverse, _), (_, _, clean_inverse, _), old in zip(

@@ -68,12 +68,16 @@ def test_a_mocked_matrix_inverse_root_is_called_per_factor_as_upstream_does() ->
     assert count_calls() == upstream_calls > 0
 
 
-def test_newton_db_hands_roots_it_cannot_reach_to_batched_eigh() -> None:
+@pytest.mark.parametrize(
+    "config, root",
+    [(dash.NewtonDBRootInvConfig(), 2.5), (dash.NewtonDBRootInvConfig.paper(), 6.0)],
+    ids=["minimax_fractional_root", "paper_root_6"],
+)
+def test_newton_db_hands_roots_it_cannot_reach_to_batched_eigh(config: RootInvConfig, root: float) -> None:
     stack = torch.randn(3, 6, 6, dtype=torch.float64)
     stack = stack @ stack.mT
-    config = dash.NewtonDBRootInvConfig()
-    result = dash.inverse_roots(stack, 6.0, config, epsilon=1e-6)
-    expected = eigh_inverse_root(stack, 6.0, epsilon=1e-6)
+    result = dash.inverse_roots(stack, root, config, epsilon=1e-6)
+    expected = eigh_inverse_root(stack, root, epsilon=1e-6)
     torch.testing.assert_close(result.inverse_root, expected.inverse_root)
     assert bool(result.accepted.all()) and not bool(result.recomputed.any())
 

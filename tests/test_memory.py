@@ -26,7 +26,7 @@ ENVIRONMENT = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "
 MIB = 2**20
 
 UPSTREAM = "upstream EigenConfig"
-DASH_ROWS = ["DASH EigenConfig", "DASH Newton-DB fp32 (k=10)", "DASH Chebyshev fp32 (degree 60)"]
+DASH_ROWS = ["DASH EigenConfig", "DASH Newton-DB minimax fp32", "DASH Chebyshev fp32 (degree 60)"]
 
 
 def transient_memory(label: str, preset: str) -> int:
@@ -59,8 +59,14 @@ def status(field):
     line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field + ":"))
     return int(line.split()[1]) * 1024
 
-config = {"eigh": EigenConfig(), "coupled_newton": CoupledNewtonConfig(),
-          "newton_db": dash.NewtonDBRootInvConfig(), "chebyshev": dash.ChebyshevRootInvConfig()}[sys.argv[1]]
+config = {
+    "eigh": EigenConfig(),
+    "coupled_newton": CoupledNewtonConfig(),
+    "newton_db": dash.NewtonDBRootInvConfig.paper(),
+    "chebyshev": dash.ChebyshevRootInvConfig(),
+    "minimax": dash.NewtonDBRootInvConfig(),
+    "minimax_bf16": dash.NewtonDBRootInvConfig(precision="bf16"),
+}[sys.argv[1]]
 solver = batched_solver(config, 4.0, 1e-6)
 samples = torch.randn(64, 256, 512, generator=torch.Generator().manual_seed(0))
 stack = samples @ samples.mT / 512
@@ -73,10 +79,10 @@ print(json.dumps({"stacks": (status("VmHWM") - before) / stack.nbytes}))
 """
 
 
-@pytest.mark.parametrize("solver", sorted(SOLVER_WORKSPACE))
-def test_solver_allocates_at_most_its_documented_work_space(solver: str) -> None:
+@pytest.mark.parametrize("call", [*sorted(SOLVER_WORKSPACE), "minimax_bf16"])
+def test_solver_allocates_at_most_its_documented_work_space(call: str) -> None:
     completed = subprocess.run(
-        [sys.executable, "-c", SOLVER_CALL, solver], env=ENVIRONMENT, capture_output=True, text=True, check=True
+        [sys.executable, "-c", SOLVER_CALL, call], env=ENVIRONMENT, capture_output=True, text=True, check=True
     )
     stacks = json.loads(completed.stdout.strip().splitlines()[-1])["stacks"]
-    assert stacks <= SOLVER_WORKSPACE[solver] + 0.1, stacks
+    assert stacks <= SOLVER_WORKSPACE[call.removesuffix("_bf16")] + 0.1, stacks

@@ -36,6 +36,7 @@ from distributed_shampoo_dash.solvers import (
     eigh_inverse_root,
     newton_db_inverse_root,
 )
+from distributed_shampoo_dash.solvers.minimax import minimax_inverse_root
 from tests.solver_helpers import (
     chebyshev_relative_bound,
     reference_inverse_root,
@@ -97,6 +98,13 @@ TOLERANCES: dict[str, dict[str, dict[torch.dtype, Promise]]] = {
         "condition_1e6": {torch.float32: Promise(5e-2), torch.float64: Promise(1e-9)},
         "condition_1e8": {torch.float32: BEST_EFFORT, torch.float64: Promise(1e-7)},
     },
+    # Its target has kappa <= (1 + delta) / delta (delta = MINIMAX_REL_EPSILON) whatever the
+    # spectrum; fp32 rounding of the first steps bounds it near 1e-3 there (root 1 squares the
+    # root-2 result and doubles that), and in fp64 the schedule's own target, |1 - t| <= 1e-4.
+    "minimax": {
+        regime: {torch.float32: Promise(2e-3), torch.float64: Promise(1.1e-4)}
+        for regime in ("well_conditioned", "condition_1e3", "condition_1e6", "condition_1e8")
+    },
     "chebyshev": {
         regime: {torch.float32: Promise(3e-5), torch.float64: Promise(1e-10)}
         for regime in ("well_conditioned", "condition_1e3", "condition_1e6", "condition_1e8")
@@ -111,6 +119,7 @@ PRECISION = {torch.float32: MatmulPrecision.FP32, torch.float64: MatmulPrecision
 ITERATION_TOLERANCE = {torch.float32: 1e-6, torch.float64: 1e-12}
 CHEBYSHEV_DEGREE = 60
 CHEBYSHEV_RELATIVE_EPSILON = 1e-2
+MINIMAX_REL_EPSILON = 1e-5
 
 
 def coupled_newton_control(dtype: torch.dtype) -> IterationControl:
@@ -132,13 +141,14 @@ def newton_db_control(dtype: torch.dtype) -> IterationControl:
     )
 
 
-def chebyshev_shift(A: torch.Tensor, epsilon: float, dtype: torch.dtype) -> torch.Tensor:
-    """``(N,)`` float64 ridge ``max(delta u, epsilon)`` of Chebyshev's target matrix."""
+def ridge(A: torch.Tensor, epsilon: float, dtype: torch.dtype, rel_epsilon: float) -> torch.Tensor:
+    """``(N,)`` float64 ridge ``max(rel_epsilon u, epsilon)`` of the target matrix, ``u`` the
+    multi-power-iteration bound of ``A + epsilon I``."""
     working_dtype = PRECISION[dtype].working_dtype
     stack = A.to(working_dtype).reshape(-1, A.shape[-1], A.shape[-1])
     shifted = stack + epsilon * torch.eye(A.shape[-1], dtype=working_dtype)
     scale = MULTI_POWER_ITERATION_SCALING.upper_bound(shifted).double()
-    return torch.clamp(CHEBYSHEV_RELATIVE_EPSILON * scale, min=epsilon)
+    return torch.clamp(rel_epsilon * scale, min=epsilon)
 
 
 def solve(solver: str, A: torch.Tensor, root: float, epsilon: float) -> tuple[InverseRootResult, torch.Tensor]:
@@ -167,7 +177,12 @@ def solve(solver: str, A: torch.Tensor, root: float, epsilon: float) -> tuple[In
                 rel_epsilon=CHEBYSHEV_RELATIVE_EPSILON,
                 precision=PRECISION[dtype],
             )
-            shift = chebyshev_shift(A, epsilon, dtype)
+            shift = ridge(A, epsilon, dtype, CHEBYSHEV_RELATIVE_EPSILON)
+        case "minimax":
+            result = minimax_inverse_root(
+                A, root, epsilon=epsilon, rel_epsilon=MINIMAX_REL_EPSILON, precision=PRECISION[dtype]
+            )
+            shift = ridge(A, epsilon, dtype, MINIMAX_REL_EPSILON)
         case _:
             raise AssertionError(solver)
     return result, reference_inverse_root(A, root, shift)
@@ -240,12 +255,13 @@ SPECTRA: dict[str, SpectrumCase] = {
     "condition_1e8": SpectrumCase(log_spaced(1e8), 0.0, "condition_1e8"),
 }
 
-SOLVERS = ("eigh", "coupled_newton", "newton_db", "chebyshev")
+SOLVERS = ("eigh", "coupled_newton", "newton_db", "minimax", "chebyshev")
 #: Roots each solver accepts that the grid runs (Newton-DB reaches powers of two only).
 ROOTS: dict[str, tuple[float, ...]] = {
     "eigh": (1, 2, 3, 4, 6),
     "coupled_newton": (1, 2, 3, 4, 6),
     "newton_db": (1, 2, 4),
+    "minimax": (1, 2, 3, 4, 6),
     "chebyshev": (1, 2, 3, 4, 6),
 }
 DTYPES = (torch.float32, torch.float64)
@@ -393,9 +409,12 @@ def test_all_zero_block_without_epsilon_is_flagged(solver: str) -> None:
             result = newton_db_inverse_root(zero, 2)
         case "chebyshev":
             result = chebyshev_inverse_root(zero, 2)
+        case "minimax":
+            result = minimax_inverse_root(zero, 2)
     flagged = ~result.is_finite | (result.residual > FLAG_RESIDUAL)
-    if solver == "chebyshev":
-        # Chebyshev's target (0 + delta s I)^{-1/2} exists; it must not produce NaN from 0 / 0.
+    if solver in ("chebyshev", "minimax"):
+        # Their target (0 + r I)^{-1/2}, r the relative ridge of the smallest normal bound, exists:
+        # it must not produce NaN from 0 / 0.
         assert not bool(result.inverse_root.isnan().any())
     else:
         assert bool(flagged.all()), (result.residual, result.is_finite)
@@ -405,6 +424,7 @@ DEFAULT_SOLVERS: dict[str, Callable[[torch.Tensor], InverseRootResult]] = {
     "eigh": lambda A: eigh_inverse_root(A, 4),
     "coupled_newton": lambda A: coupled_newton_inverse_root(A, 4),
     "newton_db": lambda A: newton_db_inverse_root(A, 4),
+    "minimax": lambda A: minimax_inverse_root(A, 4),
     "chebyshev": lambda A: chebyshev_inverse_root(A, 4),
 }
 

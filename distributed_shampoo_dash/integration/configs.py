@@ -20,8 +20,9 @@ and counts one failed amortized computation, exactly as an upstream solver excep
 """
 
 import dataclasses
+import enum
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from distributed_shampoo.preconditioner.matrix_functions_types import RootInvConfig
 
@@ -34,7 +35,13 @@ from distributed_shampoo_dash.solvers import (
     as_matmul_precision,
 )
 from distributed_shampoo_dash.solvers.chebyshev import check_chebyshev_rel_epsilon, check_degree
-from distributed_shampoo_dash.solvers.checks import check_bool, check_instance, check_real
+from distributed_shampoo_dash.solvers.checks import (
+    check_bool,
+    check_instance,
+    check_real,
+    type_name,
+)
+from distributed_shampoo_dash.solvers.minimax import check_minimax_rel_epsilon
 from distributed_shampoo_dash.solvers.problem import check_rel_epsilon
 
 #: Attribute set once a config is constructed; afterwards assignments raise.
@@ -92,26 +99,88 @@ class DashRootInvConfig(RootInvConfig):
         super().__setattr__(name, value)
 
 
-@dataclass(kw_only=True)
-class NewtonDBRootInvConfig(DashRootInvConfig):
-    """Inverse roots by the coupled Newton-Schulz (Denman-Beavers) iteration, batched.
+@enum.unique
+class NewtonDBSteps(enum.Enum):
+    """The polynomial steps of the coupled inverse-root iteration.
 
-    Reaches roots ``2^k`` (the Shampoo defaults 2 for 1-D and 4 for 2-D blocks); other roots
-    (e.g. 6 for 3-D blocks, or inverse-exponent overrides) are computed by batched eigh.
-    The defaults are the DASH paper's: ten fp32 iterations per square root, multi-power-iteration
-    scaling. Set ``iteration=IterationControl(num_iterations=30, tolerance=1e-5)`` to iterate each
-    block to that residual instead.
-
-    Attributes:
-        iteration (IterationControl): Iterations per square root, tolerance, fp32 refinement
-            iterations and early-exit checks. (Default: 10 iterations)
+    ``MINIMAX``: per-step minimax polynomials for the interval the relative ridge guarantees
+    (:mod:`distributed_shampoo_dash.solvers.minimax`), one stage for any root; converges every
+    block. ``NEWTON_SCHULZ``: the DASH paper's Newton-DB, ``(3I - ZY) / 2`` every step, roots ``2^k``
+    as chained square roots (:mod:`distributed_shampoo_dash.solvers.newton_db`).
     """
 
+    MINIMAX = "minimax"
+    NEWTON_SCHULZ = "newton_schulz"
+
+
+def as_newton_db_steps(steps: object) -> NewtonDBSteps:
+    """Converts ``"minimax"``-style strings to :class:`NewtonDBSteps`."""
+    if isinstance(steps, NewtonDBSteps):
+        return steps
+    if isinstance(steps, str):
+        try:
+            return NewtonDBSteps(steps.lower())
+        except ValueError:
+            allowed = ", ".join(repr(s.value) for s in NewtonDBSteps)
+            raise ValueError(f"Invalid steps={steps!r}. Must be one of {allowed}.") from None
+    raise TypeError(
+        f"Invalid steps={steps!r} of type {type_name(steps)}. Must be a NewtonDBSteps or one of "
+        "its string values."
+    )
+
+
+#: Default relative ridge of :class:`NewtonDBRootInvConfig` (docs/quality.md says why).
+DEFAULT_REL_EPSILON = 1e-5
+
+
+@dataclass(kw_only=True)
+class NewtonDBRootInvConfig(DashRootInvConfig):
+    """Inverse roots by a coupled, inverse-free Newton iteration, batched.
+
+    By default (``steps=MINIMAX``) every block converges to the inverse root of ``A + r I``,
+    ``r = max(rel_epsilon u, epsilon)``, in a fixed number of minimax-polynomial steps (root 4 at
+    ``rel_epsilon = 1e-5``: 5 steps, 24 products), for roots 1, 2, 3, 4, 6 and 8; other roots
+    (inverse-exponent overrides) are computed by batched eigh. A root whose residual exceeds
+    ``max_residual`` (the iteration did not converge: a spectral bound below ``lambda_max``, or
+    rounding) falls back to eigh. Reduced ``precision`` applies to the last steps only; with it,
+    raise ``max_residual`` (bf16: about 5e-2).
+
+    ``steps=NEWTON_SCHULZ`` runs the DASH paper's Newton-DB instead, ``iteration`` setting its
+    steps per square root (roots ``2^k``); :meth:`paper` gives the paper's whole setting.
+
+    Attributes:
+        steps (NewtonDBSteps): ``MINIMAX`` or ``NEWTON_SCHULZ`` (strings accepted).
+            (Default: ``MINIMAX``)
+        rel_epsilon (float): As in :class:`DashRootInvConfig`; ``MINIMAX`` needs it in
+            ``[1e-8, 1]``. (Default: 1e-5)
+        max_residual (float | None): As in :class:`DashRootInvConfig`. (Default: 1e-2)
+        iteration (IterationControl): ``NEWTON_SCHULZ`` only: iterations per square root,
+            tolerance, fp32 refinement iterations and early-exit checks. (Default: 10 iterations)
+    """
+
+    steps: NewtonDBSteps = NewtonDBSteps.MINIMAX
+    rel_epsilon: float = DEFAULT_REL_EPSILON
+    max_residual: float | None = 1e-2
     iteration: IterationControl = DEFAULT_NEWTON_DB_ITERATION
+
+    @classmethod
+    def paper(cls, **changes: Any) -> Self:
+        """The DASH paper's Newton-DB: ten Newton-Schulz steps per square root, no relative ridge,
+        and the landed acceptance (``max_residual=1``, which accepts under-inverted roots).
+        ``changes`` override any field, e.g. ``max_residual=None`` to accept every finite root."""
+        settings: dict[str, Any] = {
+            "steps": NewtonDBSteps.NEWTON_SCHULZ,
+            "rel_epsilon": 0.0,
+            "max_residual": 1.0,
+        }
+        return cls(**(settings | changes))
 
     def _checked_fields(self) -> dict[str, Any]:
         check_instance(self.iteration, IterationControl, "iteration")
-        return super()._checked_fields()
+        fields = {**super()._checked_fields(), "steps": as_newton_db_steps(self.steps)}
+        if fields["steps"] is NewtonDBSteps.MINIMAX:
+            fields["rel_epsilon"] = check_minimax_rel_epsilon(self.rel_epsilon)
+        return fields
 
 
 @dataclass(kw_only=True)

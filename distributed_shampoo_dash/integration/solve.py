@@ -4,7 +4,7 @@
 call for a stack and the number of ``d x d`` products it runs, or ``None`` for what stays on
 upstream's per-block ``matrix_inverse_root``. Batched: upstream ``EigenConfig`` (with a
 ``PerturbationConfig`` and no offload device), upstream ``CoupledNewtonConfig`` (integer roots),
-and the DASH configs (any root; Newton-DB hands roots other than ``2^k`` to batched eigh).
+and the DASH configs (any root; Newton-DB hands roots its steps cannot reach to batched eigh).
 Per block: ``PseudoInverseConfig``, ``CoupledHigherOrderConfig``, fractional roots for coupled
 Newton, eigendecomposition offload.
 """
@@ -24,6 +24,7 @@ from torch import Tensor
 from distributed_shampoo_dash.integration.configs import (
     ChebyshevRootInvConfig,
     NewtonDBRootInvConfig,
+    NewtonDBSteps,
 )
 from distributed_shampoo_dash.solvers import (
     EIGH_PRODUCTS,
@@ -40,6 +41,11 @@ from distributed_shampoo_dash.solvers import (
     newton_db_products,
 )
 from distributed_shampoo_dash.solvers.checks import is_power_of_two
+from distributed_shampoo_dash.solvers.minimax import (
+    MINIMAX_ROOTS,
+    minimax_inverse_root,
+    minimax_products,
+)
 
 #: Iterations between host checks of "any block still iterating" for upstream's coupled Newton,
 #: whose default allows 100 iterations although most blocks stop after 10 to 30.
@@ -50,7 +56,8 @@ class BatchedSolver(NamedTuple):
     """A solver bound to a config, a root and an epsilon.
 
     Attributes:
-        name (str): The solver: ``"eigh"``, ``"newton_db"``, ``"chebyshev"`` or ``"coupled_newton"``.
+        name (str): The solver: ``"eigh"``, ``"minimax"``, ``"newton_db"``, ``"chebyshev"`` or
+            ``"coupled_newton"``.
         solve (Callable[[Tensor], InverseRootResult]): Inverse roots of an ``(N, d, d)`` stack.
         products (int): ``d x d`` matrix products it runs per block, all precisions together (at
             most; ``eigh`` itself is not a product).
@@ -69,7 +76,7 @@ class BatchedSolver(NamedTuple):
 
 #: Peak allocation of each solver in stacks of its input's size (float32, result included), as
 #: measured by ``tests/test_memory.py`` (peak resident memory of one call in a fresh process).
-SOLVER_WORKSPACE = {"eigh": 6, "coupled_newton": 9, "newton_db": 12, "chebyshev": 6}
+SOLVER_WORKSPACE = {"eigh": 6, "coupled_newton": 9, "newton_db": 12, "chebyshev": 6, "minimax": 10}
 
 
 def eigh_solver(config: RootInvConfig, root: float, epsilon: float) -> BatchedSolver:
@@ -87,7 +94,18 @@ def eigh_solver(config: RootInvConfig, root: float, epsilon: float) -> BatchedSo
 def batched_solver(config: RootInvConfig, root: float, epsilon: float) -> BatchedSolver | None:
     """The batched solver for ``config`` at ``root``, or ``None`` for upstream's per-block path."""
     match config:
-        case NewtonDBRootInvConfig() if is_power_of_two(root):
+        case NewtonDBRootInvConfig(steps=NewtonDBSteps.MINIMAX) if root in MINIMAX_ROOTS:
+            solve = partial(
+                minimax_inverse_root,
+                root=int(root),
+                epsilon=epsilon,
+                rel_epsilon=config.rel_epsilon,
+                precision=config.precision,
+                scaling=config.scaling,
+            )
+            products = minimax_products(root, config.rel_epsilon, config.precision).total()
+            return BatchedSolver("minimax", solve, products)
+        case NewtonDBRootInvConfig(steps=NewtonDBSteps.NEWTON_SCHULZ) if is_power_of_two(root):
             solve = partial(
                 newton_db_inverse_root,
                 root=int(root),

@@ -148,4 +148,6 @@ def chebyshev_inverse_root(
     lower = spectrum_lower_bound(rel_epsilon)
     S = add_to_diagonal_(problem.scaled * (2.0 / (1.0 - lower)), -(1.0 + lower) / (1.0 - lower))
     scaled_root = clenshaw(S, chebyshev_coefficients(degree, root, lower), precision)
-    return problem.result(scaled_root, root, precision.full)
+    return problem.result(
+        scaled_root, root, problem.residual(scaled_root, root, precision.full)
+    )

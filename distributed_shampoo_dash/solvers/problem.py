@@ -90,15 +90,19 @@ class ScaledProblem:
             regularization=extra + epsilon,
         )
 
-    def result(self, scaled_root: Tensor, root: float, precision: MatmulPrecision) -> InverseRootResult:
-        """``X = s^{-1/p} X_s`` in the input dtype, with the residual ``||X_s^p B - I||_F / sqrt(d)``.
+    def residual(self, scaled_root: Tensor, root: float, precision: MatmulPrecision) -> Tensor:
+        """``(N,)`` float32 ``||X_s^p B - I||_F / sqrt(d)`` of ``X_s ~ B^{-1/p}``
+        (:func:`~distributed_shampoo_dash.solvers.result.inverse_root_residual`)."""
+        return inverse_root_residual(self.scaled, scaled_root, root, precision)
+
+    def result(self, scaled_root: Tensor, root: float, residual: Tensor) -> InverseRootResult:
+        """``X = s^{-1/p} X_s`` in the input dtype, with the residual of ``X_s`` and the flags.
 
         Args:
             scaled_root (Tensor): ``(N, d, d)`` ``X_s ~ B^{-1/p}``.
             root (float): ``p``.
-            precision (MatmulPrecision): Precision of the residual products.
+            residual (Tensor): ``(N,)`` float32 residual of ``X_s`` on the scaled problem.
         """
-        residual = inverse_root_residual(self.scaled, scaled_root, root, precision)
         scale_factor = stable_power(self.scale, -1.0 / root)[:, None, None]
         inverse_root = (scaled_root * scale_factor).to(self.dtype)
         return InverseRootResult(

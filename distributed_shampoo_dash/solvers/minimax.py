@@ -1,0 +1,222 @@
+"""Inverse roots by a coupled iteration with minimax polynomials, converged for every block.
+
+With the ridge of :mod:`~distributed_shampoo_dash.solvers.problem`, ``B = (A + r I) / s`` has its
+spectrum in ``[l, 1]``, ``l = rel_epsilon / (1 + rel_epsilon)``, for every block. The iteration::
+
+    X_0 = I,  M_0 = B
+    P_k = a_k I + b_k M_k + c_k M_k^2
+    X_{k+1} = X_k P_k             ->  B^{-1/p}
+    M_{k+1} = P_k^p M_k           ->  I            (invariant M_k = X_k^p B)
+
+acts on every eigenvalue ``b`` of ``B`` as the scalar map ``t <- t q(t^p)`` on ``t = x b^{1/p}``
+(``x`` the eigenvalue of ``X``), from ``t_0 = b^{1/p}`` to 1. The polynomials are the greedy
+minimax ones for the guaranteed interval of ``t`` at each step
+(:mod:`~distributed_shampoo_dash.solvers.minimax_schedules`, written by
+``scripts/generate_minimax_schedules.py``, which derives them), so the same fixed schedule takes
+every block from ``[l^{1/p}, 1]`` to ``|1 - t| <= 1e-4``: about ``log(log(1/l))`` steps instead of
+Newton-Schulz's ``log(1/l) / log(2.25)`` (root 4 at ``rel_epsilon = 1e-5``: 5 steps, against 17
+for the paper's two chained Newton-DB runs). For ``p = 2`` it is the Denman-Beavers sign iteration
+``x <- x q(x^2)`` with the Newton-Schulz ``q(m) = (3 - m) / 2`` replaced by the minimax ``q``.
+Below the design interval each polynomial rises from 0, so an eigenvalue that is smaller than
+assumed is under-inverted (damped), never over-inverted; above it the polynomials rise steeply,
+which is why the schedule is designed with a 2% margin over the top and the scaling must bound
+``lambda_max`` (multi-power iteration with safety factor 2 by default).
+
+Products. The first step needs no ``X`` product, the last no ``M`` update: root 4 costs
+``5k - 1`` products for ``k`` steps with the residual, root 2 ``4k - 1``; :func:`minimax_products`
+counts them per precision.
+
+Reduced precision. Steps whose guaranteed interval is within ``REDUCED_PRECISION_HALF_WIDTH`` of 1
+(bf16: 0.25, fp16 and tf32: 0.5) run their products at the reduced precision, the others and the
+residual in fp32. Those late steps are written in correction form, with ``M = I + H``,
+``P = I + D``, ``(I + D)^p = I + R``::
+
+    D = (a + b + c - 1) I + (b + 2c) H + c H^2,   X <- X + X D,
+    R <- 2 R + R^2 (starting from D, log2 p times),   M <- I + H + R + R H
+
+(the same number of products), so every product has a small operand and its rounding error
+scales with the distance to convergence rather than with the size of the iterates. Early steps
+stay in fp32: rounding ``B`` to bf16 perturbs it by more than ``l``, and the first polynomials
+amplify that. Only powers of two use the correction form; other roots run every step in fp32.
+
+Residual. ``R = W^T B W - I``, ``W = X^{p/2}`` (``X^p B - I`` for odd ``p``), on the iterate before
+it is symmetrised: similar to ``X^p B - I`` in exact arithmetic, with a rounding floor of
+``u kappa^{1/2}`` instead of ``u kappa``. The result reports ``||R||_F / sqrt(d)``, as every solver
+does, and ``X`` symmetrised (which can only lower its distance to the symmetric root).
+"""
+
+import math
+
+from torch import Tensor
+
+from distributed_shampoo_dash.solvers.checks import check_integer_root, check_real
+from distributed_shampoo_dash.solvers.linalg import (
+    add_to_diagonal,
+    add_to_diagonal_,
+    frobenius_norm,
+    matrix_power,
+    matrix_power_products,
+)
+from distributed_shampoo_dash.solvers.minimax_schedules import SCHEDULES
+from distributed_shampoo_dash.solvers.precision import (
+    MatmulPrecision,
+    ProductCounts,
+    batched_matmul,
+)
+from distributed_shampoo_dash.solvers.problem import ScaledProblem
+from distributed_shampoo_dash.solvers.result import InverseRootResult
+from distributed_shampoo_dash.solvers.scaling import MULTI_POWER_ITERATION_SCALING, SpectralScaling
+
+#: Roots with a stored schedule; root 1 runs root 2 and squares.
+MINIMAX_ROOTS = (1, *SCHEDULES)
+#: Smallest tabulated relative ridge.
+MIN_REL_EPSILON = min(min(schedules) for schedules in SCHEDULES.values())
+#: Largest distance to convergence at which a step may run at a reduced precision.
+REDUCED_PRECISION_HALF_WIDTH = {
+    MatmulPrecision.BF16: 0.25,
+    MatmulPrecision.FP16: 0.5,
+    MatmulPrecision.TF32: 0.5,
+}
+
+_METHOD = "the minimax iteration"
+#: A step: ``(a, b, c, half_width)``.
+_Step = tuple[float, float, float, float]
+
+
+def check_minimax_rel_epsilon(rel_epsilon: object) -> float:
+    """Checks a relative ridge for the minimax iteration: a real number in ``[1e-8, 1]``."""
+    return check_real(
+        rel_epsilon,
+        "rel_epsilon",
+        minimum=MIN_REL_EPSILON,
+        maximum=1.0,
+        reason=": the schedule needs the smallest eigenvalue of the scaled matrix bounded below",
+    )
+
+
+def minimax_schedule(root: int, rel_epsilon: float) -> tuple[_Step, ...]:
+    """The stored schedule for ``root`` (2 for root 1) at the largest tabulated relative ridge
+    not above ``rel_epsilon``: exact for tabulated values, conservative in between."""
+    schedules = SCHEDULES[2 if root == 1 else root]
+    return schedules[max(tabulated for tabulated in schedules if tabulated <= rel_epsilon)]
+
+
+def _check_root(root: object) -> int:
+    value = check_integer_root(root, _METHOD)
+    if value not in MINIMAX_ROOTS:
+        raise ValueError(
+            f"Invalid root {value} for {_METHOD}. Must be one of {MINIMAX_ROOTS}; other roots are "
+            "computed by eigh."
+        )
+    return value
+
+
+def _step_precision(step: _Step, precision: MatmulPrecision, iteration_root: int) -> MatmulPrecision:
+    """The precision of a step: reduced once close enough to convergence (powers of two only)."""
+    is_power_of_two = iteration_root & (iteration_root - 1) == 0
+    if is_power_of_two and step[3] <= REDUCED_PRECISION_HALF_WIDTH.get(precision, 0.0):
+        return precision
+    return precision.full
+
+
+def minimax_products(
+    root: float, rel_epsilon: float, precision: MatmulPrecision = MatmulPrecision.FP32
+) -> ProductCounts:
+    """``d x d`` products :func:`minimax_inverse_root` runs per block, by precision."""
+    root = _check_root(root)
+    p = 2 if root == 1 else root
+    power = matrix_power_products(p)
+    counts = ProductCounts()
+    steps = minimax_schedule(root, check_minimax_rel_epsilon(rel_epsilon))
+    for index, step in enumerate(steps):
+        first, last = index == 0, index == len(steps) - 1
+        step_precision = _step_precision(step, precision, p)
+        # q(M): M^2; X P (none at the first step); M <- P^p M (none at the last step).
+        counts[step_precision] += 1 + (not first) + (0 if last else power + 1)
+    residual = matrix_power_products(p // 2) + 2 if p % 2 == 0 else power + 1
+    counts[precision.full] += residual + (root == 1)
+    return counts
+
+
+def _plain_step(X: Tensor | None, M: Tensor, step: _Step, p: int, last: bool, precision: MatmulPrecision) -> tuple[Tensor, Tensor]:
+    """``P = q(M)``, ``X <- X P``, ``M <- P^p M``."""
+    a, b, c, _ = step
+    P = add_to_diagonal_(b * M + c * batched_matmul(M, M, precision), a)
+    X = P if X is None else batched_matmul(X, P, precision)
+    if not last:
+        M = batched_matmul(matrix_power(P, p, precision), M, precision)
+    return X, M
+
+
+def _correction_step(X: Tensor, M: Tensor, step: _Step, p: int, last: bool, precision: MatmulPrecision) -> tuple[Tensor, Tensor]:
+    """The same step with ``M = I + H``, ``P = I + D``: every product has a small operand."""
+    a, b, c, _ = step
+    H = add_to_diagonal(M, -1.0)
+    D = add_to_diagonal_((b + 2 * c) * H + c * batched_matmul(H, H, precision), a + b + c - 1.0)
+    X = X + batched_matmul(X, D, precision)
+    if not last:
+        R = D
+        for _ in range(p.bit_length() - 1):
+            R = 2.0 * R + batched_matmul(R, R, precision)
+        M = add_to_diagonal_(H + R + batched_matmul(R, H, precision), 1.0)
+    return X, M
+
+
+def _residual(B: Tensor, X: Tensor, p: int, precision: MatmulPrecision) -> Tensor:
+    """``||W^T B W - I||_F / sqrt(d)`` with ``W = X^{p/2}`` (``||X^p B - I||_F / sqrt(d)`` for odd ``p``)."""
+    if p % 2 == 0:
+        W = matrix_power(X, p // 2, precision)
+        R = batched_matmul(W.mT, batched_matmul(B, W, precision), precision)
+    else:
+        R = batched_matmul(matrix_power(X, p, precision), B, precision)
+    return (frobenius_norm(add_to_diagonal_(R, -1.0)) / math.sqrt(B.shape[-1])).float()
+
+
+def minimax_inverse_root(
+    A: Tensor,
+    root: int,
+    *,
+    epsilon: float = 0.0,
+    rel_epsilon: float = 1e-5,
+    precision: MatmulPrecision = MatmulPrecision.FP32,
+    scaling: SpectralScaling = MULTI_POWER_ITERATION_SCALING,
+) -> InverseRootResult:
+    """Computes ``(A_i + r_i I)^{-1/p}`` for every block by the minimax coupled iteration.
+
+    Args:
+        A (Tensor): ``(N, d, d)`` (or ``(d, d)``) symmetric PSD stack.
+        root (int): ``p``, one of :data:`MINIMAX_ROOTS` (1, 2, 3, 4, 6, 8).
+        epsilon (float): Absolute ridge. (Default: 0.0)
+        rel_epsilon (float): Ridge relative to the spectral bound, in ``[1e-8, 1]``; it sets the
+            interval the schedule is designed for. (Default: 1e-5)
+        precision (MatmulPrecision): Precision of the late steps' products (see the module
+            docstring); the rest runs in the working precision. (Default: ``FP32``)
+        scaling (SpectralScaling): How the bound ``u >= lambda_max`` is found; it must be an upper
+            bound up to the schedule's 2% margin. (Default: multi-power iteration, safety factor 2)
+
+    Returns:
+        result (InverseRootResult): Roots in ``A.dtype``; residual as in the module docstring.
+    """
+    root = _check_root(root)
+    rel_epsilon = check_minimax_rel_epsilon(rel_epsilon)
+    problem = ScaledProblem.build(
+        A, epsilon=epsilon, rel_epsilon=rel_epsilon, scaling=scaling, precision=precision
+    )
+    p = 2 if root == 1 else root
+    B = problem.scaled
+    X: Tensor | None = None
+    M = B
+    steps = minimax_schedule(root, rel_epsilon)
+    for index, step in enumerate(steps):
+        last = index == len(steps) - 1
+        step_precision = _step_precision(step, precision, p)
+        if X is None or step_precision is precision.full:
+            X, M = _plain_step(X, M, step, p, last, step_precision)
+        else:
+            X, M = _correction_step(X, M, step, p, last, step_precision)
+    assert X is not None
+    residual = _residual(B, X, p, precision.full)
+    X = (X + X.mT) / 2
+    if root == 1:
+        X = batched_matmul(X, X, precision.full)
+    return problem.result(X, root, residual)
