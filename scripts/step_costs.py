@@ -1,0 +1,287 @@
+"""Deterministic proxies of what a step costs on a GPU, counted on any device (CPU included).
+
+On a GPU an optimizer step with many small blocks is bound by kernel launches and host
+synchronisations, one with large blocks by its matrix products. All of these can be counted
+exactly, whatever the device, by watching the aten ops a step dispatches
+(``TorchDispatchMode``):
+
+* :class:`OpCounter`: dispatched aten ops, those of them that launch work (``launches``: every op
+  but views, whose output aliases an input, and the metadata ops in :data:`NO_KERNEL_OPS`), and
+  the ``d x d`` matrix products: a ``(d, d) @ (d, d)`` product counts 1, a batched one ``N``;
+* :class:`SyncCounter`: reads of tensor values by the host, each of which waits for the device on
+  a GPU: ``.item()`` and every other op in :data:`SYNC_OPS`, boolean-mask indexing, ``.tolist()``,
+  and copies between devices;
+* :class:`LiveBytes`: bytes of the tensors created while it is active and still alive, and their
+  peak (the step's transient memory as the caching allocator would see it, less the work space
+  that kernels allocate internally);
+* :func:`measure`: all of them and ``torch.utils.flop_counter.FlopCounterMode`` around one call.
+
+Caveats. A CPU run cannot tell a host tensor from a device one, so :class:`SyncCounter` also
+counts reads of tensors a GPU run keeps on the host (upstream keeps its step counter there): the
+counts of a step are an upper bound of its GPU synchronisations by a per-step constant. CUDA's
+``linalg.eigh`` reads its error codes on the host after every call, so each eigh call counts as a
+synchronisation here too. FLOPs are those ``FlopCounterMode`` has formulas for (products,
+convolutions, attention); ``eigh`` itself has none and counts 0.
+
+The modes live in ``torch.utils._python_dispatch`` (a private torch module), so they are kept in
+the measuring scripts rather than in the package. Used by ``scripts/benchmark.py``,
+``scripts/gpu_report.py`` and the tests (loaded by file path, as the tests load other scripts).
+"""
+
+import weakref
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any, NamedTuple, Self
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.weak import WeakIdKeyDictionary
+
+aten = torch.ops.aten
+
+#: Ops that read a tensor value on the host (a device synchronisation on a GPU).
+SYNC_OPS = frozenset(
+    {
+        aten._local_scalar_dense.default,
+        aten.nonzero.default,
+        aten.nonzero_static.default,
+        aten.masked_select.default,
+        aten.equal.default,
+        aten.unique_consecutive.default,
+        aten._unique2.default,
+        aten.repeat_interleave.Tensor,
+        # CUDA checks eigh's per-matrix error codes on the host after every call.
+        aten._linalg_eigh.default,
+    }
+)
+#: Ops that launch no kernel besides views: shape and metadata bookkeeping.
+NO_KERNEL_OPS = frozenset(
+    {
+        aten.detach.default,
+        aten.lift_fresh.default,
+        aten._unsafe_view.default,
+        aten.empty.memory_format,
+        aten.empty_strided.default,
+        aten.empty_like.default,
+        aten.new_empty.default,
+        aten.new_empty_strided.default,
+        aten.set_.source_Storage_storage_offset,
+        aten.resize_.default,
+        aten.sym_size.int,
+        aten.sym_stride.int,
+        aten.sym_numel.default,
+        aten.sym_storage_offset.default,
+        aten.is_same_size.default,
+    }
+)
+#: Matrix products: ``mm`` ``(d, k) @ (k, n)`` and ``bmm`` ``(N, d, k) @ (N, k, n)``, with the
+#: index of their two operands.
+_PRODUCT_OPS = {
+    aten.mm.default: (0, 1),
+    aten.bmm.default: (0, 1),
+    aten.addmm.default: (1, 2),
+    aten.baddbmm.default: (1, 2),
+}
+
+
+def _tensors(tree: object) -> list[torch.Tensor]:
+    return [leaf for leaf in tree_flatten(tree)[0] if isinstance(leaf, torch.Tensor)]
+
+
+def square_products(func: object, args: tuple[Any, ...]) -> int:
+    """``d x d`` products of one op: 1 for a square ``mm``, ``N`` for a square ``bmm``, else 0."""
+    operands = _PRODUCT_OPS.get(func)  # type: ignore[call-overload]
+    if operands is None:
+        return 0
+    a, b = args[operands[0]], args[operands[1]]
+    d = a.shape[-1]
+    if a.shape[-2:] != (d, d) or b.shape[-2:] != (d, d):
+        return 0
+    return a.shape[0] if a.ndim == 3 else 1
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the aten ops dispatched while active.
+
+    Attributes:
+        ops (int): Every dispatched op.
+        launches (int): Ops that are neither views nor in :data:`NO_KERNEL_OPS` (each launches at
+            least one kernel on a GPU).
+        products (int): ``d x d`` matrix products (:func:`square_products`).
+        by_op (Counter[str]): Ops by name.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+        self.launches = 0
+        self.products = 0
+        self.by_op: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.ops += 1
+        self.by_op[str(func)] += 1
+        if not (func.is_view or func in NO_KERNEL_OPS):
+            self.launches += 1
+        self.products += square_products(func, args)
+        return func(*args, **(kwargs or {}))
+
+
+def _is_boolean_index(func: object, args: tuple[Any, ...]) -> bool:
+    """``x[mask]`` and ``x[mask] = y``: boolean indices need their count on the host."""
+    if func not in (aten.index.Tensor, aten.index_put.default, aten.index_put_.default):
+        return False
+    return any(
+        index is not None and index.dtype in (torch.bool, torch.uint8) for index in args[1]
+    )
+
+
+def _is_copy_between_devices(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """A copy to or from the host of a tensor on another device (waits for the device)."""
+    if func is aten._to_copy.default:
+        target = kwargs.get("device")
+        return target is not None and torch.device(target).type != args[0].device.type
+    if func is aten.copy_.default:
+        return args[0].device.type != args[1].device.type
+    return False
+
+
+class SyncCounter(TorchDispatchMode):
+    """Counts host reads of tensor values while active (device synchronisations on a GPU).
+
+    Counted: the ops of :data:`SYNC_OPS`, boolean-mask indexing, copies between devices, and
+    ``Tensor.tolist()`` (one read per call; it dispatches no op on CPU, so it is counted by
+    wrapping the method while the counter is active).
+
+    Attributes:
+        count (int): Reads counted.
+        by_op (Counter[str]): Reads by op (``"Tensor.tolist"`` for ``tolist``).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+        self.by_op: Counter[str] = Counter()
+        self._tolist: Callable[..., Any] | None = None
+
+    def _record(self, name: str) -> None:
+        self.count += 1
+        self.by_op[name] += 1
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        if (
+            func in SYNC_OPS
+            or _is_boolean_index(func, args)
+            or _is_copy_between_devices(func, args, kwargs)
+        ):
+            self._record(str(func))
+        return func(*args, **kwargs)
+
+    def __enter__(self) -> Self:
+        original = torch.Tensor.tolist
+        self._tolist = original
+
+        def counted_tolist(tensor: torch.Tensor) -> Any:
+            if tensor.numel() > 0:
+                self._record("Tensor.tolist")
+            return original(tensor)
+
+        torch.Tensor.tolist = counted_tolist  # type: ignore[method-assign,assignment]
+        return super().__enter__()
+
+    def __exit__(self, *exc_info: object) -> None:
+        super().__exit__(*exc_info)
+        if self._tolist is not None:
+            torch.Tensor.tolist = self._tolist  # type: ignore[method-assign]
+            self._tolist = None
+
+
+class LiveBytes(TorchDispatchMode):
+    """Bytes of the tensors created while active that are still alive, and their peak.
+
+    A storage is counted when an op returns a tensor on a storage no input of any op had before
+    (views and in-place results are not new), and uncounted when it is freed. Tensors that existed
+    before the mode started are never counted.
+
+    Attributes:
+        live (int): Bytes counted and still alive.
+        peak (int): Largest ``live`` seen.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._seen: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+    def _free(self, nbytes: int) -> None:
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        for tensor in _tensors((args, kwargs)):
+            storage = tensor.untyped_storage()
+            if storage not in self._seen:
+                self._seen[storage] = 0  # existed before: never counted
+        result = func(*args, **kwargs)
+        for tensor in _tensors(result):
+            storage = tensor.untyped_storage()
+            if storage in self._seen:
+                continue
+            nbytes = storage.nbytes()
+            self._seen[storage] = nbytes
+            self.live += nbytes
+            weakref.finalize(storage, self._free, nbytes)
+        self.peak = max(self.peak, self.live)
+        return result
+
+
+class StepCosts(NamedTuple):
+    """What one call dispatched (see the module docstring).
+
+    Attributes:
+        ops (int): Dispatched aten ops.
+        launches (int): Of them, ops that launch work.
+        syncs (int): Host reads of tensor values.
+        products (int): ``d x d`` matrix products.
+        flops (int): FLOPs counted by ``FlopCounterMode``.
+        peak_bytes (int): Peak bytes of the tensors the call created, alive at once.
+        syncs_by_op (dict[str, int]): The reads by op.
+    """
+
+    ops: int
+    launches: int
+    syncs: int
+    products: int
+    flops: int
+    peak_bytes: int
+    syncs_by_op: dict[str, int]
+
+
+@contextmanager
+def counting() -> Iterator[tuple[OpCounter, SyncCounter, LiveBytes, FlopCounterMode]]:
+    """All four counters active at once (every op passes through each)."""
+    ops, syncs, live, flops = OpCounter(), SyncCounter(), LiveBytes(), FlopCounterMode(display=False)
+    with ExitStack() as stack:
+        for mode in (flops, live, syncs, ops):
+            stack.enter_context(mode)
+        yield ops, syncs, live, flops
+
+
+def measure(call: Callable[[], object]) -> StepCosts:
+    """Runs ``call`` once under every counter and returns what it dispatched."""
+    with counting() as (ops, syncs, live, flops):
+        call()
+    return StepCosts(
+        ops=ops.ops,
+        launches=ops.launches,
+        syncs=syncs.count,
+        products=ops.products,
+        flops=flops.get_total_flops(),
+        peak_bytes=live.peak,
+        syncs_by_op=dict(syncs.by_op),
+    )

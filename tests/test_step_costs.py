@@ -1,0 +1,68 @@
+"""The counters of ``scripts/step_costs.py``: what they count, on small known calls."""
+
+import torch
+
+from tests.script_modules import load_script
+
+step_costs = load_script("step_costs")
+
+
+def test_op_counter_counts_launches_views_and_square_products() -> None:
+    stack = torch.randn(5, 4, 4)
+    with step_costs.OpCounter() as counter:
+        product = stack @ stack.mT  # a view (transpose) and a batched product of 5 d x d blocks
+        product[0] @ product[1]  # two views and one d x d product
+        stack.reshape(5, 16) @ torch.randn(16, 3)  # a product, not d x d
+    assert counter.products == 5 + 1
+    assert counter.by_op["aten.bmm.default"] == 1 and counter.by_op["aten.mm.default"] == 2
+    assert counter.launches < counter.ops
+    assert counter.launches == counter.ops - sum(
+        count for name, count in counter.by_op.items() if name.split(".")[1] in ("transpose", "select", "view", "expand")
+    ) - counter.by_op["aten._unsafe_view.default"]
+
+
+def test_sync_counter_counts_every_host_read_including_tolist() -> None:
+    flags = torch.tensor([True, False, True])
+    stack = torch.eye(3).expand(2, 3, 3).clone()
+    with step_costs.SyncCounter() as counter:
+        flags.tolist()
+        bool(flags.all())
+        stack[flags[:2]]  # boolean-mask indexing
+        torch.linalg.eigh(stack)  # CUDA reads eigh's error codes on the host
+        stack.sum()  # not a read
+    assert counter.by_op == {
+        "Tensor.tolist": 1,
+        "aten._local_scalar_dense.default": 1,
+        "aten.index.Tensor": 1,
+        "aten._linalg_eigh.default": 1,
+    }
+    assert counter.count == 4
+    assert torch.Tensor.tolist is not None and flags.tolist() == [True, False, True]
+
+
+def test_live_bytes_counts_new_tensors_alive_at_once_not_views_or_earlier_tensors() -> None:
+    existing = torch.zeros(1024)  # 4 KiB, created before: never counted
+    with step_costs.LiveBytes() as tracker:
+        first = existing + 1  # 4 KiB
+        view = first[:10]  # no new storage
+        existing.add_(1)  # in place: nothing new
+        second = torch.ones(2048)  # 8 KiB: 12 KiB alive
+        del first, view, second
+        third = torch.ones(256)  # 1 KiB after the others were freed
+    assert tracker.peak == 3 * 4096
+    assert tracker.live == 1024
+    del third
+
+
+def test_measure_runs_the_call_once_under_every_counter() -> None:
+    calls = []
+    A = torch.randn(3, 8, 8)
+
+    def call() -> None:
+        calls.append(1)
+        (A @ A).sum().item()
+
+    costs = step_costs.measure(call)
+    assert calls == [1]
+    assert costs.products == 3 and costs.flops == 3 * 2 * 8**3 and costs.syncs == 1
+    assert costs.peak_bytes >= 3 * 8 * 8 * 4 and costs.ops >= costs.launches >= 3
