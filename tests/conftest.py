@@ -1,13 +1,45 @@
-"""Test-suite wiring: the ``upstream`` marker and the count of tests skipped without upstream."""
+"""Test-suite wiring: the ``upstream`` marker and the count of tests skipped without upstream, and
+the ``device`` fixture of the ``cuda`` test subset.
+
+A test that takes a ``device`` argument runs once per device of ``DASH_TEST_DEVICES`` (a comma
+list, default ``cpu,cuda``); the ``cuda`` variant is skipped where torch sees no CUDA device. Such
+tests are marked ``cuda``: ``pytest -m cuda`` is the subset ``scripts/gpu_report.py`` runs on a GPU
+(with ``DASH_TEST_DEVICES=cuda``), and the default suite runs their ``cpu`` variants, so the GPU
+runs the code the CPU tests cover, on another device.
+"""
 
 import importlib.util
+import os
 
 import pytest
+import torch
 
 UPSTREAM_AVAILABLE = importlib.util.find_spec("distributed_shampoo") is not None
 UPSTREAM_SKIP_REASON = (
     "needs upstream distributed_shampoo (pip install 'distributed-shampoo-dash[upstream]')"
 )
+
+
+#: Environment variable naming the devices of the ``device`` fixture.
+DEVICES_VARIABLE = "DASH_TEST_DEVICES"
+NO_CUDA_REASON = "needs a CUDA device (torch.cuda.is_available() is False)"
+
+
+def devices_under_test() -> list[str]:
+    """The devices of :data:`DEVICES_VARIABLE` (default ``cpu`` and ``cuda``)."""
+    return [name.strip() for name in os.environ.get(DEVICES_VARIABLE, "cpu,cuda").split(",") if name.strip()]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "device" not in metafunc.fixturenames:
+        return
+    params = []
+    for name in devices_under_test():
+        marks = []
+        if torch.device(name).type == "cuda":
+            marks.append(pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA_REASON))
+        params.append(pytest.param(torch.device(name), marks=marks, id=name))
+    metafunc.parametrize("device", params)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -44,19 +44,20 @@ def spd_stack(num_blocks: int, dim: int, condition: float, seed: int = 0) -> tor
 def reference_inverse_root(A: torch.Tensor, root: float, epsilon: float | torch.Tensor) -> torch.Tensor:
     """``(A + epsilon I)^{-1/p}`` per block by an fp64 eigendecomposition of ``A`` as given.
 
-    ``epsilon`` is a scalar or an ``(N,)`` tensor of per-block shifts.
+    ``epsilon`` is a scalar or an ``(N,)`` tensor of per-block shifts; the result is on ``A``'s device.
     """
     A = A.double()
     if A.ndim == 2:
         A = A.unsqueeze(0)
-    shift = torch.as_tensor(epsilon, dtype=torch.float64).reshape(-1, 1, 1)
-    eigenvalues, eigenvectors = torch.linalg.eigh(A + shift * torch.eye(A.shape[-1], dtype=torch.float64))
+    shift = torch.as_tensor(epsilon, dtype=torch.float64, device=A.device).reshape(-1, 1, 1)
+    identity = torch.eye(A.shape[-1], dtype=torch.float64, device=A.device)
+    eigenvalues, eigenvectors = torch.linalg.eigh(A + shift * identity)
     return (eigenvectors * eigenvalues.pow(-1.0 / root).unsqueeze(-2)) @ eigenvectors.mT
 
 
 def relative_errors(X: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """``(N,)`` float64 relative Frobenius errors ``||X_i - R_i||_F / ||R_i||_F``."""
-    X = X.double().reshape(reference.shape)
+    X = X.double().reshape(reference.shape).to(reference.device)
     return torch.linalg.norm((X - reference).flatten(1), dim=1) / torch.linalg.norm(
         reference.flatten(1), dim=1
     )

@@ -100,6 +100,7 @@ def fp64_reference_root(matrix: torch.Tensor, root: float, epsilon: float) -> to
     return (eigenvectors * (eigenvalues + epsilon).pow(-1.0 / root)) @ eigenvectors.mT
 
 
+@pytest.mark.cuda
 @pytest.mark.parametrize(
     "solver, max_error",
     [
@@ -115,7 +116,7 @@ def fp64_reference_root(matrix: torch.Tensor, root: float, epsilon: float) -> to
     ids=["newton_db", "newton_db_paper_converged", "chebyshev"],
 )
 def test_dash_configs_train_the_model_with_roots_of_the_promised_accuracy(
-    solver: dash.NewtonDBRootInvConfig | dash.ChebyshevRootInvConfig, max_error: float
+    solver: dash.NewtonDBRootInvConfig | dash.ChebyshevRootInvConfig, max_error: float, device: torch.device
 ) -> None:
     """Every inverse factor is within ``max_error`` of the fp64 root of its bias-corrected factor.
 
@@ -126,7 +127,7 @@ def test_dash_configs_train_the_model_with_roots_of_the_promised_accuracy(
     """
     dash.enable()
     epsilon = 1e-6
-    model, optimizer, losses = train(shampoo_factory(solver, epsilon), num_steps=30, fixed_batch=True)
+    model, optimizer, losses = train(shampoo_factory(solver, epsilon), num_steps=30, fixed_batch=True, device=device)
     assert sum(losses[-5:]) < sum(losses[:5])
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
@@ -138,7 +139,8 @@ def test_dash_configs_train_the_model_with_roots_of_the_promised_accuracy(
             matrix = bias_corrected_factor_stack(factors, [factor_matrix], bias_correction2)[0]
             inverse = factors._unpack_matrix(inverse)
             scaling: SpectralScaling = solver.scaling
-            shifted = matrix + epsilon * torch.eye(matrix.shape[0])
+            assert inverse.device == matrix.device and matrix.device.type == device.type
+            shifted = matrix + epsilon * torch.eye(matrix.shape[0], device=device)
             ridge = max(solver.rel_epsilon * float(scaling.upper_bound(shifted.unsqueeze(0))[0]), epsilon)
             reference = fp64_reference_root(matrix, root, ridge)
             error = torch.linalg.norm(inverse.double() - reference) / torch.linalg.norm(reference)

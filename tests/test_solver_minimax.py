@@ -79,13 +79,14 @@ def test_an_untabulated_ridge_uses_the_schedule_of_the_next_smaller_tabulated_on
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.cuda
 @pytest.mark.parametrize("root", MINIMAX_ROOTS)
 @pytest.mark.parametrize("precision", [MatmulPrecision.FP32, MatmulPrecision.BF16], ids=lambda p: p.value)
-def test_flops_are_the_documented_product_count(root: int, precision: MatmulPrecision) -> None:
+def test_flops_are_the_documented_product_count(root: int, precision: MatmulPrecision, device: torch.device) -> None:
     """``FlopCounterMode`` FLOPs = products x 2 d^3 x N plus the power iteration's
     ``(k + 1)`` products of ``(N, d, d) @ (N, d, m)``."""
     num_blocks, dim = 3, 16
-    A = spd_stack(num_blocks, dim, condition=100.0).float()
+    A = spd_stack(num_blocks, dim, condition=100.0).float().to(device)
     scaling = SpectralScaling()
     with FlopCounterMode(display=False) as counter:
         minimax_inverse_root(A, root, rel_epsilon=1e-5, precision=precision, scaling=scaling)

@@ -27,6 +27,7 @@ from distributed_shampoo_dash.solvers import (
     newton_db_inverse_root,
 )
 from distributed_shampoo_dash.solvers.linalg import stable_power
+from distributed_shampoo_dash.solvers.minimax import minimax_inverse_root
 from distributed_shampoo_dash.solvers.scaling import rayleigh_lambda_max
 from tests.solver_helpers import (
     random_orthogonal,
@@ -231,15 +232,21 @@ PRECISION_SOLVERS = {
 }
 
 
-def precision_problem() -> torch.Tensor:
+def precision_problem(device: torch.device | str = "cpu") -> torch.Tensor:
     generator = torch.Generator().manual_seed(1)
     eigenvalues = torch.logspace(0, -2, 32, dtype=torch.float64)
-    return stack_with_eigenvalues(eigenvalues, random_orthogonal(4, 32, generator))
+    return stack_with_eigenvalues(eigenvalues, random_orthogonal(4, 32, generator)).to(device)
 
 
+def has_tf32(device: torch.device) -> bool:
+    """TF32 products exist: CUDA devices of compute capability 8.0 (Ampere) and later."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("solver", sorted(PRECISION_SOLVERS))
-def test_errors_are_ordered_by_matmul_precision(solver: str) -> None:
-    A = precision_problem()  # float64 input, so that FP64 products are not hidden by the output dtype
+def test_errors_are_ordered_by_matmul_precision(solver: str, device: torch.device) -> None:
+    A = precision_problem(device)  # float64 input, so that FP64 products are not hidden by the output dtype
     reference = reference_inverse_root(A, 4, 0.0)
 
     def error(precision: MatmulPrecision) -> float:
@@ -247,12 +254,14 @@ def test_errors_are_ordered_by_matmul_precision(solver: str) -> None:
         return relative_errors(result.inverse_root, reference).max().item()
 
     errors = {precision: error(precision) for precision in MatmulPrecision}
-    # Unit roundoffs: fp64 1e-16 < fp32 6e-8 < fp16 5e-4 < bf16 4e-3.
+    # Unit roundoffs: fp64 1e-16 < fp32 6e-8 < fp16 5e-4 < bf16 4e-3 (tf32 5e-4, CUDA only).
     assert errors[MatmulPrecision.FP64] < 1e-12
     assert errors[MatmulPrecision.FP64] < errors[MatmulPrecision.FP32] < 1e-5
     assert errors[MatmulPrecision.FP32] < errors[MatmulPrecision.FP16] < errors[MatmulPrecision.BF16] < 5e-2
-    # TF32 only changes CUDA products: on CPU it is FP32.
-    assert errors[MatmulPrecision.TF32] == errors[MatmulPrecision.FP32]
+    if has_tf32(device):
+        assert errors[MatmulPrecision.FP32] < errors[MatmulPrecision.TF32] < 5e-2
+    else:  # TF32 only changes the products of CUDA tensor cores: elsewhere it is FP32.
+        assert errors[MatmulPrecision.TF32] == errors[MatmulPrecision.FP32]
 
 
 @pytest.mark.parametrize("solver", sorted(PRECISION_SOLVERS))
@@ -326,6 +335,12 @@ STATE_CALLS = {
         for method in ScalingMethod
     },
     **{
+        f"minimax_{precision.value}": (
+            lambda A, precision=precision: minimax_inverse_root(A, 4, precision=precision)
+        )
+        for precision in MatmulPrecision
+    },
+    **{
         f"chebyshev_{precision.value}": (
             lambda A, precision=precision: chebyshev_inverse_root(A, 4, degree=5, precision=precision)
         )
@@ -334,13 +349,23 @@ STATE_CALLS = {
 }
 
 
+def rng_states(device: torch.device) -> list[torch.Tensor]:
+    """The CPU generator's state, and the device's if it is a CUDA device."""
+    states = [torch.random.get_rng_state()]
+    if device.type == "cuda":
+        states.append(torch.cuda.get_rng_state(device))
+    return states
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("call", sorted(STATE_CALLS))
-def test_solver_changes_no_global_torch_state(call: str) -> None:
-    A = precision_problem().float()
-    before, rng_before = global_state(), torch.random.get_rng_state()
-    STATE_CALLS[call](A)
+def test_solver_changes_no_global_torch_state(call: str, device: torch.device) -> None:
+    A = precision_problem(device).float()
+    before, rng_before = global_state(), rng_states(device)
+    result = STATE_CALLS[call](A)
     assert global_state() == before
-    assert torch.equal(torch.random.get_rng_state(), rng_before)
+    assert all(torch.equal(now, then) for now, then in zip(rng_states(device), rng_before, strict=True))
+    assert result.inverse_root.device == A.device
 
 
 def test_solvers_honour_their_input_dtype_under_a_float64_default_dtype() -> None:

@@ -146,7 +146,7 @@ def ridge(A: torch.Tensor, epsilon: float, dtype: torch.dtype, rel_epsilon: floa
     multi-power-iteration bound of ``A + epsilon I``."""
     working_dtype = PRECISION[dtype].working_dtype
     stack = A.to(working_dtype).reshape(-1, A.shape[-1], A.shape[-1])
-    shifted = stack + epsilon * torch.eye(A.shape[-1], dtype=working_dtype)
+    shifted = stack + epsilon * torch.eye(A.shape[-1], dtype=working_dtype, device=A.device)
     scale = MULTI_POWER_ITERATION_SCALING.upper_bound(shifted).double()
     return torch.clamp(rel_epsilon * scale, min=epsilon)
 
@@ -325,18 +325,20 @@ LARGE_CASES = [
 ]
 
 
+@pytest.mark.cuda
 @pytest.mark.parametrize("solver", SOLVERS)
 @pytest.mark.parametrize(
     ("spectrum", "dtype", "num_blocks", "root"),
     [pytest.param(*case, id=f"{case[0]}-{str(case[1])[6:]}-N{case[2]}-p{case[3]}") for case in LARGE_CASES],
 )
 def test_solver_keeps_its_promise_at_dimension_256(
-    solver: str, spectrum: str, dtype: torch.dtype, num_blocks: int, root: int
+    solver: str, spectrum: str, dtype: torch.dtype, num_blocks: int, root: int, device: torch.device
 ) -> None:
     case = SPECTRA[spectrum]
-    A = stack_with_spectrum(case.eigenvalues, num_blocks, 256, seed=256).to(dtype)
+    A = stack_with_spectrum(case.eigenvalues, num_blocks, 256, seed=256).to(dtype=dtype, device=device)
     result, reference = solve(solver, A, root, case.epsilon)
     assert result.inverse_root.shape == (num_blocks, 256, 256) and result.inverse_root.dtype == dtype
+    assert result.inverse_root.device == result.residual.device == result.is_finite.device == A.device
     check_promise(result, reference, promised_tolerance(solver, case.regime, dtype, root), "d=256")
 
 
@@ -385,13 +387,16 @@ def test_relative_error_does_not_depend_on_the_scale(
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.cuda
 @pytest.mark.parametrize("solver", ["eigh", "coupled_newton", "newton_db"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("root", [1, 2, 4])
-def test_all_zero_block_gives_epsilon_root_of_identity(solver: str, dtype: torch.dtype, root: int) -> None:
+def test_all_zero_block_gives_epsilon_root_of_identity(
+    solver: str, dtype: torch.dtype, root: int, device: torch.device
+) -> None:
     epsilon = 1e-4
-    result, _ = solve(solver, torch.zeros(3, 6, 6, dtype=dtype), root, epsilon)
-    expected = epsilon ** (-1.0 / root) * torch.eye(6, dtype=dtype).expand(3, 6, 6)
+    result, _ = solve(solver, torch.zeros(3, 6, 6, dtype=dtype, device=device), root, epsilon)
+    expected = epsilon ** (-1.0 / root) * torch.eye(6, dtype=dtype, device=device).expand(3, 6, 6)
     tolerance = TOLERANCES[solver]["well_conditioned"][dtype].tolerance
     torch.testing.assert_close(result.inverse_root, expected, rtol=tolerance, atol=0.0)
 

@@ -35,20 +35,26 @@ def per_block_precondition(block: torch.Tensor, selector: tuple[bool, ...], fact
     )
 
 
+@pytest.mark.cuda
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_mode_gram_matrices_equal_the_per_block_contraction(shape: tuple[int, ...]) -> None:
-    G = torch.randn(4, *shape, dtype=torch.float64)
+def test_mode_gram_matrices_equal_the_per_block_contraction(shape: tuple[int, ...], device: torch.device) -> None:
+    G = torch.randn(4, *shape, dtype=torch.float64, device=device)
     for dim in range(len(shape)):
         expected = torch.stack([per_block_gram(block, dim) for block in G])
         torch.testing.assert_close(mode_gram_matrices(G, dim), expected)
 
 
+@pytest.mark.cuda
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("skip_dim", [None, 0, -1])
-def test_precondition_stack_equals_the_per_block_contraction(shape: tuple[int, ...], skip_dim: int | None) -> None:
+def test_precondition_stack_equals_the_per_block_contraction(
+    shape: tuple[int, ...], skip_dim: int | None, device: torch.device
+) -> None:
     selector = tuple(k != (skip_dim % len(shape) if skip_dim is not None else -1) for k in range(len(shape)))
-    G = torch.randn(3, *shape, dtype=torch.float64)
-    factors = [torch.randn(3, d, d, dtype=torch.float64) for d, selected in zip(shape, selector) if selected]
+    G = torch.randn(3, *shape, dtype=torch.float64, device=device)
+    factors = [
+        torch.randn(3, d, d, dtype=torch.float64, device=device) for d, selected in zip(shape, selector) if selected
+    ]
     expected = torch.stack(
         [per_block_precondition(G[i], selector, [f[i] for f in factors]) for i in range(G.shape[0])]
     )
@@ -63,13 +69,15 @@ def test_precondition_stack_computes_in_the_factor_dtype_and_returns_the_gradien
     torch.testing.assert_close(result, G)
 
 
+@pytest.mark.cuda
 @pytest.mark.parametrize("dim", [1, 2, 5, 16])
-def test_packing_round_trips_and_keeps_the_row_major_upper_triangle(dim: int) -> None:
-    A = torch.randn(3, dim, dim)
+def test_packing_round_trips_and_keeps_the_row_major_upper_triangle(dim: int, device: torch.device) -> None:
+    A = torch.randn(3, dim, dim, device=device)
     A = A + A.mT
     packed = pack_stack(A)
     assert packed.shape == (3, packed_size(dim)) and unpacked_dim(packed) == dim
-    rows, cols = torch.triu_indices(dim, dim)
+    assert packed.device == A.device
+    rows, cols = torch.triu_indices(dim, dim, device=device)
     torch.testing.assert_close(packed[1], A[1][rows, cols], rtol=0, atol=0)
     torch.testing.assert_close(unpack_stack(packed, dim), A, rtol=0, atol=0)
 

@@ -55,13 +55,16 @@ def run_steps(
     first_step: int = 0,
     skip_gradients: Callable[[int], set[str]] | None = None,
 ) -> list[float]:
-    """Takes one optimizer step per batch; returns the losses.
+    """Takes one optimizer step per batch (moved to the device of the model's parameters);
+    returns the losses.
 
     ``skip_gradients(step)`` names parameters whose gradient is set to ``None`` at that step
     (steps are numbered from ``first_step``).
     """
+    device = next(model.parameters()).device
     losses = []
-    for step, (images, tokens, targets) in enumerate(batches, start=first_step):
+    for step, batch in enumerate(batches, start=first_step):
+        images, tokens, targets = (tensor.to(device) for tensor in batch)
         optimizer.zero_grad()
         loss = nn.functional.mse_loss(model(images, tokens), targets)
         loss.backward()
@@ -80,14 +83,16 @@ def train(
     seed: int = 0,
     skip_gradients: Callable[[int], set[str]] | None = None,
     fixed_batch: bool = False,
+    device: torch.device | str = "cpu",
 ) -> tuple[nn.Module, torch.optim.Optimizer, list[float]]:
-    """Trains a fresh ``MixedShapeModel`` (seeded) for ``num_steps`` steps; returns model, optimizer, losses.
+    """Trains a fresh ``MixedShapeModel`` (seeded, then moved to ``device``) for ``num_steps``
+    steps; returns model, optimizer, losses.
 
     ``skip_gradients`` is passed to :func:`run_steps`; ``fixed_batch`` repeats the first batch
     every step (a task whose loss must fall).
     """
     torch.manual_seed(seed)
-    model = MixedShapeModel()
+    model = MixedShapeModel().to(device)
     optimizer = make_optimizer(model)
     batches = make_batches(1, seed) * num_steps if fixed_batch else make_batches(num_steps, seed)
     return model, optimizer, run_steps(model, optimizer, batches, skip_gradients=skip_gradients)
