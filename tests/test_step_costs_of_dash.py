@@ -1,0 +1,140 @@
+"""What the GPU-cost proxies of ``scripts/step_costs.py`` show about a DASH step: the work it
+launches does not grow with the number of same-shape blocks, and the FLOPs of a root computation
+are exactly each solver's documented product count (``BatchedSolver.products``)."""
+
+from collections.abc import Callable, Iterator
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.upstream
+pytest.importorskip("distributed_shampoo")
+
+from distributed_shampoo import (
+    AdamPreconditionerConfig,
+    CoupledNewtonConfig,
+    DistributedShampoo,
+    EigenConfig,
+    RootInvShampooPreconditionerConfig,
+)
+from distributed_shampoo.preconditioner.matrix_functions_types import RootInvConfig
+
+import distributed_shampoo_dash as dash
+from distributed_shampoo_dash.integration.solve import batched_solver
+from distributed_shampoo_dash.solvers import MatmulPrecision, ScalingMethod
+from tests.script_modules import load_script
+
+step_costs = load_script("step_costs")
+
+
+@pytest.fixture(autouse=True)
+def dash_disabled_afterwards() -> Iterator[None]:
+    yield
+    dash.disable()
+
+
+
+def shampoo_steps(
+    num_params: int, solver: RootInvConfig, use_dash: bool, device: torch.device
+) -> tuple[Callable[[], None], DistributedShampoo]:
+    """``DistributedShampoo`` over ``num_params`` weights of 16 x 16 (one block each), roots every
+    second step, after two steps of warm-up (the next step computes no roots), and the function
+    that draws new gradients."""
+    dash.enable() if use_dash else dash.disable()
+    generator = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(16, 16, generator=generator).to(device)) for _ in range(num_params)]
+    optimizer = DistributedShampoo(
+        params,
+        lr=1e-3,
+        betas=(0.9, 0.95),
+        epsilon=1e-6,
+        max_preconditioner_dim=16,
+        precondition_frequency=2,
+        start_preconditioning_step=2,
+        grafting_config=AdamPreconditionerConfig(beta2=0.95, epsilon=1e-8),
+        preconditioner_config=RootInvShampooPreconditionerConfig(amortized_computation_config=solver),
+    )
+
+    def new_gradients() -> None:
+        for param in params:
+            param.grad = torch.randn(16, 16, generator=generator).to(device)
+
+    for _ in range(2):
+        new_gradients()
+        optimizer.step()
+    return new_gradients, optimizer
+
+
+def costs_without_and_with_roots(
+    num_params: int, solver: RootInvConfig, use_dash: bool, device: torch.device
+) -> tuple["step_costs.StepCosts", "step_costs.StepCosts", DistributedShampoo]:
+    """Step costs of the third step (no roots) and the fourth (roots) of :func:`shampoo_steps`."""
+    new_gradients, optimizer = shampoo_steps(num_params, solver, use_dash, device)
+    new_gradients()
+    without_roots = step_costs.measure(optimizer.step)
+    new_gradients()
+    with_roots = step_costs.measure(optimizer.step)
+    return without_roots, with_roots, optimizer
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("solver_name", ["eigen", "newton_db"])
+def test_the_work_a_dash_step_launches_does_not_grow_with_the_number_of_same_shape_blocks(
+    solver_name: str, device: torch.device
+) -> None:
+    """8 and 64 blocks of 16 x 16 (one chunk): the same ops launch work, with and without roots;
+    only views, which launch nothing, add a few ops per block (upstream splits every parameter
+    into blocks and lists them). Upstream's launches grow with the blocks."""
+    solver = EigenConfig() if solver_name == "eigen" else dash.NewtonDBRootInvConfig()
+    few = costs_without_and_with_roots(8, solver, True, device)
+    many = costs_without_and_with_roots(64, solver, True, device)
+    for few_costs, many_costs in zip(few[:2], many[:2], strict=True):
+        assert few_costs.launches == many_costs.launches
+        assert many_costs.ops - few_costs.ops <= 4 * (64 - 8)  # views only
+        assert few_costs.syncs == many_costs.syncs
+    upstream_few = costs_without_and_with_roots(8, EigenConfig(), False, device)
+    upstream_many = costs_without_and_with_roots(64, EigenConfig(), False, device)
+    assert upstream_many[1].launches > 6 * upstream_few[1].launches
+    assert upstream_many[0].launches > 4 * upstream_few[0].launches
+    assert many[1].launches * 15 < upstream_many[1].launches
+
+
+def dash_solver_configs() -> dict[str, RootInvConfig]:
+    """Every batched solver, with settings that accept every root on these factors (so no eigh
+    fallback adds work) and run a fixed number of products."""
+    return {
+        "eigh": EigenConfig(),
+        "coupled_newton": CoupledNewtonConfig(max_iterations=6, tolerance=0.0),
+        "minimax_fp32": dash.NewtonDBRootInvConfig(),
+        "minimax_bf16": dash.NewtonDBRootInvConfig(precision=MatmulPrecision.BF16, max_residual=None),
+        "newton_db_paper": dash.NewtonDBRootInvConfig.paper(max_residual=None),
+        "chebyshev": dash.ChebyshevRootInvConfig(max_residual=None),
+    }
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    "solver_name", ["eigh", "coupled_newton", "minimax_fp32", "minimax_bf16", "newton_db_paper", "chebyshev"]
+)
+def test_root_computation_flops_are_the_solvers_documented_product_count(
+    solver_name: str, device: torch.device
+) -> None:
+    """FLOPs of a root step minus those of a step without roots (the same factor update and
+    preconditioning) = sum over factor matrices of ``BatchedSolver.products x 2 d^3``, plus the
+    power iteration's ``k + 1`` products ``(d, d) @ (d, m)`` per factor where the solver scales by
+    it. eigh's decomposition has no FLOP formula; its two products are its documented count."""
+    solver = dash_solver_configs()[solver_name]
+    without_roots, with_roots, optimizer = costs_without_and_with_roots(8, solver, True, device)
+    assert not dash.fallback_counts(optimizer)
+
+    expected = 0
+    for factor in dash.inverse_factors(optimizer):
+        d = factor.matrix.shape[0]
+        batched = batched_solver(solver, factor.root, factor.epsilon)
+        assert batched is not None
+        expected += batched.products * 2 * d**3
+        scaling = getattr(solver, "scaling", None)
+        if scaling is not None and scaling.method is not ScalingMethod.FROBENIUS:
+            expected += (scaling.num_iterations + 1) * 2 * d * d * scaling.num_vectors
+    assert expected > 0
+    assert with_roots.flops - without_roots.flops == expected
