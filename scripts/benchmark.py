@@ -1,14 +1,24 @@
-"""Times ``DistributedShampoo.step()`` for upstream and for DASH on a Llama-shaped parameter set.
+"""Times ``DistributedShampoo.step()`` for upstream and for DASH on a Llama-shaped parameter set,
+and counts what each step dispatches.
 
 Every row builds a fresh optimizer over the same parameters, feeds the same random gradients,
 runs ``--warmup`` steps and then times ``--steps`` steps (device-synchronised), and reports the
 median step time, the mean step time, the median of the steps that computed no inverse roots
 (with ``--precondition-frequency`` > 1: the factor update and preconditioning alone), the peak
 memory, the speedups against upstream ``EigenConfig`` measured in the same run, and the accuracy
-of the inverse roots it computed: the relative Frobenius error of
-every inverse factor against the fp64 root of its bias-corrected factor matrix (median, 90th
-percentile and max; rank-deficient factors, e.g. of 1-D blocks after a few steps, have a null
-space that fp32 cannot resolve at epsilon 1e-10, so their error is ~1 for every fp32 solver).
+of the inverse roots (right after a root computation, up to ``--root-error-sample`` factor
+matrices, evenly spread): the relative Frobenius error of each inverse factor against the fp64
+root of the matrix its solver targets, ``(A + r I)^{-1/p}`` with ``A`` the bias-corrected factor
+matrix and ``r`` the ridge the solver added (``epsilon``, or eigh's shift, or the relative ridge
+of the DASH configs; ``distributed_shampoo_dash.inverse_roots`` gives it).
+
+Then, unless ``--no-costs``, it counts one step without root computation and one with (extra
+steps after the timed ones; ``scripts/step_costs.py``): dispatched aten ops and those that launch
+work, host reads of tensor values (device synchronisations on a GPU), ``d x d`` products, FLOPs
+(``FlopCounterMode``), the FLOP floor of the row's solver (its ``d x d`` products per factor, as
+``BatchedSolver.products`` counts them, times ``2 d^3``, summed over the factor matrices) and
+the ratio of the root step's FLOPs to it, and the peak bytes of the tensors a step creates
+(stacks and solver work space included). These counts are the same on every device.
 
 With ``--memory`` every row is also run in a fresh process (one thread,
 ``MALLOC_MMAP_THRESHOLD_=65536`` so freed memory goes back to the OS at once) that measures the
@@ -16,27 +26,39 @@ transient memory of its steps: after ``--warmup`` steps, for a root step and the
 next one, the peak resident set during ``optimizer.step()`` minus the resident set before it
 (CUDA: peak allocated minus allocated), reported with its ratio to upstream ``EigenConfig``.
 
+When the DASH authors' package is importable (``pip install --no-deps ista-daslab-optimizers``,
+see ``scripts/peer_dashgpu.py``), its ``DashGpu`` runs on the same parameters and gradients as
+two more rows (coupled Newton fp16, Newton-DB fp32): time and peak memory only.
+
 Presets (DESIGN.md section 4):
     gpu: hidden 1024, 8 layers, FFN 2816, vocab 32000, max_preconditioner_dim 1024
     cpu: hidden 128, 2 layers, FFN 352, vocab 512, max_preconditioner_dim 128 (about a minute)
+    many-blocks: hidden 128, 4 layers, FFN 352, vocab 512, max_preconditioner_dim 32: many small
+        blocks, where per-block overhead dominates on a CPU as it does on a GPU
     layers: 200 weights of 256 x 256, max_preconditioner_dim 256 (many same-shape layers)
+    smoke: hidden 32, 1 layer, FFN 64, vocab 64, max_preconditioner_dim 16 (seconds)
 
 Usage:
     python3 scripts/benchmark.py --preset cpu --out bench_out/step_cpu
+    python3 scripts/benchmark.py --preset many-blocks --precondition-frequency 4 --out bench_out/step_blocks
     python3 scripts/benchmark.py --preset layers --memory --steps 2 --out bench_out/step_layers
     python3 scripts/benchmark.py --preset gpu --precondition-frequency 10 --steps 30 --only Eigen \
         --out bench_out/step_gpu_every10
 """
 
 import argparse
+import gc
+import importlib.util
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from distributed_shampoo import (
@@ -49,7 +71,23 @@ from distributed_shampoo import (
 from distributed_shampoo.preconditioner.matrix_functions_types import RootInvConfig
 
 import distributed_shampoo_dash as dash
+from distributed_shampoo_dash.integration.solve import batched_solver
 from distributed_shampoo_dash.solvers import IterationControl, MatmulPrecision
+
+
+def sibling(name: str) -> ModuleType:
+    """A module of this directory, loaded by its path (``scripts/`` is not a package)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+step_costs = sibling("step_costs")
+peer_dashgpu = sibling("peer_dashgpu")
 
 #: Ten iterations at the reduced precision, then two in fp32.
 REFINED = IterationControl(num_iterations=10, refinement_iterations=2)
@@ -73,8 +111,12 @@ class Preset:
 PRESETS = {
     "gpu": Preset.llama(hidden=1024, layers=8, ffn=2816, vocab=32000, block=1024),
     "cpu": Preset.llama(hidden=128, layers=2, ffn=352, vocab=512, block=128),
+    # Many small blocks: per-block overhead dominates on a CPU as it does on a GPU.
+    "many-blocks": Preset.llama(hidden=128, layers=4, ffn=352, vocab=512, block=32),
     # Many same-shape layers: 200 weights of 256 x 256, one block each.
     "layers": Preset(((256, 256),) * 200, 256),
+    # Seconds on a CPU: what scripts/gpu_report.py --smoke runs.
+    "smoke": Preset.llama(hidden=32, layers=1, ffn=64, vocab=64, block=16),
 }
 
 
@@ -85,6 +127,17 @@ class Row:
     label: str
     use_dash: bool
     solver: RootInvConfig
+
+
+@dataclass(frozen=True)
+class PeerRow:
+    """One benchmarked setting of the DASH authors' ``DashGpu`` (``scripts/peer_dashgpu.py``)."""
+
+    label: str
+    setting: "peer_dashgpu.DashGpuSetting"
+
+
+AnyRow = Row | PeerRow
 
 
 def rows() -> list[Row]:
@@ -116,6 +169,43 @@ def rows() -> list[Row]:
     ]
 
 
+def peer_rows() -> tuple[list[PeerRow], str]:
+    """The ``DashGpu`` rows if the authors' package imports, else ``([], why not)``."""
+    peer, reason = peer_dashgpu.load()
+    if peer is None:
+        return [], reason
+    return [PeerRow(setting.label, setting) for setting in peer_dashgpu.SETTINGS], ""
+
+
+def select_rows(candidates: Sequence[AnyRow], only: Sequence[str] | None) -> list[AnyRow]:
+    """The first row (the reference) and those whose label contains one of ``only`` (all if empty)."""
+    return [
+        row
+        for index, row in enumerate(candidates)
+        if index == 0 or not only or any(name in row.label for name in only)
+    ]
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """How a row is run.
+
+    Attributes:
+        precondition_frequency (int): Roots every this many steps.
+        warmup (int): Untimed steps first.
+        steps (int): Timed steps.
+        costs (bool): Count a step without and one with root computation afterwards.
+        root_error_sample (int | None): At most this many factor matrices for the root errors
+            (evenly spread; None: all).
+    """
+
+    precondition_frequency: int = 1
+    warmup: int = 2
+    steps: int = 5
+    costs: bool = True
+    root_error_sample: int | None = None
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -144,23 +234,80 @@ def make_optimizer(
     )
 
 
-def root_errors(optimizer: DistributedShampoo) -> list[float]:
-    """Relative Frobenius error of every inverse factor against the fp64 root of its factor."""
-    errors = []
-    for factor in dash.inverse_factors(optimizer):
-        matrix = factor.matrix.double()
-        identity = torch.eye(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
-        eigenvalues, eigenvectors = torch.linalg.eigh(matrix + factor.epsilon * identity)
-        eigenvalues = eigenvalues.clamp_min(factor.epsilon)
-        reference = (eigenvectors * eigenvalues.pow(-1.0 / factor.root)) @ eigenvectors.T
-        difference = factor.inverse_root.double() - reference
-        errors.append(float(torch.linalg.norm(difference) / torch.linalg.norm(reference)))
+def make_any_optimizer(
+    params: list[torch.nn.Parameter], row: AnyRow, preset: Preset, precondition_frequency: int
+) -> torch.optim.Optimizer:
+    """:func:`make_optimizer` for Shampoo rows, ``DashGpu`` for peer rows."""
+    if isinstance(row, PeerRow):
+        peer, reason = peer_dashgpu.load()
+        if peer is None:
+            raise RuntimeError(reason)
+        return peer_dashgpu.make_optimizer(
+            peer, params, row.setting, preset.max_preconditioner_dim, precondition_frequency
+        )
+    return make_optimizer(params, row, preset, precondition_frequency)
+
+
+def evenly_spread(count: int, sample: int | None) -> list[int]:
+    """``sample`` indices of ``range(count)`` spread evenly (all of them if ``sample`` is None)."""
+    if sample is None or sample >= count:
+        return list(range(count))
+    return sorted({round(i * (count - 1) / max(sample - 1, 1)) for i in range(sample)})
+
+
+def root_errors(
+    optimizer: DistributedShampoo, solver: RootInvConfig, sample: int | None = None
+) -> list[float]:
+    """Relative Frobenius error of inverse factors against the fp64 root of their solver's target.
+
+    The target of a factor matrix ``A`` is ``(A + r I)^{-1/p}``, ``r`` the ridge its solver adds
+    (``dash.inverse_roots(...).regularization``: epsilon, eigh's shift, or the relative ridge).
+    """
+    factors = list(dash.inverse_factors(optimizer))
+    factors = [factors[i] for i in evenly_spread(len(factors), sample)]
+    groups: dict[tuple[int, float, float, torch.dtype], list[int]] = {}
+    for index, factor in enumerate(factors):
+        key = (factor.matrix.shape[0], factor.root, factor.epsilon, factor.matrix.dtype)
+        groups.setdefault(key, []).append(index)
+    errors = [0.0] * len(factors)
+    for (_, root, epsilon, _), indices in groups.items():
+        matrices = torch.stack([factors[i].matrix for i in indices])
+        ridge = dash.inverse_roots(matrices, root, solver, epsilon=epsilon).regularization.double()
+        shifted = matrices.double() + ridge[:, None, None] * torch.eye(
+            matrices.shape[-1], dtype=torch.float64, device=matrices.device
+        )
+        eigenvalues, eigenvectors = torch.linalg.eigh(shifted)
+        powers = eigenvalues.clamp_min(torch.finfo(torch.float64).tiny).pow(-1.0 / root)
+        reference = (eigenvectors * powers.unsqueeze(-2)) @ eigenvectors.mT
+        computed = torch.stack([factors[i].inverse_root for i in indices]).double()
+        difference = torch.linalg.norm((computed - reference).flatten(1), dim=1)
+        relative = difference / torch.linalg.norm(reference.flatten(1), dim=1)
+        for index, error in zip(indices, relative.tolist(), strict=True):
+            errors[index] = error
     return errors
+
+
+def solver_floor_flops(optimizer: DistributedShampoo, solver: RootInvConfig) -> int | None:
+    """FLOPs of the solver's ``d x d`` products in one root computation: ``sum products(p) 2 d^3``
+    over the factor matrices the solver computes by products (None if none: eigh)."""
+    total = 0
+    for factor in dash.inverse_factors(optimizer):
+        batched = batched_solver(solver, factor.root, factor.epsilon)
+        if batched is not None and batched.name != "eigh":
+            total += batched.products * 2 * factor.matrix.shape[0] ** 3
+    return total or None
 
 
 def computes_roots(step: int, precondition_frequency: int) -> bool:
     """Whether 1-based ``step`` computes inverse roots (upstream's rule with its default start)."""
     return step % precondition_frequency == 0
+
+
+def row_computes_roots(row: AnyRow, step: int, precondition_frequency: int) -> bool:
+    """:func:`computes_roots`, or ``DashGpu``'s rule for peer rows."""
+    if isinstance(row, PeerRow):
+        return peer_dashgpu.computes_roots(step, precondition_frequency)
+    return computes_roots(step, precondition_frequency)
 
 
 def make_parameters(preset: Preset, device: torch.device) -> tuple[list[torch.nn.Parameter], torch.Generator]:
@@ -176,6 +323,40 @@ def make_parameters(preset: Preset, device: torch.device) -> tuple[list[torch.nn
 def set_gradients(params: list[torch.nn.Parameter], generator: torch.Generator) -> None:
     for param in params:
         param.grad = torch.randn(param.shape, generator=generator).to(param.device)
+
+
+def costs_dict(costs: "step_costs.StepCosts | None") -> dict[str, object] | None:
+    return None if costs is None else costs._asdict()
+
+
+def count_step_costs(
+    optimizer: torch.optim.Optimizer,
+    params: list[torch.nn.Parameter],
+    generator: torch.Generator,
+    row: AnyRow,
+    precondition_frequency: int,
+    steps_done: int,
+) -> tuple[dict[str, object] | None, dict[str, object], int]:
+    """Counts the next step without root computation (None if every step computes roots) and
+    the next step with, running uncounted steps in between; returns both and the steps done."""
+
+    def advance_to(roots: bool) -> int:
+        step = steps_done + 1
+        while row_computes_roots(row, step, precondition_frequency) != roots:
+            set_gradients(params, generator)
+            optimizer.step()
+            step += 1
+        return step
+
+    without_roots = None
+    if precondition_frequency > 1:
+        steps_done = advance_to(roots=False)
+        set_gradients(params, generator)
+        without_roots = step_costs.measure(optimizer.step)
+    steps_done = advance_to(roots=True)
+    set_gradients(params, generator)
+    with_roots = step_costs.measure(optimizer.step)
+    return costs_dict(without_roots), costs_dict(with_roots) or {}, steps_done
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,41 +430,109 @@ def measure_memory(row: Row, args: argparse.Namespace) -> int:
 
 
 def run_row(
-    row: Row, preset: Preset, args: argparse.Namespace, device: torch.device
+    row: AnyRow, preset: Preset, settings: StepSettings, device: torch.device
 ) -> dict[str, object]:
-    """Times one row; returns its measurements."""
-    params, generator = make_parameters(preset, device)
-    optimizer = make_optimizer(params, row, preset, args.precondition_frequency)
+    """Times one row, then counts its step costs and measures its roots; returns the measurements."""
+    frequency = settings.precondition_frequency
+    gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+    params, generator = make_parameters(preset, device)
+    optimizer = make_any_optimizer(params, row, preset, frequency)
     times, root_steps = [], []
-    for step in range(args.warmup + args.steps):
+    for step in range(settings.warmup + settings.steps):
         set_gradients(params, generator)
         synchronize(device)
         start = time.perf_counter()
         optimizer.step()
         synchronize(device)
-        if step >= args.warmup:
+        if step >= settings.warmup:
             times.append(time.perf_counter() - start)
-            root_steps.append(computes_roots(step + 1, args.precondition_frequency))
-    errors = root_errors(optimizer)
+            root_steps.append(row_computes_roots(row, step + 1, frequency))
+    peak_memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     times_without_roots = [t for t, roots in zip(times, root_steps, strict=True) if not roots]
-    return {
+    result: dict[str, object] = {
         "label": row.label,
         "median_step_s": statistics.median(times),
         "mean_step_s": statistics.mean(times),
         "median_step_without_roots_s": statistics.median(times_without_roots) if times_without_roots else None,
         "step_times_s": times,
         "root_steps": root_steps,
-        "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
-        "root_error_median": statistics.median(errors),
-        "root_error_p90": statistics.quantiles(errors, n=10)[-1],
-        "root_error_max": max(errors),
-        "num_factors": len(errors),
-        "fallbacks": dict(dash.fallback_counts(optimizer)),
-        "finite": all(bool(torch.isfinite(p).all()) for p in params),
+        "peak_memory_bytes": peak_memory,
     }
+    steps_done = settings.warmup + settings.steps
+    costs: tuple[dict[str, object] | None, dict[str, object] | None] = (None, None)
+    if settings.costs:
+        without_roots, with_roots, steps_done = count_step_costs(
+            optimizer, params, generator, row, frequency, steps_done
+        )
+        costs = (without_roots, with_roots)
+    else:  # the root errors are measured right after a root computation
+        while not row_computes_roots(row, steps_done, frequency):
+            set_gradients(params, generator)
+            optimizer.step()
+            steps_done += 1
+    result["costs_without_roots"], result["costs_with_roots"] = costs
+    result["finite"] = all(bool(torch.isfinite(p).all()) for p in params)
+    if isinstance(row, PeerRow):
+        peer, _ = peer_dashgpu.load()
+        assert peer is not None
+        settings_used = peer_dashgpu.config_fields(peer, row.setting, preset.max_preconditioner_dim, frequency)
+        result |= {
+            "peer": {"version": peer.version, "stubbed": list(peer.stubbed), "config": {k: str(v) for k, v in settings_used.items()}},
+            "root_error_median": None,
+            "root_error_p90": None,
+            "root_error_max": None,
+            "num_factors": None,
+            "fallbacks": {},
+            "floor_flops": None,
+        }
+        return result
+    assert isinstance(optimizer, DistributedShampoo)
+    errors = root_errors(optimizer, row.solver, settings.root_error_sample)
+    result |= {
+        "root_error_median": statistics.median(errors),
+        "root_error_p90": statistics.quantiles(errors, n=10)[-1] if len(errors) > 1 else errors[0],
+        "root_error_max": max(errors),
+        "num_factors": len(list(dash.inverse_factors(optimizer))),
+        "num_root_errors": len(errors),
+        "fallbacks": dict(dash.fallback_counts(optimizer)),
+        "floor_flops": solver_floor_flops(optimizer, row.solver),
+    }
+    return result
+
+
+def run_rows(
+    selected: Sequence[AnyRow],
+    preset: Preset,
+    settings: StepSettings,
+    device: torch.device,
+    deadline: float | None = None,
+) -> tuple[list[dict[str, object]], list[dict[str, str]]]:
+    """Runs every row (a row that raises is a failure, not an error); rows not started before
+    ``deadline`` (a ``time.perf_counter()`` value) are failures "not run: time budget"."""
+    results: list[dict[str, object]] = []
+    failures: list[dict[str, str]] = []
+    for row in selected:
+        if deadline is not None and time.perf_counter() > deadline:
+            failures.append({"label": row.label, "error": "not run: time budget spent"})
+            continue
+        start = time.perf_counter()
+        try:
+            results.append(run_row(row, preset, settings, device))
+        except Exception as exception:  # noqa: BLE001 - a solver that diverges on this preset is a result too
+            print(f"{row.label}: failed with {type(exception).__name__}", flush=True)
+            failures.append({"label": row.label, "error": f"{type(exception).__name__}: {str(exception)[:160]}"})
+            continue
+        finally:
+            dash.disable()
+        print(f"{row.label}: {results[-1]['median_step_s']:.4f} s/step ({time.perf_counter() - start:.1f} s)", flush=True)
+    return results, failures
+
+
+def _optional(value: object, spec: str, scale: float = 1.0) -> str:
+    return "-" if value is None else format(float(value) / scale, spec)  # type: ignore[arg-type]
 
 
 def markdown_table(results: list[dict[str, object]]) -> str:
@@ -302,19 +551,69 @@ def markdown_table(results: list[dict[str, object]]) -> str:
         transient = result.get("transient_memory_bytes")
         transient_cell = "-"
         if transient is not None:
-            ratio = transient / reference["transient_memory_bytes"]
-            transient_cell = f"{transient / 2**20:.1f} ({ratio:.2f}x)"
+            ratio = transient / reference["transient_memory_bytes"]  # type: ignore[operator]
+            transient_cell = f"{transient / 2**20:.1f} ({ratio:.2f}x)"  # type: ignore[operator]
         without_roots = result["median_step_without_roots_s"]
         speedups = " / ".join(
-            "-" if result[key] is None else f"{reference[key] / result[key]:.2f}x"
+            "-" if result[key] is None or reference[key] is None else f"{reference[key] / result[key]:.2f}x"  # type: ignore[operator]
             for key in ("median_step_s", "mean_step_s", "median_step_without_roots_s")
+        )
+        errors = (
+            "-"
+            if result["root_error_median"] is None
+            else " / ".join(f"{result[key]:.1e}" for key in ("root_error_median", "root_error_p90", "root_error_max"))
         )
         lines.append(
             f"| {result['label']} | {result['median_step_s']:.4f} | {result['mean_step_s']:.4f} | "
-            f"{'-' if without_roots is None else f'{without_roots:.4f}'} | {speedups} | "
-            f"{'-' if memory is None else f'{memory / 1e9:.2f}'} | {transient_cell} | "
-            f"{result['root_error_median']:.1e} / {result['root_error_p90']:.1e} / {result['root_error_max']:.1e} | "
+            f"{_optional(without_roots, '.4f')} | {speedups} | "
+            f"{_optional(memory, '.2f', 1e9)} | {transient_cell} | {errors} | "
             f"{result['fallbacks'] or '-'} | {result['finite']} |"
+        )
+    return "\n".join(lines)
+
+
+def _pair(first: object, second: object, spec: str = ",") -> str:
+    """``first / second`` (``-`` for a missing value)."""
+    return " / ".join("-" if value is None else format(value, spec) for value in (first, second))
+
+
+def costs_table(results: list[dict[str, object]]) -> str:
+    """Step costs of every row that has them; ratios are against the first row."""
+    reference = results[0]
+
+    def cost(result: dict[str, object], which: str, key: str) -> int | None:
+        costs = result.get(f"costs_{which}")
+        return None if costs is None else costs[key]  # type: ignore[index]
+
+    def fewer(result: dict[str, object], which: str) -> str:
+        mine, theirs = cost(result, which, "ops"), cost(reference, which, "ops")
+        return "-" if mine is None or theirs is None else f"{theirs / mine:.0f}x"
+
+    lines = [
+        (
+            "| optimizer | aten ops: without / with roots | fewer than upstream | launches: without / with | "
+            "host syncs: without / with | d x d products (root step) | GFLOP: without / with roots | "
+            "solver floor GFLOP | root step / floor | peak tracked MiB: without / with |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        if result.get("costs_with_roots") is None:
+            continue
+        flops_with = cost(result, "with_roots", "flops")
+        floor = result.get("floor_flops")
+        ratio = "-" if floor is None or flops_with is None else f"{flops_with / floor:.2f}"  # type: ignore[operator]
+        peak = [cost(result, which, "peak_bytes") for which in ("without_roots", "with_roots")]
+        gflops = [cost(result, which, "flops") for which in ("without_roots", "with_roots")]
+        lines.append(
+            f"| {result['label']} | {_pair(cost(result, 'without_roots', 'ops'), cost(result, 'with_roots', 'ops'))} | "
+            f"{fewer(result, 'without_roots')} / {fewer(result, 'with_roots')} | "
+            f"{_pair(cost(result, 'without_roots', 'launches'), cost(result, 'with_roots', 'launches'))} | "
+            f"{_pair(cost(result, 'without_roots', 'syncs'), cost(result, 'with_roots', 'syncs'))} | "
+            f"{cost(result, 'with_roots', 'products'):,} | "
+            f"{_pair(*(None if g is None else g / 1e9 for g in gflops), spec='.3f')} | "
+            f"{_optional(floor, '.3f', 1e9)} | {ratio} | "
+            f"{_pair(*(None if b is None else b / 2**20 for b in peak), spec='.1f')} |"
         )
     return "\n".join(lines)
 
@@ -329,13 +628,18 @@ def plot(results: list[dict[str, object]], path: Path) -> None:
         print("matplotlib is not installed; no PNG written.")
         return
     labels = [str(result["label"]) for result in results]
-    times = [float(result["median_step_s"]) for result in results]
+    times = [float(result["median_step_s"]) for result in results]  # type: ignore[arg-type]
     figure, axis = plt.subplots(figsize=(8, 0.5 * len(labels) + 1.5))
     axis.barh(labels[::-1], times[::-1])
     axis.set_xlabel("median optimizer step (s)")
     axis.set_title(path.stem)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
 
 
 def main() -> None:
@@ -347,6 +651,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--only", nargs="*", help="labels (substrings) of the rows to run; upstream Eigen always runs")
     parser.add_argument("--out", type=Path, default=Path("bench_out/step"))
+    parser.add_argument("--no-costs", action="store_true", help="do not count step costs")
+    parser.add_argument(
+        "--root-error-sample", type=int, help="measure root errors on at most this many factor matrices"
+    )
     parser.add_argument(
         "--memory",
         action="store_true",
@@ -360,41 +668,40 @@ def main() -> None:
         row = next(row for row in rows() if row.label == args.memory_of)
         print(json.dumps({"transient_memory_bytes": measure_memory_here(row, preset, args, device)}))
         return
-    selected = [
-        row
-        for index, row in enumerate(rows())
-        if index == 0 or not args.only or any(name in row.label for name in args.only)
-    ]
-    results: list[dict[str, object]] = []
-    failures: list[dict[str, str]] = []
-    for row in selected:
-        start = time.perf_counter()
-        try:
-            results.append(run_row(row, preset, args, device))
-            if args.memory:
-                results[-1]["transient_memory_bytes"] = measure_memory(row, args)
-        except Exception as exception:  # noqa: BLE001 - a solver that diverges on this preset is a result too
-            print(f"{row.label}: failed with {type(exception).__name__}", flush=True)
-            failures.append({"label": row.label, "error": f"{type(exception).__name__}: {str(exception)[:160]}"})
-            continue
-        finally:
-            torch.set_printoptions(profile="default")
-        print(f"{row.label}: {results[-1]['median_step_s']:.4f} s/step ({time.perf_counter() - start:.1f} s)", flush=True)
+    settings = StepSettings(
+        precondition_frequency=args.precondition_frequency,
+        warmup=args.warmup,
+        steps=args.steps,
+        costs=not args.no_costs,
+        root_error_sample=args.root_error_sample,
+    )
+    peers, peer_reason = peer_rows()
+    if peer_reason:
+        print(f"DashGpu rows: not run ({peer_reason})")
+    selected = select_rows([*rows(), *peers], args.only)
+    results, failures = run_rows(selected, preset, settings, device)
+    if args.memory:
+        for result in results:
+            row = next(r for r in selected if r.label == result["label"])
+            if isinstance(row, Row):
+                result["transient_memory_bytes"] = measure_memory(row, args)
 
-    table = markdown_table(results)
-    print(f"\npreset {args.preset} on {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, "
-          f"torch {torch.__version__}, roots every {args.precondition_frequency} step(s), "
-          f"{results[0]['num_factors']} factor matrices\n")
-    print(table)
+    print(f"\npreset {args.preset} on {device_name(device)}, torch {torch.__version__}, "
+          f"roots every {args.precondition_frequency} step(s), {results[0]['num_factors']} factor matrices\n")
+    print(markdown_table(results))
     for failure in failures:
         print(f"| {failure['label']} | failed: {failure['error'].splitlines()[0]} |")
+    if settings.costs:
+        print("\nstep costs (one step without and one with root computation; ratios against the first row)\n")
+        print(costs_table(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(
         json.dumps(
             {
                 "preset": args.preset,
-                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                "device": device_name(device),
                 "torch": torch.__version__,
+                "settings": settings.__dict__,
                 "precondition_frequency": args.precondition_frequency,
                 "results": results,
                 "failures": failures,
