@@ -7,7 +7,7 @@ stack, and reports:
 * the median time and the achieved TFLOP/s, ``products x 2 d^3 x N / time``;
 * the FLOP floor ``sum over precisions of products(prec) x 2 d^3 x N / peak(prec)``, where the
   peak of each precision is a plain batched matmul of the same ``(N, d, d)`` shape timed in the
-  same run, and the time over that floor;
+  same run, the time over that floor and its inverse, the fraction of the peaks achieved;
 * per input spectrum, the median and max relative Frobenius error per block,
   ``||X - X_ref||_F / ||X_ref||_F``, and the fraction of blocks the solver flags as failed
   (residual > 1 or not finite).
@@ -17,9 +17,11 @@ solver gets that fp32 stack): Wishart ``X X^T / n`` with ``X`` of shape ``(d, 2d
 ~34), eigenvalues ``i^-1/2`` (condition ``sqrt(d)``) and ``i^-1`` (condition ``d``, ~1e3 at
 d = 1024). Reference: fp64 ``eigh`` of the same fp32 stack,
 ``X_ref = Q diag((L + r)^{-1/p}) Q^T``, epsilon 0 for every solver, where ``r`` is the ridge the
-solver reports for the block (``regularization``): 0 except for Chebyshev, whose target is the
-root of ``A + delta u I`` (``delta = rel_epsilon = 1e-3``, ``u`` its multi-power-iteration bound):
-its table errors are against that target, its errors against ``A^{-1/p}`` follow the table. Each
+solver reports for the block (``regularization``): 0 except for Chebyshev and the minimax
+iteration (the default of ``NewtonDBRootInvConfig``), whose targets are the roots of
+``A + delta u I`` (Chebyshev ``delta = rel_epsilon = 1e-3``, minimax its default ``1e-5``, ``u``
+their multi-power-iteration bound): their table errors are against that target, their errors
+against ``A^{-1/p}`` follow the table. Each
 solver uses its default scaling: Frobenius for coupled Newton (upstream's), multi-power iteration
 (16 vectors, 10 steps, safety factor 2) otherwise.
 
@@ -42,6 +44,7 @@ is not a power of two, bf16 on a GPU without it, a solver error) is listed with 
 Presets:
     gpu: stacks (64, 1024, 1024) and (256, 256, 256), 10 repeats
     cpu: stacks (8, 128, 128) and (32, 64, 64), 5 repeats (well under a minute on 2 idle cores)
+    smoke: stack (4, 32, 32), 2 repeats (seconds; what scripts/gpu_report.py --smoke runs)
 
 Usage:
     python3 scripts/benchmark_solvers.py --preset cpu
@@ -53,6 +56,7 @@ Writes ``<out>/solvers.json`` and ``<out>/solvers.png`` (median error against ti
 """
 
 import argparse
+import inspect
 import json
 import math
 import statistics
@@ -81,6 +85,11 @@ from distributed_shampoo_dash.solvers import (
     newton_db_products,
 )
 from distributed_shampoo_dash.solvers.checks import is_power_of_two
+from distributed_shampoo_dash.solvers.minimax import (
+    MINIMAX_ROOTS,
+    minimax_inverse_root,
+    minimax_products,
+)
 from distributed_shampoo_dash.solvers.precision import batched_matmul
 
 FP32, TF32, BF16, FP16 = (
@@ -93,6 +102,10 @@ FP32, TF32, BF16, FP16 = (
 PEAK_PRECISIONS = (FP32, TF32, BF16, FP16)
 PEAK_CALLS_PER_SAMPLE = 10
 CHEBYSHEV_REL_EPSILON = 1e-3
+#: The minimax iteration's default relative ridge (that of ``minimax_inverse_root``).
+MINIMAX_REL_EPSILON: float = inspect.signature(minimax_inverse_root).parameters["rel_epsilon"].default
+#: Rows whose target is the root of a regularised matrix (marked with a dagger in the tables).
+RIDGE_ROWS = ("chebyshev", "minimax")
 ERROR_TARGET = 1e-3
 MAX_STUDY_ITERATIONS = 30
 STUDY_ROOT = 4
@@ -111,6 +124,7 @@ class Preset:
 PRESETS = {
     "gpu": Preset(shapes=((64, 1024, 1024), (256, 256, 256)), repeats=10),
     "cpu": Preset(shapes=((8, 128, 128), (32, 64, 64)), repeats=5),
+    "smoke": Preset(shapes=((4, 32, 32),), repeats=2),
 }
 
 
@@ -178,10 +192,28 @@ def chebyshev_row(precision: MatmulPrecision, degree: int, root: int) -> Row:
     )
 
 
+def minimax_row(precision: MatmulPrecision, root: int) -> Row:
+    """The minimax coupled iteration at its default relative ridge (``NewtonDBRootInvConfig()``)."""
+    row = Row(
+        f"minimax {precision.value}",
+        lambda A: minimax_inverse_root(A, root, rel_epsilon=MINIMAX_REL_EPSILON, precision=precision),
+        None,
+        frozenset({precision, FP32}),
+    )
+    if root not in MINIMAX_ROOTS:
+        return replace(row, skip_reason=f"root {root} is not one of {MINIMAX_ROOTS}")
+    return replace(row, products=minimax_products(root, MINIMAX_REL_EPSILON, precision))
+
+
 def rows(root: int) -> list[Row]:
-    """eigh, coupled Newton, Newton-DB (fp32, reduced, mixed with fp32 refinement), Chebyshev."""
+    """eigh, coupled Newton, the minimax iteration (the default of ``NewtonDBRootInvConfig``),
+    Newton-DB (fp32, reduced, mixed with fp32 refinement), Chebyshev."""
     return [
         eigh_row(root),
+        minimax_row(FP32, root),
+        minimax_row(TF32, root),
+        minimax_row(BF16, root),
+        minimax_row(FP16, root),
         coupled_newton_row(FP32, 10, root),
         coupled_newton_row(FP16, 10, root),
         newton_db_row(FP32, 10, root),
@@ -418,6 +450,7 @@ class RowRecord:
     tflops: float | None = None
     floor_s: float | None = None
     time_over_floor: float | None = None
+    fraction_of_peak: float | None = None
 
 
 @dataclass(frozen=True)
@@ -464,13 +497,20 @@ def with_flop_rates(
         tflops=sum(products.values()) * flops / record.median_s / 1e12,
         floor_s=floor,
         time_over_floor=record.median_s / floor,
+        fraction_of_peak=floor / record.median_s,
     )
 
 
 def run_shape(
-    shape: Shape, selected: list[Row], root: int, device: torch.device, repeats: int
+    shape: Shape,
+    selected: list[Row],
+    root: int,
+    device: torch.device,
+    repeats: int,
+    deadline: float | None = None,
 ) -> ShapeResult:
-    """Peaks, then every selected row on the spectra of ``shape``; skipped rows with reasons."""
+    """Peaks, then every selected row on the spectra of ``shape``; skipped rows with reasons
+    (rows not started before ``deadline``, a ``time.perf_counter()`` value, are skipped)."""
     cases = [make_case(name, build, shape, device) for name, build in SPECTRA.items()]
     result = ShapeResult(
         shape=shape,
@@ -481,6 +521,8 @@ def run_shape(
     )
     for row in selected:
         reason = row.skip_reason or device_skip_reason(row.precisions, device)
+        if reason is None and deadline is not None and time.perf_counter() > deadline:
+            reason = "time budget spent"
         if reason is None:
             start = time.perf_counter()
             try:
@@ -565,17 +607,17 @@ def error_cell(errors: ErrorSummary) -> str:
 def rows_table(result: ShapeResult) -> str:
     spectra = " | ".join(f"{name} (cond {cond:.3g})" for name, cond in result.conditions.items())
     lines = [
-        f"| row | products | median ms | TFLOP/s | time / floor | {spectra} | notes |",
-        "|---|---|---|---|---|" + "---|" * len(result.conditions) + "---|",
+        f"| row | products | median ms | TFLOP/s | time / floor | fraction of peak | {spectra} | notes |",
+        "|---|---|---|---|---|---|" + "---|" * len(result.conditions) + "---|",
     ]
     for record in result.rows:
         products = None if record.products is None else sum(record.products.values())
-        name = record.name + (" †" if record.name.startswith("chebyshev") else "")
+        name = record.name + (" †" if record.name.startswith(RIDGE_ROWS) else "")
         errors = " | ".join(error_cell(record.errors[spectrum]) for spectrum in result.conditions)
         lines.append(
             f"| {name} | {optional(products, 'd')} | {record.median_s * 1e3:.1f} | "
             f"{optional(record.tflops, '.3g')} | {optional(record.time_over_floor, '.2f')} | "
-            f"{errors} | {'; '.join(record.notes)} |"
+            f"{optional(record.fraction_of_peak, '.0%')} | {errors} | {'; '.join(record.notes)} |"
         )
     lines += [f"| {name} | skipped: {reason} |" for name, reason in result.skipped]
     return "\n".join(lines)
@@ -584,12 +626,13 @@ def rows_table(result: ShapeResult) -> str:
 def chebyshev_footnote(result: ShapeResult) -> str:
     lines = [
         (
-            f"† error against the Chebyshev target (A + {CHEBYSHEV_REL_EPSILON:g} u I)^(-1/p),"
-            " u its multi-power-iteration bound; against A^(-1/p) (median / max):"
+            f"† error against the target (A + delta u I)^(-1/p), u the multi-power-iteration bound,"
+            f" delta {CHEBYSHEV_REL_EPSILON:g} (Chebyshev) or {MINIMAX_REL_EPSILON:g} (minimax);"
+            " against A^(-1/p) (median / max):"
         )
     ]
     for record in result.rows:
-        if record.name.startswith("chebyshev"):
+        if record.name.startswith(RIDGE_ROWS):
             cells = ", ".join(
                 f"{spectrum} {errors.plain_median:.1e} / {errors.plain_max:.1e}"
                 for spectrum, errors in record.errors.items()
@@ -712,6 +755,7 @@ def main() -> None:
         "root": args.root,
         "repeats": repeats,
         "chebyshev_rel_epsilon": CHEBYSHEV_REL_EPSILON,
+        "minimax_rel_epsilon": MINIMAX_REL_EPSILON,
         "shapes": [asdict(result) for result in shape_results],
         "scaling_study": None
         if study is None
