@@ -59,6 +59,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import torch
 from distributed_shampoo import (
@@ -134,7 +135,7 @@ class PeerRow:
     """One benchmarked setting of the DASH authors' ``DashGpu`` (``scripts/peer_dashgpu.py``)."""
 
     label: str
-    setting: "peer_dashgpu.DashGpuSetting"
+    setting: Any  # peer_dashgpu.DashGpuSetting
 
 
 AnyRow = Row | PeerRow
@@ -325,7 +326,8 @@ def set_gradients(params: list[torch.nn.Parameter], generator: torch.Generator) 
         param.grad = torch.randn(param.shape, generator=generator).to(param.device)
 
 
-def costs_dict(costs: "step_costs.StepCosts | None") -> dict[str, object] | None:
+def costs_dict(costs: Any) -> dict[str, object] | None:
+    """A ``step_costs.StepCosts`` as a dict (None stays None)."""
     return None if costs is None else costs._asdict()
 
 
@@ -572,6 +574,10 @@ def markdown_table(results: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
+def _scaled(value: float | None, unit: float) -> float | None:
+    return None if value is None else value / unit
+
+
 def _pair(first: object, second: object, spec: str = ",") -> str:
     """``first / second`` (``-`` for a missing value)."""
     return " / ".join("-" if value is None else format(value, spec) for value in (first, second))
@@ -603,17 +609,17 @@ def costs_table(results: list[dict[str, object]]) -> str:
         flops_with = cost(result, "with_roots", "flops")
         floor = result.get("floor_flops")
         ratio = "-" if floor is None or flops_with is None else f"{flops_with / floor:.2f}"  # type: ignore[operator]
-        peak = [cost(result, which, "peak_bytes") for which in ("without_roots", "with_roots")]
-        gflops = [cost(result, which, "flops") for which in ("without_roots", "with_roots")]
+        peak = [_scaled(cost(result, which, "peak_bytes"), 2**20) for which in ("without_roots", "with_roots")]
+        gflops = [_scaled(cost(result, which, "flops"), 1e9) for which in ("without_roots", "with_roots")]
         lines.append(
             f"| {result['label']} | {_pair(cost(result, 'without_roots', 'ops'), cost(result, 'with_roots', 'ops'))} | "
             f"{fewer(result, 'without_roots')} / {fewer(result, 'with_roots')} | "
             f"{_pair(cost(result, 'without_roots', 'launches'), cost(result, 'with_roots', 'launches'))} | "
             f"{_pair(cost(result, 'without_roots', 'syncs'), cost(result, 'with_roots', 'syncs'))} | "
             f"{cost(result, 'with_roots', 'products'):,} | "
-            f"{_pair(*(None if g is None else g / 1e9 for g in gflops), spec='.3f')} | "
+            f"{_pair(gflops[0], gflops[1], '.3f')} | "
             f"{_optional(floor, '.3f', 1e9)} | {ratio} | "
-            f"{_pair(*(None if b is None else b / 2**20 for b in peak), spec='.1f')} |"
+            f"{_pair(peak[0], peak[1], '.1f')} |"
         )
     return "\n".join(lines)
 
@@ -682,9 +688,9 @@ def main() -> None:
     results, failures = run_rows(selected, preset, settings, device)
     if args.memory:
         for result in results:
-            row = next(r for r in selected if r.label == result["label"])
-            if isinstance(row, Row):
-                result["transient_memory_bytes"] = measure_memory(row, args)
+            measured = next(r for r in selected if r.label == result["label"])
+            if isinstance(measured, Row):
+                result["transient_memory_bytes"] = measure_memory(measured, args)
 
     print(f"\npreset {args.preset} on {device_name(device)}, torch {torch.__version__}, "
           f"roots every {args.precondition_frequency} step(s), {results[0]['num_factors']} factor matrices\n")

@@ -193,8 +193,6 @@ def syncs_without_and_with_roots(use_dash: bool, solver: object, device: torch.d
     for batch in make_batches(2, seed=1):
         with counting_host_syncs(device) as syncs:
             run_steps(model, optimizer, [batch])
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)  # before the mode is restored; not counted twice
             counts.append(syncs())
     assert not dash.fallback_counts(optimizer)
     return counts[0], counts[1]
