@@ -1,0 +1,92 @@
+"""A DASH step creates every tensor on its parameters' device: checked on the ``meta`` device.
+
+On ``meta`` (shapes only, no data) an op that mixes a tensor of the parameters' device with one
+created on the host raises, as it does on a GPU, so a whole step there finds device-placement bugs
+without a GPU. Two pieces of scaffolding: meta tensors have no values, so the one host read of
+the step's flags (``Tensor.tolist``) returns "all accepted" for them, and no random generator
+exists for ``meta``, so the power iteration's private generator is created on the host (``randn``
+on ``meta`` ignores it). A batched solver that raised would fall back to upstream's per-block
+path, whose host reads raise on ``meta`` too, so a placement bug cannot pass silently.
+"""
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.upstream
+pytest.importorskip("distributed_shampoo")
+
+from distributed_shampoo import (
+    AdamPreconditionerConfig,
+    DistributedShampoo,
+    EigenConfig,
+    RootInvShampooPreconditionerConfig,
+)
+from distributed_shampoo.preconditioner.matrix_functions_types import RootInvConfig
+
+import distributed_shampoo_dash as dash
+
+HOST_TOLIST = torch.Tensor.tolist
+HOST_GENERATOR = torch.Generator
+
+
+def tolist_accepting_meta(tensor: torch.Tensor) -> Any:
+    if tensor.device.type == "meta":
+        return [True] * tensor.numel()
+    return HOST_TOLIST(tensor)
+
+
+def host_generator(device: object = None) -> torch.Generator:
+    return HOST_GENERATOR()
+
+
+@pytest.fixture
+def meta_scaffolding(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(torch.Tensor, "tolist", tolist_accepting_meta)
+    monkeypatch.setattr(torch, "Generator", host_generator)
+    dash.enable()
+    yield
+    dash.disable()
+
+
+CONFIGS: dict[str, RootInvConfig] = {
+    "eigh": EigenConfig(),
+    "minimax_fp32": dash.NewtonDBRootInvConfig(),
+    "minimax_bf16": dash.NewtonDBRootInvConfig(precision="bf16", max_residual=5e-2),
+    "newton_db_paper": dash.NewtonDBRootInvConfig.paper(),
+    "chebyshev": dash.ChebyshevRootInvConfig(),
+}
+
+
+@pytest.mark.parametrize("use_symmetric_packing", [True, False], ids=["packed", "unpacked"])
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_a_dash_step_keeps_every_tensor_on_the_parameters_device(
+    config: str, use_symmetric_packing: bool, meta_scaffolding: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """1-D, 2-D (with remainder blocks) and 3-D parameters, roots every second step: factor
+    updates, root computations and preconditioning all run, on ``meta``."""
+    params = [torch.nn.Parameter(torch.empty(shape, device="meta")) for shape in [(40, 24), (24,), (3, 4, 5)]]
+    optimizer = DistributedShampoo(
+        params,
+        lr=1e-3,
+        betas=(0.9, 0.95),
+        epsilon=1e-6,
+        max_preconditioner_dim=16,
+        precondition_frequency=2,
+        start_preconditioning_step=2,
+        grafting_config=AdamPreconditionerConfig(beta2=0.95, epsilon=1e-8),
+        preconditioner_config=RootInvShampooPreconditionerConfig(
+            amortized_computation_config=CONFIGS[config], use_symmetric_packing=use_symmetric_packing
+        ),
+    )
+    for _ in range(4):
+        for param in params:
+            param.grad = torch.empty(param.shape, device="meta")
+        optimizer.step()
+    assert all(param.device.type == "meta" for param in params)
+    assert not dash.fallback_counts(optimizer)
+    assert "failed" not in caplog.text
+    inverse_factors = list(dash.inverse_factors(optimizer))
+    assert inverse_factors and all(factor.inverse_root.device.type == "meta" for factor in inverse_factors)
