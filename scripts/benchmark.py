@@ -262,7 +262,9 @@ def root_errors(
     """Relative Frobenius error of inverse factors against the fp64 root of their solver's target.
 
     The target of a factor matrix ``A`` is ``(A + r I)^{-1/p}``, ``r`` the ridge its solver adds
-    (``dash.inverse_roots(...).regularization``: epsilon, eigh's shift, or the relative ridge).
+    (``dash.inverse_roots(...).regularization``: epsilon, eigh's shift, or the relative ridge);
+    eigenvalues of ``A + r I`` below ``r`` (an fp32 factor made indefinite by rounding) count as
+    ``r``.
     """
     factors = list(dash.inverse_factors(optimizer))
     factors = [factors[i] for i in evenly_spread(len(factors), sample)]
@@ -278,7 +280,9 @@ def root_errors(
             matrices.shape[-1], dtype=torch.float64, device=matrices.device
         )
         eigenvalues, eigenvectors = torch.linalg.eigh(shifted)
-        powers = eigenvalues.clamp_min(torch.finfo(torch.float64).tiny).pow(-1.0 / root)
+        # A rank-deficient fp32 factor can be indefinite by rounding: its null space gets r.
+        floor = ridge.clamp_min(torch.finfo(torch.float64).tiny)[:, None]
+        powers = torch.maximum(eigenvalues, floor).pow(-1.0 / root)
         reference = (eigenvectors * powers.unsqueeze(-2)) @ eigenvectors.mT
         computed = torch.stack([factors[i].inverse_root for i in indices]).double()
         difference = torch.linalg.norm((computed - reference).flatten(1), dim=1)
@@ -326,6 +330,11 @@ def set_gradients(params: list[torch.nn.Parameter], generator: torch.Generator) 
         param.grad = torch.randn(param.shape, generator=generator).to(param.device)
 
 
+#: Phases of a step with their own tracked peak bytes: methods of the Shampoo preconditioner list
+#: (where DASH's stacks and solver work space live).
+PHASES = {"factor update and roots": "update_preconditioners", "preconditioning": "precondition"}
+
+
 def costs_dict(costs: Any) -> dict[str, object] | None:
     """A ``step_costs.StepCosts`` as a dict (None stays None)."""
     return None if costs is None else costs._asdict()
@@ -350,14 +359,19 @@ def count_step_costs(
             step += 1
         return step
 
+    phases = [
+        (phase, preconditioner_list, method)
+        for preconditioner_list in (dash.preconditioner_lists(optimizer) if isinstance(row, Row) else [])
+        for phase, method in PHASES.items()
+    ]
     without_roots = None
     if precondition_frequency > 1:
         steps_done = advance_to(roots=False)
         set_gradients(params, generator)
-        without_roots = step_costs.measure(optimizer.step)
+        without_roots = step_costs.measure(optimizer.step, phases)
     steps_done = advance_to(roots=True)
     set_gradients(params, generator)
-    with_roots = step_costs.measure(optimizer.step)
+    with_roots = step_costs.measure(optimizer.step, phases)
     return costs_dict(without_roots), costs_dict(with_roots) or {}, steps_done
 
 
@@ -599,7 +613,8 @@ def costs_table(results: list[dict[str, object]]) -> str:
         (
             "| optimizer | aten ops: without / with roots | fewer than upstream | launches: without / with | "
             "host syncs: without / with | d x d products (root step) | GFLOP: without / with roots | "
-            "solver floor GFLOP | root step / floor | peak tracked MiB: without / with |"
+            "solver floor GFLOP | root step / floor | tracked peak MiB, root step: "
+            "whole step / factor update and roots / preconditioning |"
         ),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -609,7 +624,9 @@ def costs_table(results: list[dict[str, object]]) -> str:
         flops_with = cost(result, "with_roots", "flops")
         floor = result.get("floor_flops")
         ratio = "-" if floor is None or flops_with is None else f"{flops_with / floor:.2f}"  # type: ignore[operator]
-        peak = [_scaled(cost(result, which, "peak_bytes"), 2**20) for which in ("without_roots", "with_roots")]
+        with_roots = result["costs_with_roots"]
+        phase_peaks = with_roots["phase_peak_bytes"]  # type: ignore[index]
+        peaks = [with_roots["peak_bytes"], *(phase_peaks.get(phase) for phase in PHASES)]  # type: ignore[index]
         gflops = [_scaled(cost(result, which, "flops"), 1e9) for which in ("without_roots", "with_roots")]
         lines.append(
             f"| {result['label']} | {_pair(cost(result, 'without_roots', 'ops'), cost(result, 'with_roots', 'ops'))} | "
@@ -619,7 +636,7 @@ def costs_table(results: list[dict[str, object]]) -> str:
             f"{cost(result, 'with_roots', 'products'):,} | "
             f"{_pair(gflops[0], gflops[1], '.3f')} | "
             f"{_optional(floor, '.3f', 1e9)} | {ratio} | "
-            f"{_pair(peak[0], peak[1], '.1f')} |"
+            f"{' / '.join(_optional(peak, '.1f', 2**20) for peak in peaks)} |"
         )
     return "\n".join(lines)
 

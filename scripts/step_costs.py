@@ -13,7 +13,9 @@ exactly, whatever the device, by watching the aten ops a step dispatches
   and copies between devices;
 * :class:`LiveBytes`: bytes of the tensors created while it is active and still alive, and their
   peak (the step's transient memory as the caching allocator would see it, less the work space
-  that kernels allocate internally);
+  that kernels allocate internally), overall and above the start of named phases (methods of
+  objects wrapped while measuring, e.g. a preconditioner list's ``update_preconditioners``,
+  where DASH's stacks and solver work space live);
 * :func:`measure`: all of them and ``torch.utils.flop_counter.FlopCounterMode`` around one call.
 
 Caveats. A CPU run cannot tell a host tensor from a device one, so :class:`SyncCounter` also
@@ -30,7 +32,7 @@ the measuring scripts rather than in the package. Used by ``scripts/benchmark.py
 
 import weakref
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any, NamedTuple, Self
 
@@ -210,13 +212,27 @@ class LiveBytes(TorchDispatchMode):
     Attributes:
         live (int): Bytes counted and still alive.
         peak (int): Largest ``live`` seen.
+        phase_peaks (dict[str, int]): Per phase, the largest ``live`` above its value when the
+            phase started (the largest over repeated phases of one name).
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.live = 0
         self.peak = 0
+        self.phase_peaks: dict[str, int] = {}
+        self._phase_starts: dict[str, int] = {}
         self._seen: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Tracks the peak above the current ``live`` while the block runs, as ``name``."""
+        self._phase_starts[name] = self.live
+        self.phase_peaks.setdefault(name, 0)
+        try:
+            yield
+        finally:
+            del self._phase_starts[name]
 
     def _free(self, nbytes: int) -> None:
         self.live -= nbytes
@@ -237,6 +253,8 @@ class LiveBytes(TorchDispatchMode):
             self.live += nbytes
             weakref.finalize(storage, self._free, nbytes)
         self.peak = max(self.peak, self.live)
+        for name, start in self._phase_starts.items():
+            self.phase_peaks[name] = max(self.phase_peaks[name], self.live - start)
         return result
 
 
@@ -250,6 +268,7 @@ class StepCosts(NamedTuple):
         products (int): ``d x d`` matrix products.
         flops (int): FLOPs counted by ``FlopCounterMode``.
         peak_bytes (int): Peak bytes of the tensors the call created, alive at once.
+        phase_peak_bytes (dict[str, int]): Peak bytes above the start of each phase.
         syncs_by_op (dict[str, int]): The reads by op.
     """
 
@@ -259,7 +278,38 @@ class StepCosts(NamedTuple):
     products: int
     flops: int
     peak_bytes: int
+    phase_peak_bytes: dict[str, int]
     syncs_by_op: dict[str, int]
+
+
+_ABSENT = object()
+#: A phase of :func:`measure`: its name, an object and the name of the method that is the phase.
+Phase = tuple[str, object, str]
+
+
+@contextmanager
+def phases_of(live: LiveBytes, phases: Sequence[Phase]) -> Iterator[None]:
+    """Wraps each phase's method on its object (an instance attribute shadowing the method) so
+    that calls run inside ``live.phase(name)``; removes the wrappers afterwards."""
+    wrapped: list[tuple[object, str, object]] = []
+    for name, owner, method_name in phases:
+        method = getattr(owner, method_name)
+        shadowed = vars(owner).get(method_name, _ABSENT)
+
+        def in_phase(*args: Any, _method: Callable[..., Any] = method, _name: str = name, **kwargs: Any) -> Any:
+            with live.phase(_name):
+                return _method(*args, **kwargs)
+
+        setattr(owner, method_name, in_phase)
+        wrapped.append((owner, method_name, shadowed))
+    try:
+        yield
+    finally:
+        for owner, method_name, shadowed in reversed(wrapped):
+            if shadowed is _ABSENT:
+                delattr(owner, method_name)
+            else:
+                setattr(owner, method_name, shadowed)
 
 
 @contextmanager
@@ -272,9 +322,10 @@ def counting() -> Iterator[tuple[OpCounter, SyncCounter, LiveBytes, FlopCounterM
         yield ops, syncs, live, flops
 
 
-def measure(call: Callable[[], object]) -> StepCosts:
-    """Runs ``call`` once under every counter and returns what it dispatched."""
-    with counting() as (ops, syncs, live, flops):
+def measure(call: Callable[[], object], phases: Sequence[Phase] = ()) -> StepCosts:
+    """Runs ``call`` once under every counter and returns what it dispatched; ``phases`` name
+    methods whose calls get their own peak bytes (:meth:`LiveBytes.phase`)."""
+    with counting() as (ops, syncs, live, flops), phases_of(live, phases):
         call()
     return StepCosts(
         ops=ops.ops,
@@ -283,5 +334,6 @@ def measure(call: Callable[[], object]) -> StepCosts:
         products=ops.products,
         flops=flops.get_total_flops(),
         peak_bytes=live.peak,
+        phase_peak_bytes=dict(live.phase_peaks),
         syncs_by_op=dict(syncs.by_op),
     )

@@ -54,6 +54,22 @@ def test_live_bytes_counts_new_tensors_alive_at_once_not_views_or_earlier_tensor
     del third
 
 
+class Solver:
+    def solve(self, size: int) -> torch.Tensor:
+        work = torch.ones(size) + 1  # size * 4 bytes of work space, freed on return
+        return work[:1] * 2  # 4 bytes survive (the result's own storage)
+
+
+def test_phases_get_the_peak_above_their_start() -> None:
+    solver = Solver()
+    with step_costs.LiveBytes() as tracker, step_costs.phases_of(tracker, [("solve", solver, "solve")]):
+        before = torch.ones(256) * 3  # 1 KiB alive before the phase
+        result = solver.solve(1024)
+    assert tracker.phase_peaks == {"solve": 2 * 4096}  # `ones` and `+ 1` alive at once
+    assert tracker.peak == 1024 + 2 * 4096
+    assert "solve" not in vars(solver) and result.numel() == 1 and before.numel() == 256
+
+
 def test_measure_runs_the_call_once_under_every_counter() -> None:
     calls = []
     A = torch.randn(3, 8, 8)
