@@ -1,7 +1,7 @@
 """Which batched solver computes a stack of inverse roots for a given ``RootInvConfig``.
 
 :func:`batched_solver` is the one place a config is matched to a solver: it returns the solver
-call for a stack and the number of ``d x d`` products it runs, or ``None`` for what stays on
+call for a stack and the ``d x d`` products it runs per precision, or ``None`` for what stays on
 upstream's per-block ``matrix_inverse_root``. Batched: upstream ``EigenConfig`` (with a
 ``PerturbationConfig`` and no offload device), upstream ``CoupledNewtonConfig`` (integer roots),
 and the DASH configs (any root; Newton-DB hands roots its steps cannot reach to batched eigh).
@@ -32,6 +32,7 @@ from distributed_shampoo_dash.solvers import (
     InverseRootResult,
     IterationControl,
     MatmulPrecision,
+    ProductCounts,
     chebyshev_inverse_root,
     chebyshev_products,
     coupled_newton_inverse_root,
@@ -59,15 +60,20 @@ class BatchedSolver(NamedTuple):
         name (str): The solver: ``"eigh"``, ``"minimax"``, ``"newton_db"``, ``"chebyshev"`` or
             ``"coupled_newton"``.
         solve (Callable[[Tensor], InverseRootResult]): Inverse roots of an ``(N, d, d)`` stack.
-        products (int): ``d x d`` matrix products it runs per block, all precisions together (at
-            most; ``eigh`` itself is not a product).
+        product_counts (ProductCounts): ``d x d`` matrix products it runs per block, by precision
+            (at most; ``eigh`` itself is not a product), as the solver's ``*_products`` counts them.
+        products (int): All precisions together.
         workspace (int): Stacks of the input's size the solver allocates at its peak, its result
             included (:data:`SOLVER_WORKSPACE`).
     """
 
     name: str
     solve: Callable[[Tensor], InverseRootResult]
-    products: int
+    product_counts: ProductCounts
+
+    @property
+    def products(self) -> int:
+        return self.product_counts.total()
 
     @property
     def workspace(self) -> int:
@@ -88,7 +94,7 @@ def eigh_solver(config: RootInvConfig, root: float, epsilon: float) -> BatchedSo
         epsilon=epsilon,
         perturb_before_computation=perturbation.perturb_before_computation,
     )
-    return BatchedSolver("eigh", solve, EIGH_PRODUCTS)
+    return BatchedSolver("eigh", solve, ProductCounts({MatmulPrecision.FP32: EIGH_PRODUCTS}))
 
 
 def batched_solver(config: RootInvConfig, root: float, epsilon: float) -> BatchedSolver | None:
@@ -103,8 +109,7 @@ def batched_solver(config: RootInvConfig, root: float, epsilon: float) -> Batche
                 precision=config.precision,
                 scaling=config.scaling,
             )
-            products = minimax_products(root, config.rel_epsilon, config.precision).total()
-            return BatchedSolver("minimax", solve, products)
+            return BatchedSolver("minimax", solve, minimax_products(root, config.rel_epsilon, config.precision))
         case NewtonDBRootInvConfig(steps=NewtonDBSteps.NEWTON_SCHULZ) if is_power_of_two(root):
             solve = partial(
                 newton_db_inverse_root,
@@ -115,7 +120,7 @@ def batched_solver(config: RootInvConfig, root: float, epsilon: float) -> Batche
                 iteration=config.iteration,
                 scaling=config.scaling,
             )
-            return BatchedSolver("newton_db", solve, newton_db_products(root, config.precision, config.iteration).total())
+            return BatchedSolver("newton_db", solve, newton_db_products(root, config.precision, config.iteration))
         case NewtonDBRootInvConfig():
             return eigh_solver(config, root, epsilon)
         case ChebyshevRootInvConfig():
@@ -128,7 +133,7 @@ def batched_solver(config: RootInvConfig, root: float, epsilon: float) -> Batche
                 degree=config.degree,
                 scaling=config.scaling,
             )
-            return BatchedSolver("chebyshev", solve, chebyshev_products(root, config.precision, config.degree).total())
+            return BatchedSolver("chebyshev", solve, chebyshev_products(root, config.precision, config.degree))
         case EigenConfig() if (
             isinstance(config.rank_deficient_stability_config, PerturbationConfig)
             and config.eigendecomposition_offload_device == ""
@@ -148,6 +153,6 @@ def batched_solver(config: RootInvConfig, root: float, epsilon: float) -> Batche
                 iteration=iteration,
                 scaling=FROBENIUS_SCALING,
             )
-            return BatchedSolver("coupled_newton", solve, coupled_newton_products(root, MatmulPrecision.FP32, iteration).total())
+            return BatchedSolver("coupled_newton", solve, coupled_newton_products(root, MatmulPrecision.FP32, iteration))
         case _:
             return None
