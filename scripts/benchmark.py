@@ -16,7 +16,7 @@ Then, unless ``--no-costs``, it counts one step without root computation and one
 steps after the timed ones; ``scripts/step_costs.py``): dispatched aten ops and those that launch
 work, host reads of tensor values (device synchronisations on a GPU), ``d x d`` products, FLOPs
 (``FlopCounterMode``), the FLOP floor of the row's solver (its ``d x d`` products per factor, as
-``BatchedSolver.products`` counts them, times ``2 d^3``, summed over the factor matrices) and
+``BatchedSolver.product_counts`` counts them, times ``2 d^3``, summed over the factor matrices) and
 the ratio of the root step's FLOPs to it, and the peak bytes of the tensors a step creates
 (stacks and solver work space included). These counts are the same on every device.
 
@@ -292,15 +292,17 @@ def root_errors(
     return errors
 
 
-def solver_floor_flops(optimizer: DistributedShampoo, solver: RootInvConfig) -> int | None:
-    """FLOPs of the solver's ``d x d`` products in one root computation: ``sum products(p) 2 d^3``
-    over the factor matrices the solver computes by products (None if none: eigh)."""
-    total = 0
+def solver_floor_flops(optimizer: DistributedShampoo, solver: RootInvConfig) -> dict[str, int]:
+    """FLOPs of the solver's ``d x d`` products in one root computation, by precision:
+    ``sum over factor matrices of BatchedSolver.product_counts x 2 d^3`` (empty for eigh)."""
+    totals: dict[str, int] = {}
     for factor in dash.inverse_factors(optimizer):
         batched = batched_solver(solver, factor.root, factor.epsilon)
         if batched is not None and batched.name != "eigh":
-            total += batched.products * 2 * factor.matrix.shape[0] ** 3
-    return total or None
+            for precision, count in batched.product_counts.items():
+                flops = count * 2 * factor.matrix.shape[0] ** 3
+                totals[precision.value] = totals.get(precision.value, 0) + flops
+    return totals
 
 
 def computes_roots(step: int, precondition_frequency: int) -> bool:
@@ -502,11 +504,13 @@ def run_row(
             "root_error_max": None,
             "num_factors": None,
             "fallbacks": {},
+            "floor_flops_by_precision": {},
             "floor_flops": None,
         }
         return result
     assert isinstance(optimizer, DistributedShampoo)
     errors = root_errors(optimizer, row.solver, settings.root_error_sample)
+    floor = solver_floor_flops(optimizer, row.solver)
     result |= {
         "root_error_median": statistics.median(errors),
         "root_error_p90": statistics.quantiles(errors, n=10)[-1] if len(errors) > 1 else errors[0],
@@ -514,7 +518,8 @@ def run_row(
         "num_factors": len(list(dash.inverse_factors(optimizer))),
         "num_root_errors": len(errors),
         "fallbacks": dict(dash.fallback_counts(optimizer)),
-        "floor_flops": solver_floor_flops(optimizer, row.solver),
+        "floor_flops_by_precision": floor,
+        "floor_flops": sum(floor.values()) or None,
     }
     return result
 
@@ -607,7 +612,9 @@ def costs_table(results: list[dict[str, object]]) -> str:
 
     def fewer(result: dict[str, object], which: str) -> str:
         mine, theirs = cost(result, which, "ops"), cost(reference, which, "ops")
-        return "-" if mine is None or theirs is None else f"{theirs / mine:.0f}x"
+        if mine is None or theirs is None:
+            return "-"
+        return f"{theirs / mine:.0f}x" if theirs >= 10 * mine else f"{theirs / mine:.2f}x"
 
     lines = [
         (

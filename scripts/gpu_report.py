@@ -322,6 +322,7 @@ UPSTREAM_STEP_S = (3.5, 3.8)
 UPSTREAM_PEAK_GB = 5.3
 DASHGPU_STEP_S = {"DashGpu coupled Newton fp16": 0.23, "DashGpu Newton-DB fp32": 0.70}
 DASHGPU_PEAK_GB = 12.0
+ANCHOR_PEAKS_TFLOPS = {"fp32": 51.0, "tf32": 410.0, "bf16": 739.0, "fp16": 739.0}
 UPSTREAM_WITHOUT_ROOTS_S = 0.100
 DASHGPU_WITHOUT_ROOTS_S = 0.034
 #: Our targets.
@@ -349,9 +350,27 @@ def _gigabytes(value: float | None) -> str:
     return "-" if value is None else f"{value / 1e9:.2f} GB"
 
 
-def evaluate_targets(step: dict[str, Any] | None) -> list[Target]:
+def matmul_peaks(solvers: dict[str, Any] | None) -> tuple[dict[str, float], str]:
+    """TFLOP/s per precision: this run's peaks on the solver part's first stack if it ran, else
+    the anchors measured on 1 x H100 (fp16 taken as bf16's), and where they come from."""
+    if solvers is not None and solvers.get("status") == "ok" and solvers["shapes"]:
+        shape = solvers["shapes"][0]
+        return dict(shape["peaks_tflops"]), f"this run's peaks on {tuple(shape['shape'])}"
+    return dict(ANCHOR_PEAKS_TFLOPS), "the 1 x H100 anchor peaks"
+
+
+def floor_seconds(result: dict[str, Any], peaks: dict[str, float]) -> float | None:
+    """Time of a row's solver products at ``peaks`` (None for eigh, or a precision not measured)."""
+    by_precision = result.get("floor_flops_by_precision") or {}
+    if not by_precision or any(precision not in peaks for precision in by_precision):
+        return None
+    return sum(flops / (peaks[precision] * 1e12) for precision, flops in by_precision.items())
+
+
+def evaluate_targets(parts: dict[str, Any]) -> list[Target]:
     """Every target of the docs against the step part's results (runs at the plan's frequencies:
-    the first computes roots every step, the last less often)."""
+    the first computes roots every step, the last less often), with the solver part's peaks."""
+    step = parts.get("step")
     runs = [] if step is None or step.get("status") != "ok" else step["runs"]
     every_step = runs[0] if runs else None
     sparse = runs[-1] if len(runs) > 1 else None
@@ -388,6 +407,17 @@ def evaluate_targets(step: dict[str, Any] | None) -> list[Target]:
             _seconds(default_s),
             None if default_s is None else default_s / STEP_TARGET_S,
             _status(default_s, STEP_TARGET_S),
+        )
+    )
+    peaks, peak_source = matmul_peaks(parts.get("solvers"))
+    floor = None if default is None else floor_seconds(default, peaks)
+    targets.append(
+        Target(
+            f"{DEFAULT_ROW}: time of its solver's products per root computation at {peak_source}",
+            f"a floor of the step; fits <= {STEP_TARGET_S} s",
+            _seconds(floor),
+            None if floor is None else floor / STEP_TARGET_S,
+            _status(floor, STEP_TARGET_S),
         )
     )
     error = None if default is None else default["root_error_max"]
@@ -595,7 +625,7 @@ def markdown_report(report: dict[str, Any]) -> str:
 
 
 def write_report(report: dict[str, Any], out: Path) -> None:
-    report["targets"] = [dataclasses.asdict(t) for t in evaluate_targets(report["parts"].get("step"))]
+    report["targets"] = [dataclasses.asdict(t) for t in evaluate_targets(report["parts"])]
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     (out / "report.md").write_text(markdown_report(report))
 

@@ -109,5 +109,5 @@ def test_a_part_that_raises_is_recorded_not_raised() -> None:
     record = gpu_report.run_part("step", broken)
     assert record["status"] == "error" and "RuntimeError: no device" in record["error"]
     assert record["elapsed_s"] >= 0
-    targets = gpu_report.evaluate_targets(record)
+    targets = gpu_report.evaluate_targets({"step": record})
     assert targets and all(t.status in ("not measured",) for t in targets)

@@ -1,6 +1,6 @@
 """What the GPU-cost proxies of ``scripts/step_costs.py`` show about a DASH step: the work it
 launches does not grow with the number of same-shape blocks, and the FLOPs of a root computation
-are exactly each solver's documented product count (``BatchedSolver.products``)."""
+are exactly each solver's documented product count (``BatchedSolver.product_counts``)."""
 
 from collections.abc import Callable, Iterator
 
