@@ -55,7 +55,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -344,8 +344,7 @@ def costs_dict(costs: Any) -> dict[str, object] | None:
 
 def count_step_costs(
     optimizer: torch.optim.Optimizer,
-    params: list[torch.nn.Parameter],
-    generator: torch.Generator,
+    new_gradients: Callable[[], None],
     row: AnyRow,
     precondition_frequency: int,
     steps_done: int,
@@ -356,7 +355,7 @@ def count_step_costs(
     def advance_to(roots: bool) -> int:
         step = steps_done + 1
         while row_computes_roots(row, step, precondition_frequency) != roots:
-            set_gradients(params, generator)
+            new_gradients()
             optimizer.step()
             step += 1
         return step
@@ -369,12 +368,62 @@ def count_step_costs(
     without_roots = None
     if precondition_frequency > 1:
         steps_done = advance_to(roots=False)
-        set_gradients(params, generator)
+        new_gradients()
         without_roots = step_costs.measure(optimizer.step, phases)
     steps_done = advance_to(roots=True)
-    set_gradients(params, generator)
+    new_gradients()
     with_roots = step_costs.measure(optimizer.step, phases)
     return costs_dict(without_roots), costs_dict(with_roots) or {}, steps_done
+
+
+def meta_costs(row: Row, preset: Preset, precondition_frequency: int) -> dict[str, object]:
+    """Step costs and solver floor of a DASH row counted on the ``meta`` device (shapes only):
+    for presets too large to run here. Upstream's per-block code reads values and cannot run there."""
+    if not row.use_dash:
+        raise ValueError(f"{row.label}: only DASH rows run on the meta device")
+    with step_costs.meta_scaffolding():
+        params = [torch.nn.Parameter(torch.empty(shape, device="meta")) for shape in preset.shapes]
+        optimizer = make_optimizer(params, row, preset, precondition_frequency)
+
+        def new_gradients() -> None:
+            for param in params:
+                param.grad = torch.empty(param.shape, device="meta")
+
+        for _ in range(precondition_frequency):  # a first root computation warms the caches
+            new_gradients()
+            optimizer.step()
+        without_roots, with_roots, _ = count_step_costs(
+            optimizer, new_gradients, row, precondition_frequency, precondition_frequency
+        )
+        floor = solver_floor_flops(optimizer, row.solver)
+        return {
+            "label": row.label,
+            "costs_without_roots": without_roots,
+            "costs_with_roots": with_roots,
+            "num_factors": len(list(dash.inverse_factors(optimizer))),
+            "floor_flops_by_precision": floor,
+            "floor_flops": sum(floor.values()) or None,
+        }
+
+
+#: Matmul peaks (TFLOP/s) measured on 1 x H100 (DESIGN.md section 4; fp16 taken as bf16's).
+H100_PEAKS_TFLOPS = {"fp32": 51.0, "tf32": 410.0, "bf16": 739.0, "fp16": 739.0}
+
+
+def floor_table(results: list[dict[str, object]], peaks: dict[str, float] = H100_PEAKS_TFLOPS) -> str:
+    """Each row's solver FLOPs per root computation by precision, and their time at ``peaks``."""
+    lines = [
+        "| optimizer | factor matrices | solver TFLOP per root computation (by precision) | at 1 x H100 peaks (ms) |",
+        "|---|---|---|---|",
+    ]
+    for result in results:
+        floor: dict[str, int] = result.get("floor_flops_by_precision") or {}  # type: ignore[assignment]
+        split = ", ".join(f"{precision} {flops / 1e12:.2f}" for precision, flops in floor.items()) or "-"
+        seconds = sum(flops / (peaks[precision] * 1e12) for precision, flops in floor.items())
+        lines.append(
+            f"| {result['label']} | {result['num_factors']} | {split} | {'-' if not floor else f'{seconds * 1e3:.0f}'} |"
+        )
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,7 +532,7 @@ def run_row(
     costs: tuple[dict[str, object] | None, dict[str, object] | None] = (None, None)
     if settings.costs:
         without_roots, with_roots, steps_done = count_step_costs(
-            optimizer, params, generator, row, frequency, steps_done
+            optimizer, lambda: set_gradients(params, generator), row, frequency, steps_done
         )
         costs = (without_roots, with_roots)
     else:  # the root errors are measured right after a root computation
@@ -603,11 +652,11 @@ def _pair(first: object, second: object, spec: str = ",") -> str:
 
 
 def costs_table(results: list[dict[str, object]]) -> str:
-    """Step costs of every row that has them; ratios are against the first row."""
-    reference = results[0]
+    """Step costs of every row that has them; ratios are against upstream ``EigenConfig``."""
+    reference = next((r for r in results if r["label"] == "upstream EigenConfig"), {})
 
     def cost(result: dict[str, object], which: str, key: str) -> int | None:
-        costs = result.get(f"costs_{which}")
+        costs = result.get(f"costs_{which}")  # None also for a missing reference
         return None if costs is None else costs[key]  # type: ignore[index]
 
     def fewer(result: dict[str, object], which: str) -> str:
@@ -691,12 +740,32 @@ def main() -> None:
         help="also measure each row's transient step memory, in a fresh process per row",
     )
     parser.add_argument("--memory-of", metavar="LABEL", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--on-meta",
+        action="store_true",
+        help="only count the DASH rows' step costs and solver floors on the meta device (no timing)",
+    )
     args = parser.parse_args()
 
     preset, device = PRESETS[args.preset], torch.device(args.device)
     if args.memory_of is not None:
         row = next(row for row in rows() if row.label == args.memory_of)
         print(json.dumps({"transient_memory_bytes": measure_memory_here(row, preset, args, device)}))
+        return
+    if args.on_meta:
+        meta_rows = [row for row in select_rows(rows(), args.only) if isinstance(row, Row) and row.use_dash]
+        counted, skipped = [], []
+        for row in meta_rows:
+            try:
+                counted.append(meta_costs(row, preset, args.precondition_frequency))
+            except RuntimeError as error:  # a solver that reads values on the host (early exit)
+                skipped.append(f"{row.label}: not countable on meta ({str(error).splitlines()[0][:80]})")
+            finally:
+                dash.disable()
+        print(f"preset {args.preset} on the meta device, roots every {args.precondition_frequency} step(s)\n")
+        print(costs_table(counted) + "\n\n" + floor_table(counted) + "".join(f"\n{line}" for line in skipped))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".json").write_text(json.dumps({"preset": args.preset, "results": counted}, indent=2))
         return
     settings = StepSettings(
         precondition_frequency=args.precondition_frequency,

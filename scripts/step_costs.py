@@ -16,7 +16,9 @@ exactly, whatever the device, by watching the aten ops a step dispatches
   that kernels allocate internally), overall and above the start of named phases (methods of
   objects wrapped while measuring, e.g. a preconditioner list's ``update_preconditioners``,
   where DASH's stacks and solver work space live);
-* :func:`measure`: all of them and ``torch.utils.flop_counter.FlopCounterMode`` around one call.
+* :func:`measure`: all of them and ``torch.utils.flop_counter.FlopCounterMode`` around one call;
+* :func:`meta_scaffolding`: what a DASH step needs to run on the ``meta`` device (shapes only), so
+  its counts can be taken for presets far too large to run on a CPU.
 
 Caveats. A CPU run cannot tell a host tensor from a device one, so :class:`SyncCounter` also
 counts reads of tensors a GPU run keeps on the host (upstream keeps its step counter there): the
@@ -89,6 +91,24 @@ _PRODUCT_OPS = {
 }
 
 
+_ABSENT = object()
+
+
+@contextmanager
+def patched(owner: object, name: str, value: object) -> Iterator[None]:
+    """Sets ``owner.name = value`` inside the block and restores exactly what was there (an
+    attribute ``owner`` only inherited is deleted again)."""
+    previous = vars(owner).get(name, _ABSENT)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        if previous is _ABSENT:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, previous)
+
+
 def _tensors(tree: object) -> list[torch.Tensor]:
     return [leaf for leaf in tree_flatten(tree)[0] if isinstance(leaf, torch.Tensor)]
 
@@ -142,12 +162,15 @@ def _is_boolean_index(func: object, args: tuple[Any, ...]) -> bool:
 
 
 def _is_copy_between_devices(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    """A copy to or from the host of a tensor on another device (waits for the device)."""
+    """A blocking copy between the host and another device (``non_blocking=True`` copies are
+    asynchronous on CUDA: its sync debug mode does not flag them either)."""
     if func is aten._to_copy.default:
         target = kwargs.get("device")
-        return target is not None and torch.device(target).type != args[0].device.type
+        crosses = target is not None and torch.device(target).type != args[0].device.type
+        return crosses and not kwargs.get("non_blocking", False)
     if func is aten.copy_.default:
-        return args[0].device.type != args[1].device.type
+        non_blocking = args[2] if len(args) > 2 else kwargs.get("non_blocking", False)
+        return args[0].device.type != args[1].device.type and not non_blocking
     return False
 
 
@@ -167,7 +190,7 @@ class SyncCounter(TorchDispatchMode):
         super().__init__()
         self.count = 0
         self.by_op: Counter[str] = Counter()
-        self._tolist: Callable[..., Any] | None = None
+        self._patches = ExitStack()
 
     def _record(self, name: str) -> None:
         self.count += 1
@@ -185,21 +208,18 @@ class SyncCounter(TorchDispatchMode):
 
     def __enter__(self) -> Self:
         original = torch.Tensor.tolist
-        self._tolist = original
 
         def counted_tolist(tensor: torch.Tensor) -> Any:
             if tensor.numel() > 0:
                 self._record("Tensor.tolist")
             return original(tensor)
 
-        torch.Tensor.tolist = counted_tolist  # type: ignore[method-assign,assignment]
+        self._patches.enter_context(patched(torch.Tensor, "tolist", counted_tolist))
         return super().__enter__()
 
     def __exit__(self, *exc_info: object) -> None:
         super().__exit__(*exc_info)
-        if self._tolist is not None:
-            torch.Tensor.tolist = self._tolist  # type: ignore[method-assign]
-            self._tolist = None
+        self._patches.close()
 
 
 class LiveBytes(TorchDispatchMode):
@@ -282,7 +302,6 @@ class StepCosts(NamedTuple):
     syncs_by_op: dict[str, int]
 
 
-_ABSENT = object()
 #: A phase of :func:`measure`: its name, an object and the name of the method that is the phase.
 Phase = tuple[str, object, str]
 
@@ -291,25 +310,16 @@ Phase = tuple[str, object, str]
 def phases_of(live: LiveBytes, phases: Sequence[Phase]) -> Iterator[None]:
     """Wraps each phase's method on its object (an instance attribute shadowing the method) so
     that calls run inside ``live.phase(name)``; removes the wrappers afterwards."""
-    wrapped: list[tuple[object, str, object]] = []
-    for name, owner, method_name in phases:
-        method = getattr(owner, method_name)
-        shadowed = vars(owner).get(method_name, _ABSENT)
+    with ExitStack() as stack:
+        for name, owner, method_name in phases:
+            method = getattr(owner, method_name)
 
-        def in_phase(*args: Any, _method: Callable[..., Any] = method, _name: str = name, **kwargs: Any) -> Any:
-            with live.phase(_name):
-                return _method(*args, **kwargs)
+            def in_phase(*args: Any, _method: Callable[..., Any] = method, _name: str = name, **kwargs: Any) -> Any:
+                with live.phase(_name):
+                    return _method(*args, **kwargs)
 
-        setattr(owner, method_name, in_phase)
-        wrapped.append((owner, method_name, shadowed))
-    try:
+            stack.enter_context(patched(owner, method_name, in_phase))
         yield
-    finally:
-        for owner, method_name, shadowed in reversed(wrapped):
-            if shadowed is _ABSENT:
-                delattr(owner, method_name)
-            else:
-                setattr(owner, method_name, shadowed)
 
 
 @contextmanager
@@ -320,6 +330,22 @@ def counting() -> Iterator[tuple[OpCounter, SyncCounter, LiveBytes, FlopCounterM
         for mode in (flops, live, syncs, ops):
             stack.enter_context(mode)
         yield ops, syncs, live, flops
+
+
+@contextmanager
+def meta_scaffolding() -> Iterator[None]:
+    """Lets a DASH step run on ``meta`` tensors: ``Tensor.tolist`` of a meta tensor returns "all
+    True" (the one host read of DASH's flags: every input finite, every root accepted), and
+    ``torch.Generator(device=...)`` returns a host generator (``meta`` has none; ``randn`` on
+    ``meta`` ignores it). Other host reads (upstream's per-block checks) still raise on ``meta``.
+    """
+    host_tolist, host_generator = torch.Tensor.tolist, torch.Generator
+
+    def tolist(tensor: torch.Tensor) -> Any:
+        return [True] * tensor.numel() if tensor.device.type == "meta" else host_tolist(tensor)
+
+    with patched(torch.Tensor, "tolist", tolist), patched(torch, "Generator", lambda device=None: host_generator()):
+        yield
 
 
 def measure(call: Callable[[], object], phases: Sequence[Phase] = ()) -> StepCosts:

@@ -10,7 +10,6 @@ path, whose host reads raise on ``meta`` too, so a placement bug cannot pass sil
 """
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import torch
@@ -27,27 +26,17 @@ from distributed_shampoo import (
 from distributed_shampoo.preconditioner.matrix_functions_types import RootInvConfig
 
 import distributed_shampoo_dash as dash
+from tests.script_modules import load_script
 
-HOST_TOLIST = torch.Tensor.tolist
-HOST_GENERATOR = torch.Generator
-
-
-def tolist_accepting_meta(tensor: torch.Tensor) -> Any:
-    if tensor.device.type == "meta":
-        return [True] * tensor.numel()
-    return HOST_TOLIST(tensor)
-
-
-def host_generator(device: object = None) -> torch.Generator:
-    return HOST_GENERATOR()
+step_costs = load_script("step_costs")
 
 
 @pytest.fixture
-def meta_scaffolding(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(torch.Tensor, "tolist", tolist_accepting_meta)
-    monkeypatch.setattr(torch, "Generator", host_generator)
+def meta_scaffolding() -> Iterator[None]:
+    """``scripts/step_costs.py``'s ``meta_scaffolding`` (see the module docstring), DASH on."""
     dash.enable()
-    yield
+    with step_costs.meta_scaffolding():
+        yield
     dash.disable()
 
 

@@ -37,7 +37,16 @@ def test_sync_counter_counts_every_host_read_including_tolist() -> None:
         "aten._linalg_eigh.default": 1,
     }
     assert counter.count == 4
-    assert torch.Tensor.tolist is not None and flags.tolist() == [True, False, True]
+    assert "tolist" not in vars(torch.Tensor) and flags.tolist() == [True, False, True]
+
+
+def test_sync_counter_counts_blocking_copies_between_devices_only() -> None:
+    host = torch.ones(3)
+    with step_costs.SyncCounter() as counter:
+        on_meta = host.to("meta")  # blocking: a device sync on CUDA
+        on_meta.copy_(host, non_blocking=True)  # asynchronous
+        host.to("cpu", copy=True)  # same device
+    assert counter.by_op == {"aten._to_copy.default": 1}
 
 
 def test_live_bytes_counts_new_tensors_alive_at_once_not_views_or_earlier_tensors() -> None:

@@ -138,3 +138,26 @@ def test_root_computation_flops_are_the_solvers_documented_product_count(
             expected += (scaling.num_iterations + 1) * 2 * d * d * scaling.num_vectors
     assert expected > 0
     assert with_roots.flops - without_roots.flops == expected
+
+
+@pytest.mark.parametrize("label", ["DASH EigenConfig", "DASH Newton-DB minimax fp32", "DASH Chebyshev fp32 (degree 60)"])
+def test_counting_on_the_meta_device_gives_the_counts_of_a_real_run(label: str) -> None:
+    """``scripts/benchmark.py --on-meta`` counts presets too large to run here: on the ``smoke``
+    preset its counts equal those of a run on the CPU (when no root is rejected there)."""
+    benchmark = load_script("benchmark")
+    preset, row = benchmark.PRESETS["smoke"], next(r for r in benchmark.rows() if r.label == label)
+    on_meta = benchmark.meta_costs(row, preset, 2)
+
+    params, generator = benchmark.make_parameters(preset, torch.device("cpu"))
+    optimizer = benchmark.make_optimizer(params, row, preset, 2)
+    for _ in range(2):
+        benchmark.set_gradients(params, generator)
+        optimizer.step()
+    without_roots, with_roots, _ = benchmark.count_step_costs(
+        optimizer, lambda: benchmark.set_gradients(params, generator), row, 2, 2
+    )
+    assert not dash.fallback_counts(optimizer)
+    for key in ("ops", "launches", "products", "flops", "syncs", "peak_bytes", "phase_peak_bytes"):
+        assert on_meta["costs_without_roots"][key] == without_roots[key], (key, on_meta, without_roots)
+        assert on_meta["costs_with_roots"][key] == with_roots[key], (key, on_meta, with_roots)
+    assert on_meta["floor_flops_by_precision"] == benchmark.solver_floor_flops(optimizer, row.solver)
