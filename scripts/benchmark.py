@@ -519,11 +519,13 @@ def run_row(
             root_steps.append(row_computes_roots(row, step + 1, frequency))
     peak_memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     times_without_roots = [t for t, roots in zip(times, root_steps, strict=True) if not roots]
+    times_with_roots = [t for t, roots in zip(times, root_steps, strict=True) if roots]
     result: dict[str, object] = {
         "label": row.label,
         "median_step_s": statistics.median(times),
         "mean_step_s": statistics.mean(times),
         "median_step_without_roots_s": statistics.median(times_without_roots) if times_without_roots else None,
+        "median_step_with_roots_s": statistics.median(times_with_roots) if times_with_roots else None,
         "step_times_s": times,
         "root_steps": root_steps,
         "peak_memory_bytes": peak_memory,
@@ -610,8 +612,8 @@ def markdown_table(results: list[dict[str, object]]) -> str:
     reference = results[0]
     lines = [
         (
-            "| optimizer | median step (s) | mean step (s) | median step without roots (s) | "
-            "speedup: median / mean / without roots | peak memory (GB) | transient step memory (MiB) | "
+            "| optimizer | median step (s) | mean step (s) | median step without / with roots (s) | "
+            "speedup: median / mean / without roots / with roots | peak memory (GB) | transient step memory (MiB) | "
             "root error median / p90 / max | fallbacks | finite |"
         ),
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -623,10 +625,10 @@ def markdown_table(results: list[dict[str, object]]) -> str:
         if transient is not None:
             ratio = transient / reference["transient_memory_bytes"]  # type: ignore[operator]
             transient_cell = f"{transient / 2**20:.1f} ({ratio:.2f}x)"  # type: ignore[operator]
-        without_roots = result["median_step_without_roots_s"]
+        without_roots, with_roots = result["median_step_without_roots_s"], result.get("median_step_with_roots_s")
         speedups = " / ".join(
-            "-" if result[key] is None or reference[key] is None else f"{reference[key] / result[key]:.2f}x"  # type: ignore[operator]
-            for key in ("median_step_s", "mean_step_s", "median_step_without_roots_s")
+            "-" if result.get(key) is None or reference.get(key) is None else f"{reference[key] / result[key]:.2f}x"  # type: ignore[operator]
+            for key in ("median_step_s", "mean_step_s", "median_step_without_roots_s", "median_step_with_roots_s")
         )
         errors = (
             "-"
@@ -635,7 +637,7 @@ def markdown_table(results: list[dict[str, object]]) -> str:
         )
         lines.append(
             f"| {result['label']} | {result['median_step_s']:.4f} | {result['mean_step_s']:.4f} | "
-            f"{_optional(without_roots, '.4f')} | {speedups} | "
+            f"{_optional(without_roots, '.4f')} / {_optional(with_roots, '.4f')} | {speedups} | "
             f"{_optional(memory, '.2f', 1e9)} | {transient_cell} | {errors} | "
             f"{result['fallbacks'] or '-'} | {result['finite']} |"
         )
