@@ -28,7 +28,8 @@ next one, the peak resident set during ``optimizer.step()`` minus the resident s
 
 When the DASH authors' package is importable (``pip install --no-deps ista-daslab-optimizers``,
 see ``scripts/peer_dashgpu.py``), its ``DashGpu`` runs on the same parameters and gradients as
-two more rows (coupled Newton fp16, Newton-DB fp32): time and peak memory only.
+two more rows (coupled Newton fp16, Newton-DB fp32): time and peak memory only (no root errors,
+and no step costs: its Triton kernels are not aten ops).
 
 Presets (DESIGN.md section 4):
     gpu: hidden 1024, 8 layers, FFN 2816, vocab 32000, max_preconditioner_dim 1024
@@ -532,12 +533,13 @@ def run_row(
     }
     steps_done = settings.warmup + settings.steps
     costs: tuple[dict[str, object] | None, dict[str, object] | None] = (None, None)
-    if settings.costs:
+    # DashGpu's Triton kernels are not aten ops: its counts would be partial, so it has none.
+    if settings.costs and isinstance(row, Row):
         without_roots, with_roots, steps_done = count_step_costs(
             optimizer, lambda: set_gradients(params, generator), row, frequency, steps_done
         )
         costs = (without_roots, with_roots)
-    else:  # the root errors are measured right after a root computation
+    elif isinstance(row, Row):  # the root errors are measured right after a root computation
         while not row_computes_roots(row, steps_done, frequency):
             set_gradients(params, generator)
             optimizer.step()
