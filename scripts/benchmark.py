@@ -795,7 +795,7 @@ def main() -> None:
     for failure in failures:
         print(f"| {failure['label']} | failed: {failure['error'].splitlines()[0]} |")
     if settings.costs:
-        print("\nstep costs (one step without and one with root computation; ratios against the first row)\n")
+        print("\nstep costs (one step without and one with root computation; ratios against upstream EigenConfig)\n")
         print(costs_table(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(
