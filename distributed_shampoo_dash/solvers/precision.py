@@ -9,12 +9,13 @@ precision  operand dtype         notes
 FP64       float64               reference accuracy, slow on GPUs
 FP32       float32               full fp32 products (TF32 explicitly disabled on CUDA)
 TF32       float32               fp32 operands, TF32 tensor cores on CUDA (fp32 on CPU)
-BF16       bfloat16              operands rounded to bf16, fp32 accumulation, fp32 result
-FP16       float16               operands rounded to fp16, fp32 accumulation, fp32 result
+BF16       bfloat16              operands rounded to bf16, result rounded to bf16
+FP16       float16               operands rounded to fp16, result rounded to fp16
 =========  ====================  ========================================================
 
-Low-precision products return their result in the working dtype, so elementwise updates,
-norms and residuals stay in fp32. The TF32 switch of cuBLAS is process-global in PyTorch;
+A low-precision product is ``torch.matmul`` of the rounded operands (cuBLAS accumulates in fp32;
+the result comes back in the operand dtype) and is cast back to the working dtype, so elementwise
+updates, norms and residuals stay in fp32. The TF32 switch of cuBLAS is process-global in PyTorch;
 :func:`batched_matmul` sets it only around the product it launches and always restores it,
 so no flag is left changed after a call.
 """
