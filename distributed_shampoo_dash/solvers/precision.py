@@ -28,6 +28,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
+from distributed_shampoo_dash.solvers.checks import as_enum
+
 
 @enum.unique
 class MatmulPrecision(enum.Enum):
@@ -68,26 +70,8 @@ _OPERAND_DTYPES: dict[MatmulPrecision, torch.dtype] = {
 
 
 def as_matmul_precision(precision: "MatmulPrecision | str") -> MatmulPrecision:
-    """Converts ``"fp32"``-style strings to :class:`MatmulPrecision`.
-
-    Raises:
-        ValueError: If ``precision`` names no known precision.
-        TypeError: If ``precision`` is neither a string nor a :class:`MatmulPrecision`.
-    """
-    if isinstance(precision, MatmulPrecision):
-        return precision
-    if isinstance(precision, str):
-        try:
-            return MatmulPrecision(precision.lower())
-        except ValueError:
-            allowed = ", ".join(repr(p.value) for p in MatmulPrecision)
-            raise ValueError(
-                f"Invalid matmul precision {precision!r}. Must be one of {allowed}."
-            ) from None
-    raise TypeError(
-        f"Invalid matmul precision {precision!r} of type {type(precision).__name__}. "
-        "Must be a MatmulPrecision or one of its string values."
-    )
+    """Converts ``"fp32"``-style strings to :class:`MatmulPrecision` (:func:`~.checks.as_enum`)."""
+    return as_enum(precision, MatmulPrecision, "matmul precision")
 
 
 @contextmanager
