@@ -14,7 +14,8 @@ picks the inverse-root method::
 
     eigen           upstream EigenConfig()            (batched eigh with DASH)
     coupled-newton  upstream CoupledNewtonConfig()    (batched coupled Newton with DASH)
-    newton-db       dash.NewtonDBRootInvConfig()      (DASH only)
+    newton-db       dash.NewtonDBRootInvConfig()      (DASH only; minimax iteration)
+    newton-db-paper dash.NewtonDBRootInvConfig.paper() (DASH only; the paper's Newton-DB)
     chebyshev       dash.ChebyshevRootInvConfig()     (DASH only)
 
 Run it (CPU: gloo, one process per rank; GPU: nccl, one GPU per rank, ``--device auto`` picks CUDA
@@ -55,7 +56,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -83,11 +83,9 @@ from distributed_shampoo_dash.examples.training import (
 try:
     from distributed_shampoo import (
         AdamPreconditionerConfig,
-        CoupledNewtonConfig,
         DDPDistributedConfig,
         DistributedConfig,
         DistributedShampoo,
-        EigenConfig,
         FullyShardDistributedConfig,
         RootInvShampooPreconditionerConfig,
     )
@@ -99,9 +97,11 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     ) from error
 
 import distributed_shampoo_dash as dash
+from distributed_shampoo_dash.trainers.optimizer import SOLVERS as SOLVER_CONFIGS
+from distributed_shampoo_dash.trainers.optimizer import solver_config
 
-SOLVERS = ("eigen", "coupled-newton", "newton-db", "chebyshev")
-DASH_ONLY_SOLVERS = ("newton-db", "chebyshev")
+SOLVERS = tuple(SOLVER_CONFIGS)
+DASH_ONLY_SOLVERS = ("newton-db", "newton-db-paper", "chebyshev")
 # --------------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------------
@@ -319,20 +319,6 @@ def wrap_model(model: Llama, kind: str, ctx: Context) -> tuple[nn.Module, Distri
     return model, FullyShardDistributedConfig()
 
 
-def root_inv_config(solver: str) -> Any:
-    """The ``amortized_computation_config`` for ``--solver``."""
-    match solver:
-        case "eigen":
-            return EigenConfig()
-        case "coupled-newton":
-            return CoupledNewtonConfig()
-        case "newton-db":
-            return dash.NewtonDBRootInvConfig()
-        case "chebyshev":
-            return dash.ChebyshevRootInvConfig()
-    raise ValueError(f"Unknown solver {solver!r}; expected one of {SOLVERS}.")
-
-
 def solver_description(solver: str, use_dash: bool) -> str:
     """What computes the inverse roots, in words."""
     if not use_dash:
@@ -340,7 +326,8 @@ def solver_description(solver: str, use_dash: bool) -> str:
     return {
         "eigen": "eigen: DASH batched eigh (upstream EigenConfig semantics)",
         "coupled-newton": "coupled-newton: DASH batched coupled Newton (upstream CoupledNewtonConfig)",
-        "newton-db": "newton-db: DASH batched Newton-DB (eigh for roots other than 2^k)",
+        "newton-db": "newton-db: DASH batched minimax iteration (relative ridge 1e-5)",
+        "newton-db-paper": "newton-db-paper: DASH batched Newton-DB, the paper's 10 steps",
         "chebyshev": "chebyshev: DASH batched Chebyshev/Clenshaw",
     }[solver]
 
@@ -360,7 +347,7 @@ def build_optimizer(
         grafting_config=AdamPreconditionerConfig(beta2=0.95, epsilon=1e-8),
         distributed_config=config,
         preconditioner_config=RootInvShampooPreconditionerConfig(
-            amortized_computation_config=root_inv_config(args.solver)
+            amortized_computation_config=solver_config(args.solver)
         ),
     )
 

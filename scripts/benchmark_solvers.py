@@ -19,9 +19,9 @@ d = 1024). Reference: fp64 ``eigh`` of the same fp32 stack,
 ``X_ref = Q diag((L + r)^{-1/p}) Q^T``, epsilon 0 for every solver, where ``r`` is the ridge the
 solver reports for the block (``regularization``): 0 except for Chebyshev and the minimax
 iteration (the default of ``NewtonDBRootInvConfig``), whose targets are the roots of
-``A + delta u I`` (Chebyshev ``delta = rel_epsilon = 1e-3``, minimax its default ``1e-5``, ``u``
-their multi-power-iteration bound): their table errors are against that target, their errors
-against ``A^{-1/p}`` follow the table. Each
+``A + delta u I`` (Chebyshev ``delta = rel_epsilon = 1e-3``, minimax the ``rel`` of its row,
+``u`` their multi-power-iteration bound): their table errors are against that target, their
+errors against ``A^{-1/p}`` follow the table. Each
 solver uses its default scaling: Frobenius for coupled Newton (upstream's), multi-power iteration
 (16 vectors, 10 steps, safety factor 2) otherwise.
 
@@ -32,6 +32,13 @@ products at fp32); eigh has no product count and no TFLOP/s.
 Not counted: the scaling's power iteration (11 products of ``(d, d) @ (d, 16)``, about ``176 / d``
 product equivalents, fp32), elementwise updates and norms. Every count is fixed (no row uses a
 tolerance or an early-exit check), so the counts are exact.
+
+A real-factor study follows (when ``shared/data/shampoo_factors_bytellama.pt`` is beside the
+checkout): the 195 stored Shampoo factors of a small byte-level Llama, grouped by ``(d, root)``,
+through the default minimax iteration and its variants, the paper's Newton-DB and eigh: products
+per block, median time per stack, error against the fp64 root of ``A + r I`` (``r`` the ridge the
+block got) and the blocks the optimizer would reject (not finite, or residual above the config's
+``max_residual``).
 
 A scaling study follows: for Newton-DB (root 4, fp32) on a flat spectrum (eigenvalues evenly
 spaced in [0.5, 1]) and a decaying one (``i^-1/2``), the first ``num_iterations`` in 1..30 whose
@@ -56,7 +63,6 @@ Writes ``<out>/solvers.json`` and ``<out>/solvers.png`` (median error against ti
 """
 
 import argparse
-import inspect
 import json
 import math
 import statistics
@@ -102,8 +108,6 @@ FP32, TF32, BF16, FP16 = (
 PEAK_PRECISIONS = (FP32, TF32, BF16, FP16)
 PEAK_CALLS_PER_SAMPLE = 10
 CHEBYSHEV_REL_EPSILON = 1e-3
-#: The minimax iteration's default relative ridge (that of ``minimax_inverse_root``).
-MINIMAX_REL_EPSILON: float = inspect.signature(minimax_inverse_root).parameters["rel_epsilon"].default
 #: Rows whose target is the root of a regularised matrix (marked with a dagger in the tables).
 RIDGE_ROWS = ("chebyshev", "minimax")
 ERROR_TARGET = 1e-3
@@ -181,6 +185,18 @@ def newton_db_row(
     return replace(row, products=newton_db_products(root, precision, iteration))
 
 
+def minimax_row(precision: MatmulPrecision, root: int, rel_epsilon: float) -> Row:
+    row = Row(
+        f"minimax {precision.value} rel={rel_epsilon:g}",
+        lambda A: minimax_inverse_root(A, root, rel_epsilon=rel_epsilon, precision=precision),
+        None,
+        frozenset({precision, FP32}),
+    )
+    if root not in MINIMAX_ROOTS:
+        return replace(row, skip_reason=f"root {root} has no minimax schedule")
+    return replace(row, products=minimax_products(root, rel_epsilon, precision))
+
+
 def chebyshev_row(precision: MatmulPrecision, degree: int, root: int) -> Row:
     return Row(
         f"chebyshev {precision.value} deg={degree}",
@@ -192,28 +208,16 @@ def chebyshev_row(precision: MatmulPrecision, degree: int, root: int) -> Row:
     )
 
 
-def minimax_row(precision: MatmulPrecision, root: int) -> Row:
-    """The minimax coupled iteration at its default relative ridge (``NewtonDBRootInvConfig()``)."""
-    row = Row(
-        f"minimax {precision.value}",
-        lambda A: minimax_inverse_root(A, root, rel_epsilon=MINIMAX_REL_EPSILON, precision=precision),
-        None,
-        frozenset({precision, FP32}),
-    )
-    if root not in MINIMAX_ROOTS:
-        return replace(row, skip_reason=f"root {root} is not one of {MINIMAX_ROOTS}")
-    return replace(row, products=minimax_products(root, MINIMAX_REL_EPSILON, precision))
-
-
 def rows(root: int) -> list[Row]:
-    """eigh, coupled Newton, the minimax iteration (the default of ``NewtonDBRootInvConfig``),
-    Newton-DB (fp32, reduced, mixed with fp32 refinement), Chebyshev."""
+    """eigh, the minimax iteration (the default of ``NewtonDBRootInvConfig``), coupled Newton,
+    the paper's Newton-DB (fp32, reduced, mixed with fp32 refinement), Chebyshev."""
     return [
         eigh_row(root),
-        minimax_row(FP32, root),
-        minimax_row(TF32, root),
-        minimax_row(BF16, root),
-        minimax_row(FP16, root),
+        minimax_row(FP32, root, 1e-5),
+        minimax_row(TF32, root, 1e-5),
+        minimax_row(FP32, root, 1e-4),
+        minimax_row(BF16, root, 1e-4),
+        minimax_row(FP16, root, 1e-5),
         coupled_newton_row(FP32, 10, root),
         coupled_newton_row(FP16, 10, root),
         newton_db_row(FP32, 10, root),
@@ -582,6 +586,165 @@ def scaling_study(shape: Shape, device: torch.device) -> list[StudyResult]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Real Shampoo factors.
+
+REAL_FACTORS = Path(__file__).resolve().parents[2] / "shared" / "data" / "shampoo_factors_bytellama.pt"
+
+
+@dataclass(frozen=True)
+class RealRow:
+    """A solver setting run on the real factors.
+
+    Attributes:
+        name (str): Label.
+        solve (Callable[[Tensor, int, float], InverseRootResult]): ``(stack, root, epsilon)``.
+        products (Callable[[int], int]): ``d x d`` products per block for a root.
+        max_residual (float): Residual above which the optimizer rejects a root (the config's).
+    """
+
+    name: str
+    solve: Callable[[Tensor, int, float], InverseRootResult]
+    products: Callable[[int], int]
+    max_residual: float
+
+
+def real_rows() -> list[RealRow]:
+    """The default minimax iteration, its variants, the paper's Newton-DB and eigh."""
+
+    def minimax(precision: MatmulPrecision, rel_epsilon: float, max_residual: float) -> RealRow:
+        return RealRow(
+            f"minimax {precision.value} rel={rel_epsilon:g}",
+            lambda A, root, epsilon: minimax_inverse_root(
+                A, root, epsilon=epsilon, rel_epsilon=rel_epsilon, precision=precision
+            ),
+            lambda root: minimax_products(root, rel_epsilon, precision).total(),
+            max_residual,
+        )
+
+    def paper(iterations: int) -> RealRow:
+        iteration = IterationControl(num_iterations=iterations)
+        return RealRow(
+            f"newton-db paper fp32 k={iterations}",
+            lambda A, root, epsilon: newton_db_inverse_root(
+                A, root, epsilon=epsilon, iteration=iteration
+            ),
+            lambda root: newton_db_products(root, FP32, iteration).total(),
+            1.0,
+        )
+
+    return [
+        minimax(FP32, 1e-5, 1e-2),
+        minimax(FP32, 1e-4, 1e-2),
+        minimax(FP32, 1e-3, 1e-2),
+        minimax(FP32, 1e-6, 5e-2),
+        minimax(BF16, 1e-4, 5e-2),
+        minimax(FP16, 1e-4, 5e-2),
+        minimax(FP16, 1e-5, 5e-2),
+        paper(10),
+        paper(20),
+        RealRow(
+            "eigh fp32",
+            lambda A, root, epsilon: eigh_inverse_root(A, root, epsilon=epsilon),
+            lambda root: 0,
+            math.inf,
+        ),
+    ]
+
+
+@dataclass(frozen=True)
+class RealRecord:
+    """One real row over every factor group.
+
+    Attributes:
+        name (str): The row.
+        products (dict[str, int]): Products per block by root (``"4"``, ``"2"``).
+        ms_per_stack (dict[str, float]): Median time of one call per ``(d, root)`` group.
+        max_error (float), median_error (float): Against the fp64 root of ``A + r I``, ``r`` the
+            ridge the block got (``regularization``).
+        flagged (int): Blocks not finite or with residual above the row's ``max_residual``.
+        blocks (int): Blocks in all.
+        without_reference (int): Blocks whose fp64 ``A + r I`` is not positive definite (rounded
+            fp32 factors with ``r = epsilon``): no reference root, left out of the errors.
+    """
+
+    name: str
+    products: dict[str, int]
+    ms_per_stack: dict[str, float]
+    max_error: float
+    median_error: float
+    flagged: int
+    blocks: int
+    without_reference: int
+
+
+def real_factor_groups(path: Path, device: torch.device) -> tuple[float, dict[tuple[int, int], Tensor]]:
+    """``(epsilon, {(d, root): (N, d, d) float32 stack})`` of the stored factors."""
+    data = torch.load(path)
+    groups: dict[tuple[int, int], list[Tensor]] = {}
+    for factor in data["factors"]:
+        groups.setdefault((factor["matrix"].shape[0], factor["root"]), []).append(factor["matrix"])
+    return data["epsilon"], {key: torch.stack(value).to(device) for key, value in groups.items()}
+
+
+def real_factor_study(path: Path, device: torch.device, repeats: int) -> list[RealRecord]:
+    """Every real row on every ``(d, root)`` group of the stored factors."""
+    epsilon, groups = real_factor_groups(path, device)
+    records = []
+    for row in real_rows():
+        errors, flagged, undefined, times = [], 0, 0, {}
+        for (dim, root), stack in groups.items():
+            def solve(row: RealRow = row, stack: Tensor = stack, root: int = root) -> InverseRootResult:
+                return row.solve(stack, root, epsilon)
+
+            result = solve()
+            samples = timed_seconds(solve, device, repeats)
+            times[f"d={dim} p={root} N={stack.shape[0]}"] = statistics.median(samples) * 1e3
+            eigenvalues, eigenvectors = torch.linalg.eigh(stack.double())
+            shifted = eigenvalues + result.regularization.double()[:, None]
+            # fp32 factors whose A + epsilon I is not positive definite in fp64 have no reference.
+            defined = shifted[:, 0] > 0
+            powers = shifted[defined].pow(-1.0 / root).unsqueeze(-2)
+            reference = (eigenvectors[defined] * powers) @ eigenvectors[defined].mT
+            errors.append(relative_errors(result.inverse_root[defined], reference))
+            undefined += int((~defined).sum())
+            flagged += int((~result.is_finite | (result.residual > row.max_residual)).sum())
+        all_errors = torch.cat(errors)
+        records.append(
+            RealRecord(
+                name=row.name,
+                products={str(root): row.products(root) for root in sorted({r for _, r in groups})},
+                ms_per_stack=times,
+                max_error=float(all_errors.max()),
+                median_error=float(all_errors.median()),
+                flagged=flagged,
+                blocks=int(all_errors.numel()) + undefined,
+                without_reference=undefined,
+            )
+        )
+        print(f"real factors {row.name}: max error {records[-1].max_error:.2e}", flush=True)
+    return records
+
+
+def real_factor_table(records: list[RealRecord]) -> str:
+    groups = list(records[0].ms_per_stack)
+    lines = [
+        "| row | products root 4 / root 2 | "
+        + " | ".join(f"ms, {group}" for group in groups)
+        + " | error median / max | flagged | no reference |",
+        "|---|---|" + "---|" * len(groups) + "---|---|---|",
+    ]
+    for record in records:
+        products = " / ".join(str(record.products.get(root, "-")) for root in ("4", "2"))
+        times = " | ".join(f"{record.ms_per_stack[group]:.1f}" for group in groups)
+        lines.append(
+            f"| {record.name} | {products} | {times} | "
+            f"{record.median_error:.1e} / {record.max_error:.1e} | {record.flagged}/{record.blocks} | "
+            f"{record.without_reference} |"
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
 # Reporting.
 
 
@@ -627,7 +790,7 @@ def chebyshev_footnote(result: ShapeResult) -> str:
     lines = [
         (
             f"† error against the target (A + delta u I)^(-1/p), u the multi-power-iteration bound,"
-            f" delta {CHEBYSHEV_REL_EPSILON:g} (Chebyshev) or {MINIMAX_REL_EPSILON:g} (minimax);"
+            f" delta {CHEBYSHEV_REL_EPSILON:g} (Chebyshev) or the row's rel (minimax);"
             " against A^(-1/p) (median / max):"
         )
     ]
@@ -714,6 +877,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, help="timed runs per row (default: the preset's)")
     parser.add_argument("--only", nargs="*", help="substrings of row names to run (default: all)")
     parser.add_argument("--no-scaling-study", action="store_true", help="skip the scaling study")
+    parser.add_argument(
+        "--real-factors",
+        type=Path,
+        default=REAL_FACTORS,
+        help="the stored real Shampoo factors (skipped when the file is absent)",
+    )
+    parser.add_argument("--no-real-factors", action="store_true", help="skip the real-factor study")
     parser.add_argument("--out", type=Path, default=Path("bench_out/solvers"), help="output directory")
     args = parser.parse_args()
 
@@ -729,6 +899,8 @@ def main() -> None:
     ]
     study_shape = preset.shapes[0]
     study = None if args.no_scaling_study else scaling_study(study_shape, device)
+    run_real = not args.no_real_factors and args.real_factors.exists()
+    real = real_factor_study(args.real_factors, device, repeats) if run_real else None
 
     device_name = (
         torch.cuda.get_device_name(device)
@@ -746,6 +918,9 @@ def main() -> None:
         print("\n" + chebyshev_footnote(result))
     if study is not None:
         print("\n" + study_table(study_shape, study))
+    if real is not None:
+        print(f"\nreal factors ({args.real_factors.name}): error against the root of A + r I\n")
+        print(real_factor_table(real))
 
     args.out.mkdir(parents=True, exist_ok=True)
     report = {
@@ -755,7 +930,6 @@ def main() -> None:
         "root": args.root,
         "repeats": repeats,
         "chebyshev_rel_epsilon": CHEBYSHEV_REL_EPSILON,
-        "minimax_rel_epsilon": MINIMAX_REL_EPSILON,
         "shapes": [asdict(result) for result in shape_results],
         "scaling_study": None
         if study is None
@@ -765,6 +939,7 @@ def main() -> None:
             "target": ERROR_TARGET,
             "results": [asdict(result) for result in study],
         },
+        "real_factors": None if real is None else [asdict(record) for record in real],
     }
     (args.out / "solvers.json").write_text(json.dumps(report, indent=2))
     plot(shape_results, args.out / "solvers.png")

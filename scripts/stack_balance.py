@@ -7,11 +7,11 @@ reads back the blocks each rank owns. Per rank it reports:
 
 * estimated solver FLOPs. A block of order ``n`` has ``n`` factors, one per dim ``d``, each with
   upstream's default inverse root ``p = 2n``; one factor costs ``products(p) * 2 d^3`` FLOPs, with
-  the product counts of Newton-DB at 10 fp32 iterations (``newton_db_products``):
-  ``products(2) = 31``, ``products(4) = 61`` (two chained runs of ``3k - 1 = 29`` products plus
-  the 3-product residual). This is ``InverseRootCostModel().cost`` with no per-block
-  constant; other solvers scale the counts (coupled Newton 43, Chebyshev 62 for ``p = 4``) but the
-  ``d^3`` shape, and so the balance, barely moves. Reported: max over mean (1.0 is perfect).
+  the product counts of the default solver, the minimax iteration at ``rel_epsilon = 1e-5``
+  (``minimax_products``): ``products(2) = 23``, ``products(4) = 24``, ``products(6) = 29``. This is
+  ``InverseRootCostModel().cost`` with no per-block constant; other solvers change the counts
+  (the paper's Newton-DB 31 and 61, coupled Newton 43, Chebyshev 62 for ``p = 4``) but not the
+  ``d^3`` shape. Reported: max over mean (1.0 is perfect).
 * ``(dim, root)`` groups: the distinct keys of its factors. Each group is at least one sequential
   batched solver call (more if a stack is chunked), so the group count is the rank's serial
   depth. Reported: max and mean.
@@ -65,7 +65,7 @@ COST_MODELS: dict[str, CostModel] = {
     "inverse-root": InverseRootCostModel(),
 }
 
-#: The FLOP estimate of one block (Newton-DB, 10 fp32 iterations, no per-block constant).
+#: The FLOP estimate of one block (the default solver, no per-block constant).
 FLOP_MODEL = InverseRootCostModel()
 
 Shape = tuple[int, ...]

@@ -227,6 +227,8 @@ def test_configs_pickle_round_trip(config: RootInvConfig) -> None:
         (lambda: dash.ChebyshevRootInvConfig(degree=0), r"Invalid degree=0\. Must be an int in \[1, 1000\]"),
         (lambda: dash.ChebyshevRootInvConfig(degree=10**9), r"Invalid degree=1000000000"),
         (lambda: dash.ChebyshevRootInvConfig(rel_epsilon=0.0), r"Invalid rel_epsilon=0\.0"),
+        (lambda: dash.NewtonDBRootInvConfig(steps="halley"), r"Invalid steps 'halley'\. Must be one of 'minimax', 'newton_schulz'"),
+        (lambda: dash.NewtonDBRootInvConfig(rel_epsilon=1e-9), r"Invalid rel_epsilon=1e-09\. Must be a finite number >= 1e-08"),
     ],
 )
 def test_configs_reject_bad_values_by_name(make_config: Callable[[], object], match: str) -> None:

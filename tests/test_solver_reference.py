@@ -9,11 +9,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from distributed_shampoo_dash.solvers import (
     MULTI_POWER_ITERATION_SCALING,
     IterationControl,
+    MatmulPrecision,
     chebyshev_inverse_root,
     coupled_newton_inverse_root,
     eigh_inverse_root,
     newton_db_inverse_root,
 )
+from distributed_shampoo_dash.solvers.minimax import minimax_inverse_root
 
 
 def spd_stack(num_blocks: int, dim: int, condition: float, seed: int = 0) -> torch.Tensor:
@@ -24,7 +26,7 @@ def spd_stack(num_blocks: int, dim: int, condition: float, seed: int = 0) -> tor
     return (basis * eigenvalues) @ basis.mT
 
 
-def reference_inverse_root(A: torch.Tensor, root: float, epsilon: float) -> torch.Tensor:
+def reference_inverse_root(A: torch.Tensor, root: float, epsilon: float | torch.Tensor) -> torch.Tensor:
     eigenvalues, eigenvectors = torch.linalg.eigh(A.double() + epsilon * torch.eye(A.shape[-1], dtype=torch.float64))
     return (eigenvectors * eigenvalues.pow(-1.0 / root).unsqueeze(-2)) @ eigenvectors.mT
 
@@ -39,6 +41,7 @@ SOLVERS = {
     "eigh": lambda A, p: eigh_inverse_root(A, p),
     "coupled_newton": lambda A, p: coupled_newton_inverse_root(A, p),
     "newton_db": lambda A, p: newton_db_inverse_root(A, p, iteration=IterationControl(num_iterations=20)),
+    "minimax": lambda A, p: minimax_inverse_root(A, p),
 }
 
 
@@ -47,7 +50,9 @@ SOLVERS = {
 def test_solver_matches_fp64_reference_at_condition_1e3(solver: str, root: int) -> None:
     A = spd_stack(num_blocks=3, dim=48, condition=1e3)
     result = SOLVERS[solver](A.float(), root)
-    assert relative_errors(result.inverse_root, reference_inverse_root(A, root, 0.0)).max() < 1e-4
+    # The root of A + r I, r the ridge each block got (0 here but for the minimax iteration's).
+    reference = reference_inverse_root(A, root, result.regularization.double().reshape(-1, 1, 1))
+    assert relative_errors(result.inverse_root, reference).max() < 1e-4
     assert bool(result.is_finite.all())
 
 
@@ -90,13 +95,15 @@ class _SyncCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("solver", ["coupled_newton", "newton_db", "chebyshev"])
+@pytest.mark.parametrize("solver", ["coupled_newton", "newton_db", "chebyshev", "minimax", "minimax_bf16"])
 def test_solvers_never_synchronise_with_the_host(solver: str) -> None:
     A = spd_stack(num_blocks=2, dim=16, condition=100.0).float()
     solve = {
         "coupled_newton": lambda: coupled_newton_inverse_root(A, 4),
         "newton_db": lambda: newton_db_inverse_root(A, 4),
         "chebyshev": lambda: chebyshev_inverse_root(A, 4),
+        "minimax": lambda: minimax_inverse_root(A, 4),
+        "minimax_bf16": lambda: minimax_inverse_root(A, 4, precision=MatmulPrecision.BF16),
     }[solver]
     with _SyncCounter() as counter:
         solve()

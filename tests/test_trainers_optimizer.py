@@ -40,7 +40,8 @@ def test_every_solver_name_gives_its_config() -> None:
     assert isinstance(solver_config("eigen"), EigenConfig)
     assert isinstance(solver_config("newton-db"), dash.NewtonDBRootInvConfig)
     assert isinstance(solver_config("chebyshev"), dash.ChebyshevRootInvConfig)
-    assert set(SOLVERS) == {"eigen", "coupled-newton", "newton-db", "chebyshev"}
+    assert set(SOLVERS) == {"eigen", "coupled-newton", "newton-db", "newton-db-paper", "chebyshev"}
+    assert solver_config("newton-db-paper") == dash.NewtonDBRootInvConfig.paper()
 
 
 def test_unknown_names_are_rejected_with_the_choices() -> None:

@@ -36,10 +36,10 @@ from distributed_shampoo_dash.solvers import (
 )
 from distributed_shampoo_dash.solvers.chebyshev import check_chebyshev_rel_epsilon, check_degree
 from distributed_shampoo_dash.solvers.checks import (
+    as_enum,
     check_bool,
     check_instance,
     check_real,
-    type_name,
 )
 from distributed_shampoo_dash.solvers.minimax import check_minimax_rel_epsilon
 from distributed_shampoo_dash.solvers.problem import check_rel_epsilon
@@ -113,22 +113,6 @@ class NewtonDBSteps(enum.Enum):
     NEWTON_SCHULZ = "newton_schulz"
 
 
-def as_newton_db_steps(steps: object) -> NewtonDBSteps:
-    """Converts ``"minimax"``-style strings to :class:`NewtonDBSteps`."""
-    if isinstance(steps, NewtonDBSteps):
-        return steps
-    if isinstance(steps, str):
-        try:
-            return NewtonDBSteps(steps.lower())
-        except ValueError:
-            allowed = ", ".join(repr(s.value) for s in NewtonDBSteps)
-            raise ValueError(f"Invalid steps={steps!r}. Must be one of {allowed}.") from None
-    raise TypeError(
-        f"Invalid steps={steps!r} of type {type_name(steps)}. Must be a NewtonDBSteps or one of "
-        "its string values."
-    )
-
-
 #: Default relative ridge of :class:`NewtonDBRootInvConfig` (docs/quality.md says why).
 DEFAULT_REL_EPSILON = 1e-5
 
@@ -177,7 +161,7 @@ class NewtonDBRootInvConfig(DashRootInvConfig):
 
     def _checked_fields(self) -> dict[str, Any]:
         check_instance(self.iteration, IterationControl, "iteration")
-        fields = {**super()._checked_fields(), "steps": as_newton_db_steps(self.steps)}
+        fields = {**super()._checked_fields(), "steps": as_enum(self.steps, NewtonDBSteps, "steps")}
         if fields["steps"] is NewtonDBSteps.MINIMAX:
             fields["rel_epsilon"] = check_minimax_rel_epsilon(self.rel_epsilon)
         return fields

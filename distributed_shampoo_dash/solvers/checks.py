@@ -6,9 +6,11 @@ are accepted through the ``numbers`` ABCs, so numpy scalars work wherever Python
 are returned as Python ``int``/``float``/``bool`` (configs are pickled into checkpoints).
 """
 
+import enum
 import math
 import numbers
 from fractions import Fraction
+from typing import TypeVar
 
 from torch import Tensor
 
@@ -23,6 +25,30 @@ def type_name(value: object) -> str:
     """The qualified type name of ``value`` (``numpy.float32`` rather than ``float32``)."""
     cls = type(value)
     return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+_Enum = TypeVar("_Enum", bound=enum.Enum)
+
+
+def as_enum(value: object, enum_type: type[_Enum], what: str) -> _Enum:
+    """``value`` as a member of ``enum_type``: a member, or the string of one (any case).
+
+    Raises:
+        ValueError: If ``value`` is a string that names no member (the message lists them).
+        TypeError: If ``value`` is neither a member nor a string.
+    """
+    if isinstance(value, enum_type):
+        return value
+    if isinstance(value, str):
+        try:
+            return enum_type(value.lower())
+        except ValueError:
+            allowed = ", ".join(repr(member.value) for member in enum_type)
+            raise ValueError(f"Invalid {what} {value!r}. Must be one of {allowed}.") from None
+    raise TypeError(
+        f"Invalid {what} {value!r} of type {type_name(value)}. "
+        f"Must be a {enum_type.__name__} or one of its string values."
+    )
 
 
 def check_int(value: object, name: str, *, minimum: int, maximum: int | None = None) -> int:

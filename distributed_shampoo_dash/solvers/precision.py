@@ -9,12 +9,13 @@ precision  operand dtype         notes
 FP64       float64               reference accuracy, slow on GPUs
 FP32       float32               full fp32 products (TF32 explicitly disabled on CUDA)
 TF32       float32               fp32 operands, TF32 tensor cores on CUDA (fp32 on CPU)
-BF16       bfloat16              operands rounded to bf16, fp32 accumulation, fp32 result
-FP16       float16               operands rounded to fp16, fp32 accumulation, fp32 result
+BF16       bfloat16              operands rounded to bf16, result rounded to bf16
+FP16       float16               operands rounded to fp16, result rounded to fp16
 =========  ====================  ========================================================
 
-Low-precision products return their result in the working dtype, so elementwise updates,
-norms and residuals stay in fp32. The TF32 switch of cuBLAS is process-global in PyTorch;
+A low-precision product is ``torch.matmul`` of the rounded operands (cuBLAS accumulates in fp32;
+the result comes back in the operand dtype) and is cast back to the working dtype, so elementwise
+updates, norms and residuals stay in fp32. The TF32 switch of cuBLAS is process-global in PyTorch;
 :func:`batched_matmul` sets it only around the product it launches and always restores it,
 so no flag is left changed after a call.
 """
@@ -26,6 +27,8 @@ from contextlib import contextmanager
 
 import torch
 from torch import Tensor
+
+from distributed_shampoo_dash.solvers.checks import as_enum
 
 
 @enum.unique
@@ -67,26 +70,8 @@ _OPERAND_DTYPES: dict[MatmulPrecision, torch.dtype] = {
 
 
 def as_matmul_precision(precision: "MatmulPrecision | str") -> MatmulPrecision:
-    """Converts ``"fp32"``-style strings to :class:`MatmulPrecision`.
-
-    Raises:
-        ValueError: If ``precision`` names no known precision.
-        TypeError: If ``precision`` is neither a string nor a :class:`MatmulPrecision`.
-    """
-    if isinstance(precision, MatmulPrecision):
-        return precision
-    if isinstance(precision, str):
-        try:
-            return MatmulPrecision(precision.lower())
-        except ValueError:
-            allowed = ", ".join(repr(p.value) for p in MatmulPrecision)
-            raise ValueError(
-                f"Invalid matmul precision {precision!r}. Must be one of {allowed}."
-            ) from None
-    raise TypeError(
-        f"Invalid matmul precision {precision!r} of type {type(precision).__name__}. "
-        "Must be a MatmulPrecision or one of its string values."
-    )
+    """Converts ``"fp32"``-style strings to :class:`MatmulPrecision` (:func:`~.checks.as_enum`)."""
+    return as_enum(precision, MatmulPrecision, "matmul precision")
 
 
 @contextmanager

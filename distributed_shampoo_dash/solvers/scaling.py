@@ -25,7 +25,7 @@ from typing import assert_never
 import torch
 from torch import Tensor
 
-from distributed_shampoo_dash.solvers.checks import MAX_ITERATIONS, check_int, check_real, type_name
+from distributed_shampoo_dash.solvers.checks import MAX_ITERATIONS, as_enum, check_int, check_real
 from distributed_shampoo_dash.solvers.linalg import frobenius_norm
 
 _START_VECTOR_SEED = 0x5EED
@@ -41,19 +41,8 @@ class ScalingMethod(enum.Enum):
 
 
 def as_scaling_method(method: "ScalingMethod | str") -> ScalingMethod:
-    """Converts ``"frobenius"``-style strings to :class:`ScalingMethod`."""
-    if isinstance(method, ScalingMethod):
-        return method
-    if isinstance(method, str):
-        try:
-            return ScalingMethod(method.lower())
-        except ValueError:
-            allowed = ", ".join(repr(m.value) for m in ScalingMethod)
-            raise ValueError(f"Invalid scaling method {method!r}. Must be one of {allowed}.") from None
-    raise TypeError(
-        f"Invalid scaling method {method!r} of type {type_name(method)}. "
-        "Must be a ScalingMethod or one of its string values."
-    )
+    """Converts ``"frobenius"``-style strings to :class:`ScalingMethod` (:func:`~.checks.as_enum`)."""
+    return as_enum(method, ScalingMethod, "scaling method")
 
 
 def rayleigh_lambda_max(A: Tensor, num_iterations: int, num_vectors: int) -> Tensor:

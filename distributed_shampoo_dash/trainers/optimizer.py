@@ -43,6 +43,7 @@ SOLVERS: dict[str, Callable[[], RootInvConfig]] = {
     "eigen": EigenConfig,
     "coupled-newton": CoupledNewtonConfig,
     "newton-db": NewtonDBRootInvConfig,
+    "newton-db-paper": NewtonDBRootInvConfig.paper,
     "chebyshev": ChebyshevRootInvConfig,
 }
 
