@@ -76,7 +76,8 @@ def test_step_rows_have_times_root_errors_and_step_costs(smoke_report: tuple[Pat
     assert default["root_error_max"] <= 2e-3
     assert default["floor_flops"] > 0
     assert default["costs_with_roots"]["syncs"] - default["costs_without_roots"]["syncs"] == 1
-    assert upstream["costs_with_roots"]["ops"] > 5 * default["costs_with_roots"]["ops"] / 2
+    for which in ("costs_without_roots", "costs_with_roots"):
+        assert upstream[which]["ops"] > 2 * default[which]["ops"]
 
 
 def test_solver_rows_have_fractions_of_the_measured_peaks(smoke_report: tuple[Path, dict]) -> None:
