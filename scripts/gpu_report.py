@@ -194,7 +194,7 @@ def tests_part(device: torch.device, plan: Plan, out: Path, budget_s: float) -> 
     xml = out / "tests.xml"
     xml.unlink(missing_ok=True)
     command = [
-        sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider",
+        sys.executable, "-m", "pytest", "-m", "cuda", "-v", "--tb=short", "-p", "no:cacheprovider",
         f"--junitxml={xml}", "tests",
     ]
     if plan.test_selection:
@@ -216,7 +216,9 @@ def tests_part(device: torch.device, plan: Plan, out: Path, budget_s: float) -> 
             check=False,  # failed tests are results
         )
     except subprocess.TimeoutExpired as expired:
-        output = expired.stdout if isinstance(expired.stdout, str) else ""
+        output = expired.stdout or ""
+        if isinstance(output, bytes):
+            output = output.decode(errors="replace")
         raise RuntimeError(f"pytest ran past its budget of {budget_s:.0f} s:\n{output[-3000:]}") from None
     print(completed.stdout[-2000:], flush=True)
     if not xml.exists():
