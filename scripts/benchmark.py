@@ -105,7 +105,13 @@ class Preset:
     @classmethod
     def llama(cls, hidden: int, layers: int, ffn: int, vocab: int, block: int) -> "Preset":
         """Embedding, per layer (4 attention, 3 MLP, 2 norm weights), final norm, untied head."""
-        layer = [(hidden, hidden)] * 4 + [(ffn, hidden), (ffn, hidden), (hidden, ffn), (hidden,), (hidden,)]
+        layer = [(hidden, hidden)] * 4 + [
+            (ffn, hidden),
+            (ffn, hidden),
+            (hidden, ffn),
+            (hidden,),
+            (hidden,),
+        ]
         shapes = [(vocab, hidden), *layer * layers, (hidden,), (vocab, hidden)]
         return cls(tuple(shapes), block)
 
@@ -318,7 +324,9 @@ def row_computes_roots(row: AnyRow, step: int, precondition_frequency: int) -> b
     return computes_roots(step, precondition_frequency)
 
 
-def make_parameters(preset: Preset, device: torch.device) -> tuple[list[torch.nn.Parameter], torch.Generator]:
+def make_parameters(
+    preset: Preset, device: torch.device
+) -> tuple[list[torch.nn.Parameter], torch.Generator]:
     """The preset's parameters (seeded) and the generator that draws their gradients."""
     generator = torch.Generator(device="cpu").manual_seed(0)
     params = [
@@ -363,7 +371,9 @@ def count_step_costs(
 
     phases = [
         (phase, preconditioner_list, method)
-        for preconditioner_list in (dash.preconditioner_lists(optimizer) if isinstance(row, Row) else [])
+        for preconditioner_list in (
+            dash.preconditioner_lists(optimizer) if isinstance(row, Row) else []
+        )
         for phase, method in PHASES.items()
     ]
     without_roots = None
@@ -411,7 +421,9 @@ def meta_costs(row: Row, preset: Preset, precondition_frequency: int) -> dict[st
 H100_PEAKS_TFLOPS = {"fp32": 51.0, "tf32": 410.0, "bf16": 739.0, "fp16": 739.0}
 
 
-def floor_table(results: list[dict[str, object]], peaks: dict[str, float] = H100_PEAKS_TFLOPS) -> str:
+def floor_table(
+    results: list[dict[str, object]], peaks: dict[str, float] = H100_PEAKS_TFLOPS
+) -> str:
     """Each row's solver FLOPs per root computation by precision, and their time at ``peaks``."""
     lines = [
         "| optimizer | factor matrices | solver TFLOP per root computation (by precision) | at 1 x H100 peaks (ms) |",
@@ -419,7 +431,10 @@ def floor_table(results: list[dict[str, object]], peaks: dict[str, float] = H100
     ]
     for result in results:
         floor: dict[str, int] = result.get("floor_flops_by_precision") or {}  # type: ignore[assignment]
-        split = ", ".join(f"{precision} {flops / 1e12:.2f}" for precision, flops in floor.items()) or "-"
+        split = (
+            ", ".join(f"{precision} {flops / 1e12:.2f}" for precision, flops in floor.items())
+            or "-"
+        )
         seconds = sum(flops / (peaks[precision] * 1e12) for precision, flops in floor.items())
         lines.append(
             f"| {result['label']} | {result['num_factors']} | {split} | {'-' if not floor else f'{seconds * 1e3:.0f}'} |"
@@ -461,7 +476,9 @@ def transient_step_memory(optimizer: DistributedShampoo, device: torch.device) -
     return _status_bytes("VmHWM") - before
 
 
-def measure_memory_here(row: Row, preset: Preset, args: argparse.Namespace, device: torch.device) -> int:
+def measure_memory_here(
+    row: Row, preset: Preset, args: argparse.Namespace, device: torch.device
+) -> int:
     """Largest transient memory over a root step and the steps up to the next one (this process)."""
     params, generator = make_parameters(preset, device)
     optimizer = make_optimizer(params, row, preset, args.precondition_frequency)
@@ -492,7 +509,11 @@ def measure_memory(row: Row, args: argparse.Namespace) -> int:
         str(args.warmup),
     ]
     completed = subprocess.run(
-        command, env={**os.environ, **MEMORY_ENVIRONMENT}, capture_output=True, text=True, check=True
+        command,
+        env={**os.environ, **MEMORY_ENVIRONMENT},
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return int(json.loads(completed.stdout.strip().splitlines()[-1])["transient_memory_bytes"])
 
@@ -525,8 +546,12 @@ def run_row(
         "label": row.label,
         "median_step_s": statistics.median(times),
         "mean_step_s": statistics.mean(times),
-        "median_step_without_roots_s": statistics.median(times_without_roots) if times_without_roots else None,
-        "median_step_with_roots_s": statistics.median(times_with_roots) if times_with_roots else None,
+        "median_step_without_roots_s": statistics.median(times_without_roots)
+        if times_without_roots
+        else None,
+        "median_step_with_roots_s": statistics.median(times_with_roots)
+        if times_with_roots
+        else None,
         "step_times_s": times,
         "root_steps": root_steps,
         "peak_memory_bytes": peak_memory,
@@ -549,9 +574,15 @@ def run_row(
     if isinstance(row, PeerRow):
         peer, _ = peer_dashgpu.load()
         assert peer is not None
-        settings_used = peer_dashgpu.config_fields(peer, row.setting, preset.max_preconditioner_dim, frequency)
+        settings_used = peer_dashgpu.config_fields(
+            peer, row.setting, preset.max_preconditioner_dim, frequency
+        )
         result |= {
-            "peer": {"version": peer.version, "stubbed": list(peer.stubbed), "config": {k: str(v) for k, v in settings_used.items()}},
+            "peer": {
+                "version": peer.version,
+                "stubbed": list(peer.stubbed),
+                "config": {k: str(v) for k, v in settings_used.items()},
+            },
             "root_error_median": None,
             "root_error_p90": None,
             "root_error_max": None,
@@ -597,11 +628,16 @@ def run_rows(
             results.append(run_row(row, preset, settings, device))
         except Exception as exception:  # noqa: BLE001 - a solver that diverges on this preset is a result too
             print(f"{row.label}: failed with {type(exception).__name__}", flush=True)
-            failures.append({"label": row.label, "error": f"{type(exception).__name__}: {str(exception)[:160]}"})
+            failures.append(
+                {"label": row.label, "error": f"{type(exception).__name__}: {str(exception)[:160]}"}
+            )
             continue
         finally:
             dash.disable()
-        print(f"{row.label}: {results[-1]['median_step_s']:.4f} s/step ({time.perf_counter() - start:.1f} s)", flush=True)
+        print(
+            f"{row.label}: {results[-1]['median_step_s']:.4f} s/step ({time.perf_counter() - start:.1f} s)",
+            flush=True,
+        )
     return results, failures
 
 
@@ -627,15 +663,28 @@ def markdown_table(results: list[dict[str, object]]) -> str:
         if transient is not None:
             ratio = transient / reference["transient_memory_bytes"]  # type: ignore[operator]
             transient_cell = f"{transient / 2**20:.1f} ({ratio:.2f}x)"  # type: ignore[operator]
-        without_roots, with_roots = result["median_step_without_roots_s"], result.get("median_step_with_roots_s")
+        without_roots, with_roots = (
+            result["median_step_without_roots_s"],
+            result.get("median_step_with_roots_s"),
+        )
         speedups = " / ".join(
-            "-" if result.get(key) is None or reference.get(key) is None else f"{reference[key] / result[key]:.2f}x"  # type: ignore[operator]
-            for key in ("median_step_s", "mean_step_s", "median_step_without_roots_s", "median_step_with_roots_s")
+            "-"
+            if result.get(key) is None or reference.get(key) is None
+            else f"{reference[key] / result[key]:.2f}x"  # type: ignore[operator]
+            for key in (
+                "median_step_s",
+                "mean_step_s",
+                "median_step_without_roots_s",
+                "median_step_with_roots_s",
+            )
         )
         errors = (
             "-"
             if result["root_error_median"] is None
-            else " / ".join(f"{result[key]:.1e}" for key in ("root_error_median", "root_error_p90", "root_error_max"))
+            else " / ".join(
+                f"{result[key]:.1e}"
+                for key in ("root_error_median", "root_error_p90", "root_error_max")
+            )
         )
         lines.append(
             f"| {result['label']} | {result['median_step_s']:.4f} | {result['mean_step_s']:.4f} | "
@@ -687,7 +736,9 @@ def costs_table(results: list[dict[str, object]]) -> str:
         with_roots = result["costs_with_roots"]
         phase_peaks = with_roots["phase_peak_bytes"]  # type: ignore[index]
         peaks = [with_roots["peak_bytes"], *(phase_peaks.get(phase) for phase in PHASES)]  # type: ignore[index]
-        gflops = [_scaled(cost(result, which, "flops"), 1e9) for which in ("without_roots", "with_roots")]
+        gflops = [
+            _scaled(cost(result, which, "flops"), 1e9) for which in ("without_roots", "with_roots")
+        ]
         lines.append(
             f"| {result['label']} | {_pair(cost(result, 'without_roots', 'ops'), cost(result, 'with_roots', 'ops'))} | "
             f"{fewer(result, 'without_roots')} / {fewer(result, 'with_roots')} | "
@@ -722,21 +773,35 @@ def plot(results: list[dict[str, object]], path: Path) -> None:
 
 
 def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    return (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({torch.get_num_threads()} threads)"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="gpu" if torch.cuda.is_available() else "cpu")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), default="gpu" if torch.cuda.is_available() else "cpu"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precondition-frequency", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--only", nargs="*", help="labels (substrings) of the rows to run; upstream Eigen always runs")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        help="labels (substrings) of the rows to run; upstream Eigen always runs",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench_out/step"))
     parser.add_argument("--no-costs", action="store_true", help="do not count step costs")
     parser.add_argument(
-        "--root-error-sample", type=int, help="measure root errors on at most this many factor matrices"
+        "--root-error-sample",
+        type=int,
+        help="measure root errors on at most this many factor matrices",
     )
     parser.add_argument(
         "--memory",
@@ -754,22 +819,37 @@ def main() -> None:
     preset, device = PRESETS[args.preset], torch.device(args.device)
     if args.memory_of is not None:
         row = next(row for row in rows() if row.label == args.memory_of)
-        print(json.dumps({"transient_memory_bytes": measure_memory_here(row, preset, args, device)}))
+        print(
+            json.dumps({"transient_memory_bytes": measure_memory_here(row, preset, args, device)})
+        )
         return
     if args.on_meta:
-        meta_rows = [row for row in select_rows(rows(), args.only) if isinstance(row, Row) and row.use_dash]
+        meta_rows = [
+            row for row in select_rows(rows(), args.only) if isinstance(row, Row) and row.use_dash
+        ]
         counted, skipped = [], []
         for row in meta_rows:
             try:
                 counted.append(meta_costs(row, preset, args.precondition_frequency))
             except RuntimeError as error:  # a solver that reads values on the host (early exit)
-                skipped.append(f"{row.label}: not countable on meta ({str(error).splitlines()[0][:80]})")
+                skipped.append(
+                    f"{row.label}: not countable on meta ({str(error).splitlines()[0][:80]})"
+                )
             finally:
                 dash.disable()
-        print(f"preset {args.preset} on the meta device, roots every {args.precondition_frequency} step(s)\n")
-        print(costs_table(counted) + "\n\n" + floor_table(counted) + "".join(f"\n{line}" for line in skipped))
+        print(
+            f"preset {args.preset} on the meta device, roots every {args.precondition_frequency} step(s)\n"
+        )
+        print(
+            costs_table(counted)
+            + "\n\n"
+            + floor_table(counted)
+            + "".join(f"\n{line}" for line in skipped)
+        )
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps({"preset": args.preset, "results": counted}, indent=2))
+        args.out.with_suffix(".json").write_text(
+            json.dumps({"preset": args.preset, "results": counted}, indent=2)
+        )
         return
     settings = StepSettings(
         precondition_frequency=args.precondition_frequency,
@@ -789,13 +869,17 @@ def main() -> None:
             if isinstance(measured, Row):
                 result["transient_memory_bytes"] = measure_memory(measured, args)
 
-    print(f"\npreset {args.preset} on {device_name(device)}, torch {torch.__version__}, "
-          f"roots every {args.precondition_frequency} step(s), {results[0]['num_factors']} factor matrices\n")
+    print(
+        f"\npreset {args.preset} on {device_name(device)}, torch {torch.__version__}, "
+        f"roots every {args.precondition_frequency} step(s), {results[0]['num_factors']} factor matrices\n"
+    )
     print(markdown_table(results))
     for failure in failures:
         print(f"| {failure['label']} | failed: {failure['error'].splitlines()[0]} |")
     if settings.costs:
-        print("\nstep costs (one step without and one with root computation; ratios against upstream EigenConfig)\n")
+        print(
+            "\nstep costs (one step without and one with root computation; ratios against upstream EigenConfig)\n"
+        )
         print(costs_table(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(

@@ -342,7 +342,9 @@ class ErrorSummary:
 def error_summary(case: SpectrumCase, result: InverseRootResult, root: int) -> ErrorSummary:
     """Median/max errors per block and the fraction flagged (residual > 1 or not finite)."""
     plain = relative_errors(result.inverse_root, case.reference(root, 0.0))
-    target = relative_errors(result.inverse_root, case.reference(root, result.regularization.double()))
+    target = relative_errors(
+        result.inverse_root, case.reference(root, result.regularization.double())
+    )
     flagged = ~result.is_finite | (result.residual > 1.0)
     return ErrorSummary(
         median=float(target.median()),
@@ -562,7 +564,9 @@ def iterations_to_target(case: SpectrumCase, scaling: SpectralScaling) -> int | 
     reference = case.reference(STUDY_ROOT, 0.0)
     for iterations in range(1, MAX_STUDY_ITERATIONS + 1):
         iteration = IterationControl(num_iterations=iterations)
-        result = newton_db_inverse_root(case.stack, STUDY_ROOT, iteration=iteration, scaling=scaling)
+        result = newton_db_inverse_root(
+            case.stack, STUDY_ROOT, iteration=iteration, scaling=scaling
+        )
         if float(relative_errors(result.inverse_root, reference).max()) <= ERROR_TARGET:
             return iterations
     return None
@@ -588,7 +592,9 @@ def scaling_study(shape: Shape, device: torch.device) -> list[StudyResult]:
 # ---------------------------------------------------------------------------------------------
 # Real Shampoo factors.
 
-REAL_FACTORS = Path(__file__).resolve().parents[2] / "shared" / "data" / "shampoo_factors_bytellama.pt"
+REAL_FACTORS = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "shampoo_factors_bytellama.pt"
+)
 
 
 @dataclass(frozen=True)
@@ -677,7 +683,9 @@ class RealRecord:
     without_reference: int
 
 
-def real_factor_groups(path: Path, device: torch.device) -> tuple[float, dict[tuple[int, int], Tensor]]:
+def real_factor_groups(
+    path: Path, device: torch.device
+) -> tuple[float, dict[tuple[int, int], Tensor]]:
     """``(epsilon, {(d, root): (N, d, d) float32 stack})`` of the stored factors."""
     data = torch.load(path)
     groups: dict[tuple[int, int], list[Tensor]] = {}
@@ -693,7 +701,10 @@ def real_factor_study(path: Path, device: torch.device, repeats: int) -> list[Re
     for row in real_rows():
         errors, flagged, undefined, times = [], 0, 0, {}
         for (dim, root), stack in groups.items():
-            def solve(row: RealRow = row, stack: Tensor = stack, root: int = root) -> InverseRootResult:
+
+            def solve(
+                row: RealRow = row, stack: Tensor = stack, root: int = root
+            ) -> InverseRootResult:
                 return row.solve(stack, root, epsilon)
 
             result = solve()
@@ -884,7 +895,9 @@ def main() -> None:
         help="the stored real Shampoo factors (skipped when the file is absent)",
     )
     parser.add_argument("--no-real-factors", action="store_true", help="skip the real-factor study")
-    parser.add_argument("--out", type=Path, default=Path("bench_out/solvers"), help="output directory")
+    parser.add_argument(
+        "--out", type=Path, default=Path("bench_out/solvers"), help="output directory"
+    )
     args = parser.parse_args()
 
     preset, device = PRESETS[args.preset], torch.device(args.device)

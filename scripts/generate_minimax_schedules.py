@@ -132,7 +132,11 @@ def equioscillating(points: list[float], p: int) -> tuple[Coefficients, float, l
     b = beta / h - 2.0 * gamma * m_c / (h * h)
     c = gamma / (h * h)
     ratio = m_c / h
-    q2, q1, q0 = gamma * (1 + 2 * p), beta * (1 + p) + 2 * gamma * p * ratio, alpha + beta * p * ratio
+    q2, q1, q0 = (
+        gamma * (1 + 2 * p),
+        beta * (1 + p) + 2 * gamma * p * ratio,
+        alpha + beta * p * ratio,
+    )
     critical = []
     discriminant = q1 * q1 - 4 * q2 * q0
     if q2 != 0 and discriminant >= 0:

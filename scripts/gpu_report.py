@@ -123,7 +123,10 @@ class Plan:
 
 FULL = Plan(
     step_preset="gpu",
-    step_runs=(StepRun(1, warmup=2, steps=5, costs=False), StepRun(10, warmup=10, steps=20, costs=True)),
+    step_runs=(
+        StepRun(1, warmup=2, steps=5, costs=False),
+        StepRun(10, warmup=10, steps=20, costs=True),
+    ),
     step_rows=STEP_ROWS,
     root_error_sample=32,
     solver_preset="gpu",
@@ -135,7 +138,10 @@ FULL = Plan(
 )
 SMOKE = Plan(
     step_preset="smoke",
-    step_runs=(StepRun(1, warmup=1, steps=2, costs=False), StepRun(2, warmup=2, steps=2, costs=True)),
+    step_runs=(
+        StepRun(1, warmup=1, steps=2, costs=False),
+        StepRun(2, warmup=2, steps=2, costs=True),
+    ),
     step_rows=SMOKE_STEP_ROWS,
     root_error_sample=16,
     solver_preset="smoke",
@@ -194,15 +200,26 @@ def tests_part(device: torch.device, plan: Plan, out: Path, budget_s: float) -> 
     xml = out / "tests.xml"
     xml.unlink(missing_ok=True)
     command = [
-        sys.executable, "-m", "pytest", "-m", "cuda", "-v", "--tb=short", "-p", "no:cacheprovider",
-        f"--junitxml={xml}", "tests",
+        sys.executable,
+        "-m",
+        "pytest",
+        "-m",
+        "cuda",
+        "-v",
+        "--tb=short",
+        "-p",
+        "no:cacheprovider",
+        f"--junitxml={xml}",
+        "tests",
     ]
     if plan.test_selection:
         command += ["-k", plan.test_selection]
     environment = {
         **os.environ,
         "DASH_TEST_DEVICES": device.type,
-        "PYTHONPATH": os.pathsep.join([str(REPOSITORY), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        "PYTHONPATH": os.pathsep.join([str(REPOSITORY), os.environ.get("PYTHONPATH", "")]).rstrip(
+            os.pathsep
+        ),
     }
     print(shlex.join(command), flush=True)
     try:
@@ -219,10 +236,14 @@ def tests_part(device: torch.device, plan: Plan, out: Path, budget_s: float) -> 
         output = expired.stdout or ""
         if isinstance(output, bytes):
             output = output.decode(errors="replace")
-        raise RuntimeError(f"pytest ran past its budget of {budget_s:.0f} s:\n{output[-3000:]}") from None
+        raise RuntimeError(
+            f"pytest ran past its budget of {budget_s:.0f} s:\n{output[-3000:]}"
+        ) from None
     print(completed.stdout[-2000:], flush=True)
     if not xml.exists():
-        raise RuntimeError(f"pytest wrote no JUnit XML (exit {completed.returncode}):\n{completed.stderr[-3000:]}")
+        raise RuntimeError(
+            f"pytest wrote no JUnit XML (exit {completed.returncode}):\n{completed.stderr[-3000:]}"
+        )
     return {
         "command": shlex.join(command),
         "devices": device.type,
@@ -280,7 +301,8 @@ def solvers_part(device: torch.device, plan: Plan, out: Path, deadline: float) -
         if plan.solver_rows is None or any(name in row.name for name in plan.solver_rows)
     ]
     results = [
-        solvers.run_shape(shape, selected, 4, device, plan.solver_repeats, deadline) for shape in preset.shapes
+        solvers.run_shape(shape, selected, 4, device, plan.solver_repeats, deadline)
+        for shape in preset.shapes
     ]
     solvers.plot(results, out / "solvers.png")
     return {
@@ -289,7 +311,9 @@ def solvers_part(device: torch.device, plan: Plan, out: Path, deadline: float) -
         "root": 4,
         "shapes": [dataclasses.asdict(result) for result in results],
         "tables": {
-            str(result.shape): solvers.rows_table(result) + "\n\n" + solvers.chebyshev_footnote(result)
+            str(result.shape): solvers.rows_table(result)
+            + "\n\n"
+            + solvers.chebyshev_footnote(result)
             for result in results
         },
         "peak_table": solvers.peak_table(results),
@@ -376,7 +400,10 @@ def evaluate_targets(parts: dict[str, Any]) -> list[Target]:
     runs = [] if step is None or step.get("status") != "ok" else step["runs"]
     every_step = runs[0] if runs else None
     sparse = runs[-1] if len(runs) > 1 else None
-    upstream, default = _result(every_step, "upstream EigenConfig"), _result(every_step, DEFAULT_ROW)
+    upstream, default = (
+        _result(every_step, "upstream EigenConfig"),
+        _result(every_step, DEFAULT_ROW),
+    )
     targets: list[Target] = []
 
     upstream_s = None if upstream is None else upstream["median_step_s"]
@@ -465,7 +492,9 @@ def evaluate_targets(parts: dict[str, Any]) -> list[Target]:
         peer = _result(every_step, label)
         peer_s = None if peer is None else peer["median_step_s"]
         reference = peer_s if peer_s is not None else anchor_s
-        source = "measured in this run" if peer_s is not None else f"anchor {anchor_s} s (not run here)"
+        source = (
+            "measured in this run" if peer_s is not None else f"anchor {anchor_s} s (not run here)"
+        )
         targets.append(
             Target(
                 f"{DEFAULT_ROW} over {label}, roots every step",
@@ -496,14 +525,24 @@ def evaluate_targets(parts: dict[str, Any]) -> list[Target]:
     frequency = None if sparse is None else sparse["settings"]["precondition_frequency"]
     upstream_sparse = _result(sparse, "upstream EigenConfig")
     default_sparse = _result(sparse, DEFAULT_ROW)
-    upstream_without = None if upstream_sparse is None else upstream_sparse["median_step_without_roots_s"]
-    default_without = None if default_sparse is None else default_sparse["median_step_without_roots_s"]
-    ratio = None if upstream_without is None or default_without is None else default_without / upstream_without
+    upstream_without = (
+        None if upstream_sparse is None else upstream_sparse["median_step_without_roots_s"]
+    )
+    default_without = (
+        None if default_sparse is None else default_sparse["median_step_without_roots_s"]
+    )
+    ratio = (
+        None
+        if upstream_without is None or default_without is None
+        else default_without / upstream_without
+    )
     targets.append(
         Target(
             f"{DEFAULT_ROW}, roots every {frequency or '-'} steps: step without roots over upstream's",
             f"<= 1/3 (upstream ~{UPSTREAM_WITHOUT_ROOTS_S * 1e3:.0f} ms, DashGpu ~{DASHGPU_WITHOUT_ROOTS_S * 1e3:.0f} ms on 1 x H100)",
-            "-" if ratio is None else f"{_seconds(default_without)} / {_seconds(upstream_without)} = {ratio:.3f}",
+            "-"
+            if ratio is None
+            else f"{_seconds(default_without)} / {_seconds(upstream_without)} = {ratio:.3f}",
             None if ratio is None else ratio / WITHOUT_ROOTS_OVER_UPSTREAM_TARGET,
             _status(ratio, WITHOUT_ROOTS_OVER_UPSTREAM_TARGET),
         )
@@ -570,7 +609,8 @@ def markdown_report(report: dict[str, Any]) -> str:
         f"{machine}, torch {info['torch']}"
         + (f", CUDA {info['cuda']}" if info.get("cuda") else "")
         + f", Python {info['python']}, {info['date']}.",
-        f"Command: `{report['command']}`" + (" (smoke run: tiny shapes, the statuses mean nothing)" if report["smoke"] else ""),
+        f"Command: `{report['command']}`"
+        + (" (smoke run: tiny shapes, the statuses mean nothing)" if report["smoke"] else ""),
         "",
         "| part | status | elapsed (s) |",
         "|---|---|---|",
@@ -591,7 +631,9 @@ def markdown_report(report: dict[str, Any]) -> str:
                 f"{tests['passed']} passed, {tests['failures']} failed, {tests['errors']} errors, "
                 f"{tests['skipped']} skipped ({tests['pytest_time_s']:.1f} s): `{tests['command']}`"
             )
-            lines += [f"- {f['kind']}: `{f['test']}`: {f['message']}" for f in tests["failed_tests"]]
+            lines += [
+                f"- {f['kind']}: `{f['test']}`: {f['message']}" for f in tests["failed_tests"]
+            ]
         else:
             lines += ["```", tests["error"], "```"]
         lines.append("")
@@ -606,7 +648,12 @@ def markdown_report(report: dict[str, Any]) -> str:
                 lines += ["", f"### Roots every {frequency} step(s)", "", run["table"]]
                 lines += [f"| {f['label']} | {f['error']} |" for f in run["failures"]]
                 if run["costs_table"]:
-                    lines += ["", "Step costs (one step without and one with roots):", "", run["costs_table"]]
+                    lines += [
+                        "",
+                        "Step costs (one step without and one with roots):",
+                        "",
+                        run["costs_table"],
+                    ]
                 lines += ["", f"![step times](step_every{frequency}.png)"]
         else:
             lines += ["```", step["error"], "```"]
@@ -618,7 +665,12 @@ def markdown_report(report: dict[str, Any]) -> str:
         if solvers["status"] == "ok":
             lines += [solvers["peak_table"], ""]
             for shape, table in solvers["tables"].items():
-                lines += [f"### Stack {shape}: error median / max (fraction flagged)", "", table, ""]
+                lines += [
+                    f"### Stack {shape}: error median / max (fraction flagged)",
+                    "",
+                    table,
+                    "",
+                ]
             lines.append("![error against time](solvers.png)")
         else:
             lines += ["```", solvers["error"], "```"]
@@ -633,11 +685,15 @@ def write_report(report: dict[str, Any], out: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=Path("gpu_report"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, a few rows and tests")
-    parser.add_argument("--only", nargs="+", choices=PARTS, help="parts to run (others kept from report.json)")
+    parser.add_argument(
+        "--only", nargs="+", choices=PARTS, help="parts to run (others kept from report.json)"
+    )
     parser.add_argument("--budget-s", type=float, default=450.0, help="time for all parts together")
     args = parser.parse_args()
 
@@ -666,7 +722,9 @@ def main() -> None:
                 part = partial(tests_part, device, plan, args.out, budget)
             case "step":
                 solver_reserve = plan.solver_budget_s if "solvers" in (args.only or PARTS) else 0.0
-                part = partial(step_part, device, plan, args.out, max(deadline - solver_reserve, now + 1.0))
+                part = partial(
+                    step_part, device, plan, args.out, max(deadline - solver_reserve, now + 1.0)
+                )
             case _:
                 part = partial(solvers_part, device, plan, args.out, max(deadline, now + 1.0))
         report["parts"][name] = run_part(name, part)

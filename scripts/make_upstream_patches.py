@@ -160,7 +160,9 @@ HOOKS: tuple[Hook, ...] = (
     Hook(
         "distributed_shampoo/distributed_shampoo.py",
         r"^\s+RootInvShampooPreconditionerConfig: RootInvShampooPreconditionerList,$",
-        ("                    BatchedRootInvShampooPreconditionerConfig: BatchedRootInvShampooPreconditionerList,",),
+        (
+            "                    BatchedRootInvShampooPreconditionerConfig: BatchedRootInvShampooPreconditionerList,",
+        ),
     ),
     Hook(
         "distributed_shampoo/__init__.py",
@@ -240,7 +242,9 @@ def anchor_line(source: str, after: str, path: str) -> int:
             if isinstance(node, ast.ClassDef) and node.name == name:
                 return node.end_lineno or node.lineno
         raise ValueError(f"No top-level class {name} in {path}.")
-    matches = [number for number, line in enumerate(source.splitlines(), 1) if re.match(after, line)]
+    matches = [
+        number for number, line in enumerate(source.splitlines(), 1) if re.match(after, line)
+    ]
     if len(matches) != 1:
         raise ValueError(f"{after!r} matches {len(matches)} lines of {path}; expected exactly one.")
     return matches[0]
@@ -251,10 +255,17 @@ def hooks_diff(upstream: Path) -> str:
     diffs = []
     for path in dict.fromkeys(hook.path for hook in HOOKS):
         source = (upstream / path).read_text()
-        hooks = sorted((anchor_line(source, hook.after, path), hook.lines) for hook in HOOKS if hook.path == path)
+        hooks = sorted(
+            (anchor_line(source, hook.after, path), hook.lines)
+            for hook in HOOKS
+            if hook.path == path
+        )
         hunks, inserted = [], 0
         for line, lines in hooks:
-            hunks.append(f"@@ -{line},0 +{line + inserted + 1},{len(lines)} @@\n" + "".join(f"+{text}\n" for text in lines))
+            hunks.append(
+                f"@@ -{line},0 +{line + inserted + 1},{len(lines)} @@\n"
+                + "".join(f"+{text}\n" for text in lines)
+            )
             inserted += len(lines)
         diffs.append(f"diff --git a/{path} b/{path}\n--- a/{path}\n+++ b/{path}\n" + "".join(hunks))
     return "".join(diffs)
@@ -294,10 +305,17 @@ def check(upstream: Path, pytest_args: list[str]) -> int:
         environment = {"PYTHONPATH": str(copy), "PATH": "/usr/bin:/bin", "HOME": scratch}
         probe = "import distributed_shampoo; print(distributed_shampoo.__file__)"
         location = subprocess.run(
-            [sys.executable, "-c", probe], cwd=copy, env=environment, capture_output=True, text=True, check=True
+            [sys.executable, "-c", probe],
+            cwd=copy,
+            env=environment,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         if not location.startswith(str(copy)):
-            raise SystemExit(f"distributed_shampoo is imported from {location}, not from the patched copy.")
+            raise SystemExit(
+                f"distributed_shampoo is imported from {location}, not from the patched copy."
+            )
         command = [
             sys.executable, "-m", "pytest", "--import-mode=importlib", "-q", "-p", "no:cacheprovider",
             "distributed_shampoo",
@@ -310,24 +328,40 @@ def check(upstream: Path, pytest_args: list[str]) -> int:
             command, cwd=copy, env=environment, capture_output=True, text=True, check=False
         )
         lines = completed.stdout.strip().splitlines()
-        print("\n".join([line for line in lines if line.startswith(("FAILED", "ERROR"))] + lines[-1:]))
+        print(
+            "\n".join([line for line in lines if line.startswith(("FAILED", "ERROR"))] + lines[-1:])
+        )
         return completed.returncode
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--upstream", type=Path, required=True, help=f"source checkout at {PINNED_COMMIT}")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--upstream", type=Path, required=True, help=f"source checkout at {PINNED_COMMIT}"
+    )
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--verify", action="store_true", help="exit 1 if patches/ differs from the generator")
-    mode.add_argument("--check", action="store_true", help="apply patches/ to a scratch copy and run the tests")
-    parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments for --check (after --)")
+    mode.add_argument(
+        "--verify", action="store_true", help="exit 1 if patches/ differs from the generator"
+    )
+    mode.add_argument(
+        "--check", action="store_true", help="apply patches/ to a scratch copy and run the tests"
+    )
+    parser.add_argument(
+        "pytest_args", nargs="*", help="extra pytest arguments for --check (after --)"
+    )
     args = parser.parse_args()
 
     if args.check:
         raise SystemExit(check(args.upstream, args.pytest_args))
     series = generate(args.upstream)
     if args.verify:
-        stale = [name for name, text in series.items() if not (PATCHES / name).exists() or (PATCHES / name).read_text() != text]
+        stale = [
+            name
+            for name, text in series.items()
+            if not (PATCHES / name).exists() or (PATCHES / name).read_text() != text
+        ]
         extra = sorted({path.name for path in PATCHES.glob("*.patch")} - series.keys())
         if stale or extra:
             raise SystemExit(f"patches/ is not what the generator produces: {stale + extra}")

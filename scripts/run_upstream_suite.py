@@ -68,7 +68,9 @@ def hook_environment(hook_directory: Path, upstream: Path, mode: str) -> dict[st
     return environment
 
 
-def check_hook(environment: dict[str, str], mode: str, hook_directory: Path, upstream: Path) -> None:
+def check_hook(
+    environment: dict[str, str], mode: str, hook_directory: Path, upstream: Path
+) -> None:
     """Fails unless a fresh interpreter and its spawned child both have DASH as ``mode`` says."""
     script = hook_directory / "check_hook.py"
     script.write_text(HOOK_CHECK)
@@ -124,11 +126,15 @@ def run_suite(
         *pytest_args,
     ]
     print(f"[{part}, DASH {mode}] {' '.join(command[1:])}", flush=True)
-    completed = subprocess.run(command, check=False, env=environment, cwd=upstream, capture_output=True, text=True)
+    completed = subprocess.run(
+        command, check=False, env=environment, cwd=upstream, capture_output=True, text=True
+    )
     summary = completed.stdout.strip().splitlines()[-1:] or [completed.stderr.strip()]
     print(f"[{part}, DASH {mode}] {summary[0]}", flush=True)
     if not report.exists():
-        raise SystemExit(f"pytest wrote no report (exit {completed.returncode}):\n{completed.stderr}")
+        raise SystemExit(
+            f"pytest wrote no report (exit {completed.returncode}):\n{completed.stderr}"
+        )
     return outcomes_from_junit(report)
 
 
@@ -139,27 +145,39 @@ def print_comparison(part: str, results: dict[str, dict[str, str]]) -> int:
     print("|---|" + "---|" * (len(OUTCOMES) + 1))
     for mode, outcomes in results.items():
         counts = Counter(outcomes.values())
-        print(f"| {mode} | " + " | ".join(str(counts[o]) for o in OUTCOMES) + f" | {len(outcomes)} |")
+        print(
+            f"| {mode} | " + " | ".join(str(counts[o]) for o in OUTCOMES) + f" | {len(outcomes)} |"
+        )
     if len(results) < 2:
-        (mode, outcomes), = results.items()
-        failing = sorted(test for test, outcome in outcomes.items() if outcome in ("failed", "error"))
+        ((mode, outcomes),) = results.items()
+        failing = sorted(
+            test for test, outcome in outcomes.items() if outcome in ("failed", "error")
+        )
         for test in failing:
             print(f"- {test}: {outcomes[test]} (DASH {mode})")
         return 0
     without, with_dash = results["upstream"], results["dash"]
     differing = sorted(
-        test for test in without.keys() | with_dash.keys() if without.get(test) != with_dash.get(test)
+        test
+        for test in without.keys() | with_dash.keys()
+        if without.get(test) != with_dash.get(test)
     )
     for test in differing:
-        print(f"- {test}: without DASH {without.get(test, 'absent')}, with DASH {with_dash.get(test, 'absent')}")
+        print(
+            f"- {test}: without DASH {without.get(test, 'absent')}, with DASH {with_dash.get(test, 'absent')}"
+        )
     regressions = [t for t in differing if without.get(t) == "passed"]
     print(f"\n{len(differing)} tests differ; {len(regressions)} pass without DASH but not with it.")
     return len(regressions)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--upstream", type=Path, required=True, help="upstream source checkout (repository root)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--upstream", type=Path, required=True, help="upstream source checkout (repository root)"
+    )
     parser.add_argument("--part", choices=sorted(PARTS), nargs="+", default=["single"])
     parser.add_argument("--mode", choices=["both", *MODES], default="both")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
@@ -175,7 +193,8 @@ def main() -> None:
         (hook_directory / "sitecustomize.py").write_text(SITECUSTOMIZE)
         for part in args.part:
             results = {
-                mode: run_suite(upstream, part, mode, hook_directory, args.pytest_args) for mode in modes
+                mode: run_suite(upstream, part, mode, hook_directory, args.pytest_args)
+                for mode in modes
             }
             regressions += print_comparison(part, results)
     sys.exit(1 if regressions else 0)

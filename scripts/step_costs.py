@@ -156,9 +156,7 @@ def _is_boolean_index(func: object, args: tuple[Any, ...]) -> bool:
     """``x[mask]`` and ``x[mask] = y``: boolean indices need their count on the host."""
     if func not in (aten.index.Tensor, aten.index_put.default, aten.index_put_.default):
         return False
-    return any(
-        index is not None and index.dtype in (torch.bool, torch.uint8) for index in args[1]
-    )
+    return any(index is not None and index.dtype in (torch.bool, torch.uint8) for index in args[1])
 
 
 def _is_copy_between_devices(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
@@ -314,7 +312,9 @@ def phases_of(live: LiveBytes, phases: Sequence[Phase]) -> Iterator[None]:
         for name, owner, method_name in phases:
             method = getattr(owner, method_name)
 
-            def in_phase(*args: Any, _method: Callable[..., Any] = method, _name: str = name, **kwargs: Any) -> Any:
+            def in_phase(
+                *args: Any, _method: Callable[..., Any] = method, _name: str = name, **kwargs: Any
+            ) -> Any:
                 with live.phase(_name):
                     return _method(*args, **kwargs)
 
@@ -325,7 +325,12 @@ def phases_of(live: LiveBytes, phases: Sequence[Phase]) -> Iterator[None]:
 @contextmanager
 def counting() -> Iterator[tuple[OpCounter, SyncCounter, LiveBytes, FlopCounterMode]]:
     """All four counters active at once (every op passes through each)."""
-    ops, syncs, live, flops = OpCounter(), SyncCounter(), LiveBytes(), FlopCounterMode(display=False)
+    ops, syncs, live, flops = (
+        OpCounter(),
+        SyncCounter(),
+        LiveBytes(),
+        FlopCounterMode(display=False),
+    )
     with ExitStack() as stack:
         for mode in (flops, live, syncs, ops):
             stack.enter_context(mode)
@@ -344,7 +349,10 @@ def meta_scaffolding() -> Iterator[None]:
     def tolist(tensor: torch.Tensor) -> Any:
         return [True] * tensor.numel() if tensor.device.type == "meta" else host_tolist(tensor)
 
-    with patched(torch.Tensor, "tolist", tolist), patched(torch, "Generator", lambda device=None: host_generator()):
+    with (
+        patched(torch.Tensor, "tolist", tolist),
+        patched(torch, "Generator", lambda device=None: host_generator()),
+    ):
         yield
 
 

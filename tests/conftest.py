@@ -27,7 +27,11 @@ NO_CUDA_REASON = "needs a CUDA device (torch.cuda.is_available() is False)"
 
 def devices_under_test() -> list[str]:
     """The devices of :data:`DEVICES_VARIABLE` (default ``cpu`` and ``cuda``)."""
-    return [name.strip() for name in os.environ.get(DEVICES_VARIABLE, "cpu,cuda").split(",") if name.strip()]
+    return [
+        name.strip()
+        for name in os.environ.get(DEVICES_VARIABLE, "cpu,cuda").split(",")
+        if name.strip()
+    ]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -16,7 +16,9 @@ Spectrum = Callable[[int, torch.Generator], torch.Tensor]
 
 def random_orthogonal(num_blocks: int, dim: int, generator: torch.Generator) -> torch.Tensor:
     """``(N, d, d)`` float64 orthogonal bases: Q of the QR of a seeded Gaussian stack."""
-    basis, _ = torch.linalg.qr(torch.randn(num_blocks, dim, dim, generator=generator, dtype=torch.float64))
+    basis, _ = torch.linalg.qr(
+        torch.randn(num_blocks, dim, dim, generator=generator, dtype=torch.float64)
+    )
     return basis
 
 
@@ -26,7 +28,9 @@ def stack_with_eigenvalues(eigenvalues: torch.Tensor, basis: torch.Tensor) -> to
     return (stack + stack.mT) / 2
 
 
-def stack_with_spectrum(spectrum: Spectrum, num_blocks: int, dim: int, seed: int = 0) -> torch.Tensor:
+def stack_with_spectrum(
+    spectrum: Spectrum, num_blocks: int, dim: int, seed: int = 0
+) -> torch.Tensor:
     """``(N, d, d)`` float64 stack whose blocks share ``spectrum`` in independent random bases."""
     generator = torch.Generator().manual_seed(seed)
     eigenvalues = spectrum(dim, generator)
@@ -36,12 +40,16 @@ def stack_with_spectrum(spectrum: Spectrum, num_blocks: int, dim: int, seed: int
 def spd_stack(num_blocks: int, dim: int, condition: float, seed: int = 0) -> torch.Tensor:
     """``(N, d, d)`` float64 SPD stack with log-uniform eigenvalues in ``[1 / condition, 1]``."""
     generator = torch.Generator().manual_seed(seed)
-    basis, _ = torch.linalg.qr(torch.randn(num_blocks, dim, dim, generator=generator, dtype=torch.float64))
+    basis, _ = torch.linalg.qr(
+        torch.randn(num_blocks, dim, dim, generator=generator, dtype=torch.float64)
+    )
     eigenvalues = torch.logspace(0, -math.log10(condition), dim, dtype=torch.float64)
     return (basis * eigenvalues) @ basis.mT
 
 
-def reference_inverse_root(A: torch.Tensor, root: float, epsilon: float | torch.Tensor) -> torch.Tensor:
+def reference_inverse_root(
+    A: torch.Tensor, root: float, epsilon: float | torch.Tensor
+) -> torch.Tensor:
     """``(A + epsilon I)^{-1/p}`` per block by an fp64 eigendecomposition of ``A`` as given.
 
     ``epsilon`` is a scalar or an ``(N,)`` tensor of per-block shifts; the result is on ``A``'s device.
@@ -65,9 +73,13 @@ def relative_errors(X: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 
 def condition_numbers(A: torch.Tensor, epsilon: float = 0.0) -> torch.Tensor:
     """``(N,)`` float64 ``lambda_max / lambda_min`` of ``A + epsilon I`` (inf if not positive)."""
-    eigenvalues = torch.linalg.eigvalsh(A.double() + epsilon * torch.eye(A.shape[-1], dtype=torch.float64))
+    eigenvalues = torch.linalg.eigvalsh(
+        A.double() + epsilon * torch.eye(A.shape[-1], dtype=torch.float64)
+    )
     smallest = eigenvalues[..., 0]
-    return torch.where(smallest > 0, eigenvalues[..., -1] / smallest, torch.full_like(smallest, math.inf))
+    return torch.where(
+        smallest > 0, eigenvalues[..., -1] / smallest, torch.full_like(smallest, math.inf)
+    )
 
 
 def chebyshev_relative_bound(degree: int, root: float, rel_epsilon: float) -> float:

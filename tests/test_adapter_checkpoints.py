@@ -49,9 +49,15 @@ def resume(checkpoint: bytes) -> tuple[torch.nn.Module, DistributedShampoo]:
     return model, optimizer
 
 
-@pytest.mark.parametrize("saved_with_dash", [True, False], ids=["saved_with_dash", "saved_without_dash"])
-@pytest.mark.parametrize("resumed_with_dash", [True, False], ids=["resumed_with_dash", "resumed_without_dash"])
-def test_resuming_from_a_checkpoint_matches_not_stopping(saved_with_dash: bool, resumed_with_dash: bool) -> None:
+@pytest.mark.parametrize(
+    "saved_with_dash", [True, False], ids=["saved_with_dash", "saved_without_dash"]
+)
+@pytest.mark.parametrize(
+    "resumed_with_dash", [True, False], ids=["resumed_with_dash", "resumed_without_dash"]
+)
+def test_resuming_from_a_checkpoint_matches_not_stopping(
+    saved_with_dash: bool, resumed_with_dash: bool
+) -> None:
     batches = make_batches(TOTAL_STEPS)
     set_dash(saved_with_dash)
     model, optimizer = fresh()
@@ -60,19 +66,26 @@ def test_resuming_from_a_checkpoint_matches_not_stopping(saved_with_dash: bool, 
 
     set_dash(resumed_with_dash)
     resumed_model, resumed_optimizer = resume(checkpoint)
-    run_steps(resumed_model, resumed_optimizer, batches[CHECKPOINT_STEP:], first_step=CHECKPOINT_STEP)
+    run_steps(
+        resumed_model, resumed_optimizer, batches[CHECKPOINT_STEP:], first_step=CHECKPOINT_STEP
+    )
 
     uninterrupted_model, uninterrupted_optimizer = fresh()
     run_steps(uninterrupted_model, uninterrupted_optimizer, batches)
 
     exact = saved_with_dash == resumed_with_dash
-    for resumed, uninterrupted in zip(resumed_model.parameters(), uninterrupted_model.parameters(), strict=True):
+    for resumed, uninterrupted in zip(
+        resumed_model.parameters(), uninterrupted_model.parameters(), strict=True
+    ):
         if exact:
             assert torch.equal(resumed, uninterrupted)
         else:
             torch.testing.assert_close(resumed, uninterrupted, rtol=1e-4, atol=5e-4)
 
-    resumed_state, uninterrupted_state = resumed_optimizer.state_dict(), uninterrupted_optimizer.state_dict()
+    resumed_state, uninterrupted_state = (
+        resumed_optimizer.state_dict(),
+        uninterrupted_optimizer.state_dict(),
+    )
     assert resumed_state["state"].keys() == uninterrupted_state["state"].keys()
     for key, param_state in uninterrupted_state["state"].items():
         assert param_state.keys() == resumed_state["state"][key].keys()

@@ -83,16 +83,27 @@ def test_dash_matches_upstream_inverse_factors_and_parameters_after_20_steps(
     dash.enable()
     dash_model, dash_optimizer, _ = train(factory, num_steps=20, **train_kwargs)
 
-    assert type(preconditioner_list(dash_optimizer)).__name__ == "BatchedRootInvShampooPreconditionerList"
+    assert (
+        type(preconditioner_list(dash_optimizer)).__name__
+        == "BatchedRootInvShampooPreconditionerList"
+    )
     assert max_parameter_difference(upstream_model, dash_model) < 5e-4
     # Inverse roots of rank-deficient factors amplify rounding in the near-null space by up to
     # epsilon^{-1/p}, so they are compared through the matrices they are the roots of.
     for (upstream_inverse, root), (dash_inverse, _) in zip(
         inverse_factors(upstream_optimizer), inverse_factors(dash_optimizer), strict=True
     ):
-        assert upstream_inverse.dtype == dash_inverse.dtype and upstream_inverse.shape == dash_inverse.shape
-        upstream_matrix, dash_matrix = implied_matrix(upstream_inverse, root), implied_matrix(dash_inverse, root)
-        assert torch.linalg.norm(dash_matrix - upstream_matrix) <= 1e-3 * torch.linalg.norm(upstream_matrix)
+        assert (
+            upstream_inverse.dtype == dash_inverse.dtype
+            and upstream_inverse.shape == dash_inverse.shape
+        )
+        upstream_matrix, dash_matrix = (
+            implied_matrix(upstream_inverse, root),
+            implied_matrix(dash_inverse, root),
+        )
+        assert torch.linalg.norm(dash_matrix - upstream_matrix) <= 1e-3 * torch.linalg.norm(
+            upstream_matrix
+        )
 
 
 def fp64_reference_root(matrix: torch.Tensor, root: float, epsilon: float) -> torch.Tensor:
@@ -116,7 +127,9 @@ def fp64_reference_root(matrix: torch.Tensor, root: float, epsilon: float) -> to
     ids=["newton_db", "newton_db_paper_converged", "chebyshev"],
 )
 def test_dash_configs_train_the_model_with_roots_of_the_promised_accuracy(
-    solver: dash.NewtonDBRootInvConfig | dash.ChebyshevRootInvConfig, max_error: float, device: torch.device
+    solver: dash.NewtonDBRootInvConfig | dash.ChebyshevRootInvConfig,
+    max_error: float,
+    device: torch.device,
 ) -> None:
     """Every inverse factor is within ``max_error`` of the fp64 root of its bias-corrected factor.
 
@@ -127,7 +140,9 @@ def test_dash_configs_train_the_model_with_roots_of_the_promised_accuracy(
     """
     dash.enable()
     epsilon = 1e-6
-    model, optimizer, losses = train(shampoo_factory(solver, epsilon), num_steps=30, fixed_batch=True, device=device)
+    model, optimizer, losses = train(
+        shampoo_factory(solver, epsilon), num_steps=30, fixed_batch=True, device=device
+    )
     assert sum(losses[-5:]) < sum(losses[:5])
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
@@ -141,7 +156,9 @@ def test_dash_configs_train_the_model_with_roots_of_the_promised_accuracy(
             scaling: SpectralScaling = solver.scaling
             assert inverse.device == matrix.device and matrix.device.type == device.type
             shifted = matrix + epsilon * torch.eye(matrix.shape[0], device=device)
-            ridge = max(solver.rel_epsilon * float(scaling.upper_bound(shifted.unsqueeze(0))[0]), epsilon)
+            ridge = max(
+                solver.rel_epsilon * float(scaling.upper_bound(shifted.unsqueeze(0))[0]), epsilon
+            )
             reference = fp64_reference_root(matrix, root, ridge)
             error = torch.linalg.norm(inverse.double() - reference) / torch.linalg.norm(reference)
             assert error < max_error
@@ -224,11 +241,20 @@ def test_configs_pickle_round_trip(config: RootInvConfig) -> None:
         (lambda: dash.NewtonDBRootInvConfig(precision="fp8"), "'fp8'"),
         (lambda: dash.NewtonDBRootInvConfig(rel_epsilon=-1.0), r"Invalid rel_epsilon=-1\.0"),
         (lambda: dash.NewtonDBRootInvConfig(max_residual=-1.0), r"Invalid max_residual=-1\.0"),
-        (lambda: dash.ChebyshevRootInvConfig(degree=0), r"Invalid degree=0\. Must be an int in \[1, 1000\]"),
+        (
+            lambda: dash.ChebyshevRootInvConfig(degree=0),
+            r"Invalid degree=0\. Must be an int in \[1, 1000\]",
+        ),
         (lambda: dash.ChebyshevRootInvConfig(degree=10**9), r"Invalid degree=1000000000"),
         (lambda: dash.ChebyshevRootInvConfig(rel_epsilon=0.0), r"Invalid rel_epsilon=0\.0"),
-        (lambda: dash.NewtonDBRootInvConfig(steps="halley"), r"Invalid steps 'halley'\. Must be one of 'minimax', 'newton_schulz'"),
-        (lambda: dash.NewtonDBRootInvConfig(rel_epsilon=1e-9), r"Invalid rel_epsilon=1e-09\. Must be a finite number >= 1e-08"),
+        (
+            lambda: dash.NewtonDBRootInvConfig(steps="halley"),
+            r"Invalid steps 'halley'\. Must be one of 'minimax', 'newton_schulz'",
+        ),
+        (
+            lambda: dash.NewtonDBRootInvConfig(rel_epsilon=1e-9),
+            r"Invalid rel_epsilon=1e-09\. Must be a finite number >= 1e-08",
+        ),
     ],
 )
 def test_configs_reject_bad_values_by_name(make_config: Callable[[], object], match: str) -> None:
@@ -239,13 +265,27 @@ def test_configs_reject_bad_values_by_name(make_config: Callable[[], object], ma
 @pytest.mark.parametrize(
     "make_config, match",
     [
-        (lambda: dash.ChebyshevRootInvConfig(degree="60"), r"Invalid degree='60' of type str\. Must be an int"),
-        (lambda: dash.NewtonDBRootInvConfig(fallback_to_eigh=1), r"Invalid fallback_to_eigh=1 of type int"),
-        (lambda: dash.NewtonDBRootInvConfig(iteration=10), r"Invalid iteration=10 of type int\. Must be a IterationControl"),
-        (lambda: dash.NewtonDBRootInvConfig(scaling="frobenius"), r"Invalid scaling='frobenius' of type str"),
+        (
+            lambda: dash.ChebyshevRootInvConfig(degree="60"),
+            r"Invalid degree='60' of type str\. Must be an int",
+        ),
+        (
+            lambda: dash.NewtonDBRootInvConfig(fallback_to_eigh=1),
+            r"Invalid fallback_to_eigh=1 of type int",
+        ),
+        (
+            lambda: dash.NewtonDBRootInvConfig(iteration=10),
+            r"Invalid iteration=10 of type int\. Must be a IterationControl",
+        ),
+        (
+            lambda: dash.NewtonDBRootInvConfig(scaling="frobenius"),
+            r"Invalid scaling='frobenius' of type str",
+        ),
     ],
 )
-def test_configs_reject_values_of_the_wrong_type_by_name(make_config: Callable[[], object], match: str) -> None:
+def test_configs_reject_values_of_the_wrong_type_by_name(
+    make_config: Callable[[], object], match: str
+) -> None:
     with pytest.raises(TypeError, match=match):
         make_config()
 
@@ -259,10 +299,21 @@ def test_config_option_objects_report_their_own_field_names() -> None:
 
 def test_configs_accept_numpy_scalars_and_store_python_values() -> None:
     config = dash.ChebyshevRootInvConfig(
-        degree=np.int64(30), rel_epsilon=np.float32(0.01), max_residual=np.float64(0.5), fallback_to_eigh=np.bool_(False)
+        degree=np.int64(30),
+        rel_epsilon=np.float32(0.01),
+        max_residual=np.float64(0.5),
+        fallback_to_eigh=np.bool_(False),
     )
     assert (config.degree, config.max_residual, config.fallback_to_eigh) == (30, 0.5, False)
-    assert [type(value) for value in (config.degree, config.rel_epsilon, config.max_residual, config.fallback_to_eigh)] == [
+    assert [
+        type(value)
+        for value in (
+            config.degree,
+            config.rel_epsilon,
+            config.max_residual,
+            config.fallback_to_eigh,
+        )
+    ] == [
         int,
         float,
         float,

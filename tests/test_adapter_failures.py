@@ -54,10 +54,14 @@ def fresh_model_and_optimizer(
 
 
 def failure_counters(optimizer: DistributedShampoo) -> list[int]:
-    return [factors._failed_amortized_computation_counter for factors in kronecker_factors(optimizer)]
+    return [
+        factors._failed_amortized_computation_counter for factors in kronecker_factors(optimizer)
+    ]
 
 
-def run_failure_sequence(failing_steps: set[int], num_steps: int, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+def run_failure_sequence(
+    failing_steps: set[int], num_steps: int, monkeypatch: pytest.MonkeyPatch
+) -> list[object]:
     """Steps with every ``eigh`` failing at ``failing_steps``; records outcome and counters per step."""
     original_eigh = torch.linalg.eigh
     current_step = 0
@@ -76,7 +80,9 @@ def run_failure_sequence(failing_steps: set[int], num_steps: int, monkeypatch: p
         except ValueError as error:
             record.append(("raised", type(error).__name__, str(error).split(". ")[0]))
             break
-        record.append(("ok", failure_counters(optimizer), [p.detach().clone() for p in model.parameters()]))
+        record.append(
+            ("ok", failure_counters(optimizer), [p.detach().clone() for p in model.parameters()])
+        )
     monkeypatch.setattr(torch.linalg, "eigh", original_eigh)
     return record
 
@@ -113,10 +119,14 @@ def test_non_finite_factor_raises_upstreams_error() -> None:
         optimizer.step()
 
     dash.disable()
-    with pytest.raises(PreconditionerValueError, match="Encountered nan/inf values in factor matrix") as upstream:
+    with pytest.raises(
+        PreconditionerValueError, match="Encountered nan/inf values in factor matrix"
+    ) as upstream:
         run()
     dash.enable()
-    with pytest.raises(PreconditionerValueError, match="Encountered nan/inf values in factor matrix") as with_dash:
+    with pytest.raises(
+        PreconditionerValueError, match="Encountered nan/inf values in factor matrix"
+    ) as with_dash:
         run()
     assert str(with_dash.value).split("!")[0] == str(upstream.value).split("!")[0]
 
@@ -183,7 +193,9 @@ def test_rejected_roots_fall_back_to_eigh_for_those_blocks_alone(
 ) -> None:
     config, solver = NEWTON_DB_CONFIGS[variant]
     with caplog.at_level(logging.WARNING):
-        clean, optimizer, model, _ = twin_runs(config, solver, monkeypatch, clean_steps=2, corrupted_steps=1)
+        clean, optimizer, model, _ = twin_runs(
+            config, solver, monkeypatch, clean_steps=2, corrupted_steps=1
+        )
 
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
     assert "recomputing by eigh" in caplog.text
@@ -208,11 +220,16 @@ def test_rejected_roots_without_fallback_keep_the_previous_inverse_and_count_fai
 ) -> None:
     config, solver = NEWTON_DB_CONFIGS[variant]
     config = dataclasses.replace(config, fallback_to_eigh=False)
-    clean, optimizer, model, before = twin_runs(config, solver, monkeypatch, clean_steps=2, corrupted_steps=1)
+    clean, optimizer, model, before = twin_runs(
+        config, solver, monkeypatch, clean_steps=2, corrupted_steps=1
+    )
 
     affected_blocks = set()
     for (block_index, matrix, inverse, _), (_, _, clean_inverse, _), old in zip(
-        factor_matrices_and_inverses(optimizer), factor_matrices_and_inverses(clean), before, strict=True
+        factor_matrices_and_inverses(optimizer),
+        factor_matrices_and_inverses(clean),
+        before,
+        strict=True,
     ):
         if matrix.shape[-1] == CORRUPTED_DIM:
             affected_blocks.add(block_index)
@@ -221,7 +238,8 @@ def test_rejected_roots_without_fallback_keep_the_previous_inverse_and_count_fai
             assert torch.equal(inverse, clean_inverse)
     assert 0 < len(affected_blocks) < len(failure_counters(optimizer))
     assert failure_counters(optimizer) == [
-        int(block_index in affected_blocks) for block_index in range(len(failure_counters(optimizer)))
+        int(block_index in affected_blocks)
+        for block_index in range(len(failure_counters(optimizer)))
     ]
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
 

@@ -46,7 +46,9 @@ SOLVERS: dict[str, RootInvConfig] = {
 }
 
 
-def vector_run(solver: RootInvConfig, dtype: torch.dtype) -> tuple[str, torch.Tensor, list[torch.Tensor]]:
+def vector_run(
+    solver: RootInvConfig, dtype: torch.dtype
+) -> tuple[str, torch.Tensor, list[torch.Tensor]]:
     """Two steps on a single 1-D parameter; returns the outcome, the parameter and the inverse factors.
 
     The outcome is ``"ok"`` or the name and first sentence of the exception the step raised.
@@ -69,7 +71,9 @@ def vector_run(solver: RootInvConfig, dtype: torch.dtype) -> tuple[str, torch.Te
     return outcome, weight.detach().clone(), inverse_factors
 
 
-def per_block_run(solver: RootInvConfig, dtype: torch.dtype) -> tuple[str, torch.Tensor, list[torch.Tensor]]:
+def per_block_run(
+    solver: RootInvConfig, dtype: torch.dtype
+) -> tuple[str, torch.Tensor, list[torch.Tensor]]:
     """The same run through upstream's per-block code: upstream alone, or (DASH configs) with
     DASH's per-block binding wrapped, which the batched list answers with the per-block path."""
     if isinstance(solver, dash.NewtonDBRootInvConfig | dash.ChebyshevRootInvConfig):
@@ -84,7 +88,9 @@ def per_block_run(solver: RootInvConfig, dtype: torch.dtype) -> tuple[str, torch
 
 @pytest.mark.parametrize("dtype", STORED_DTYPES, ids=str)
 @pytest.mark.parametrize("solver", sorted(SOLVERS))
-def test_roots_are_judged_in_their_stored_dtype_as_upstream_judges_them(solver: str, dtype: torch.dtype) -> None:
+def test_roots_are_judged_in_their_stored_dtype_as_upstream_judges_them(
+    solver: str, dtype: torch.dtype
+) -> None:
     config = SOLVERS[solver]
     reference_outcome, reference_weight, reference_inverses = per_block_run(config, dtype)
     dash.enable()
@@ -115,7 +121,10 @@ def test_a_root_above_float16s_range_raises_upstreams_error_and_is_never_stored(
 
 
 def snapshot(model: torch.nn.Module, optimizer: DistributedShampoo) -> dict[str, object]:
-    return {"model": copy.deepcopy(model.state_dict()), "optimizer": copy.deepcopy(optimizer.state_dict())}
+    return {
+        "model": copy.deepcopy(model.state_dict()),
+        "optimizer": copy.deepcopy(optimizer.state_dict()),
+    }
 
 
 def assert_bitwise_equal(first: object, second: object) -> None:
@@ -155,5 +164,7 @@ def test_stepping_with_dash_disabled_raises_before_changing_anything() -> None:
     # Following the message and retrying the step gives the uninterrupted run.
     dash.enable()
     run_steps(model, optimizer, batches[2:])
-    for parameter, expected in zip(model.parameters(), uninterrupted_model.parameters(), strict=True):
+    for parameter, expected in zip(
+        model.parameters(), uninterrupted_model.parameters(), strict=True
+    ):
         assert torch.equal(parameter, expected)

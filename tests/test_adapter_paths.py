@@ -40,7 +40,9 @@ def dash_disabled_afterwards() -> Iterator[None]:
     ],
     ids=["pseudo_inverse", "coupled_higher_order"],
 )
-def test_configs_dash_does_not_batch_take_upstreams_per_block_path(solver: RootInvConfig, epsilon: float) -> None:
+def test_configs_dash_does_not_batch_take_upstreams_per_block_path(
+    solver: RootInvConfig, epsilon: float
+) -> None:
     dash.disable()
     upstream_model, _, _ = train(shampoo_factory(solver, epsilon), num_steps=NUM_STEPS)
     dash.enable()
@@ -73,7 +75,9 @@ def test_a_mocked_matrix_inverse_root_is_called_per_factor_as_upstream_does() ->
     [(dash.NewtonDBRootInvConfig(), 2.5), (dash.NewtonDBRootInvConfig.paper(), 6.0)],
     ids=["minimax_fractional_root", "paper_root_6"],
 )
-def test_newton_db_hands_roots_it_cannot_reach_to_batched_eigh(config: RootInvConfig, root: float) -> None:
+def test_newton_db_hands_roots_it_cannot_reach_to_batched_eigh(
+    config: RootInvConfig, root: float
+) -> None:
     stack = torch.randn(3, 6, 6, dtype=torch.float64)
     stack = stack @ stack.mT
     result = dash.inverse_roots(stack, root, config, epsilon=1e-6)
@@ -129,6 +133,9 @@ def test_kl_shampoo_keeps_its_outer_products_and_batches_its_roots() -> None:
     ) as hook:
         dash_model, dash_optimizer, _ = train(kl_shampoo_factory, num_steps=NUM_STEPS)
 
-    assert isinstance(preconditioner_list(dash_optimizer), dash.integration.BatchedRootInvKLShampooPreconditionerList)
+    assert isinstance(
+        preconditioner_list(dash_optimizer),
+        dash.integration.BatchedRootInvKLShampooPreconditionerList,
+    )
     assert hook.call_count > 0
     assert max_parameter_difference(upstream_model, dash_model) < 5e-4

@@ -48,7 +48,9 @@ COMPARISON_EPSILON = {"cpu": 1e-8, "cuda": 1e-6}
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("use_symmetric_packing", [True, False], ids=["packed", "unpacked"])
-@pytest.mark.parametrize("precondition_frequency", [1, 10], ids=["roots_every_step", "roots_every_10"])
+@pytest.mark.parametrize(
+    "precondition_frequency", [1, 10], ids=["roots_every_step", "roots_every_10"]
+)
 def test_dash_step_matches_upstream_over_50_steps_with_masked_blocks(
     use_symmetric_packing: bool, precondition_frequency: int, device: torch.device
 ) -> None:
@@ -63,7 +65,8 @@ def test_dash_step_matches_upstream_over_50_steps_with_masked_blocks(
             start_preconditioning_step=1 if precondition_frequency == 1 else 10,
             grafting_config=AdamPreconditionerConfig(beta2=0.95, epsilon=1e-8),
             preconditioner_config=RootInvShampooPreconditionerConfig(
-                amortized_computation_config=EigenConfig(), use_symmetric_packing=use_symmetric_packing
+                amortized_computation_config=EigenConfig(),
+                use_symmetric_packing=use_symmetric_packing,
             ),
         )
 
@@ -72,7 +75,9 @@ def test_dash_step_matches_upstream_over_50_steps_with_masked_blocks(
         factory, 50, skip_gradients=masked_every_fourth_step, device=device
     )
     dash.enable()
-    dash_model, dash_optimizer, _ = train(factory, 50, skip_gradients=masked_every_fourth_step, device=device)
+    dash_model, dash_optimizer, _ = train(
+        factory, 50, skip_gradients=masked_every_fourth_step, device=device
+    )
 
     orders = {len(factors.factor_matrices) for factors in kronecker_factors(dash_optimizer)}
     assert {1, 2, 3} <= orders
@@ -119,7 +124,9 @@ def syncs_of_a_root_step(max_preconditioner_dim: int) -> tuple[int, int, torch.n
         precondition_frequency=1,
         start_preconditioning_step=1,
         grafting_config=AdamPreconditionerConfig(beta2=0.95, epsilon=1e-8),
-        preconditioner_config=RootInvShampooPreconditionerConfig(amortized_computation_config=EigenConfig()),
+        preconditioner_config=RootInvShampooPreconditionerConfig(
+            amortized_computation_config=EigenConfig()
+        ),
     )
     batches = make_batches(2)
     run_steps(model, optimizer, batches[:1])
@@ -178,13 +185,17 @@ def two_group_factory(solver: object) -> Callable[[torch.nn.Module], Distributed
             precondition_frequency=2,
             start_preconditioning_step=2,
             grafting_config=AdamPreconditionerConfig(beta2=0.95, epsilon=1e-8),
-            preconditioner_config=RootInvShampooPreconditionerConfig(amortized_computation_config=solver),
+            preconditioner_config=RootInvShampooPreconditionerConfig(
+                amortized_computation_config=solver
+            ),
         )
 
     return factory
 
 
-def syncs_without_and_with_roots(use_dash: bool, solver: object, device: torch.device) -> tuple[int, int]:
+def syncs_without_and_with_roots(
+    use_dash: bool, solver: object, device: torch.device
+) -> tuple[int, int]:
     """Host synchronisations of a step without root computation (step 5) and of one with (step 6),
     after four steps of warm-up."""
     dash.enable() if use_dash else dash.disable()
@@ -199,12 +210,16 @@ def syncs_without_and_with_roots(use_dash: bool, solver: object, device: torch.d
 
 
 @pytest.mark.cuda
-def test_a_dash_step_synchronises_once_per_param_group_and_root_computation(device: torch.device) -> None:
+def test_a_dash_step_synchronises_once_per_param_group_and_root_computation(
+    device: torch.device,
+) -> None:
     """The documented constant: a DASH step with root computation (matmul-only solver) reads the
     device once per param group more than a step without, and a step without adds nothing to
     upstream's own step (the loss read of the training loop is in both)."""
     upstream_without, _ = syncs_without_and_with_roots(False, EigenConfig(), device)
-    without_roots, with_roots = syncs_without_and_with_roots(True, dash.NewtonDBRootInvConfig(), device)
+    without_roots, with_roots = syncs_without_and_with_roots(
+        True, dash.NewtonDBRootInvConfig(), device
+    )
     assert with_roots - without_roots == 2  # two param groups
     assert without_roots == upstream_without
 
@@ -218,7 +233,9 @@ def one_block_per_chunk() -> Iterator[None]:
     list_class.max_stack_bytes = None
 
 
-def test_chunks_of_one_block_give_the_same_step_with_the_same_host_syncs(one_block_per_chunk: None) -> None:
+def test_chunks_of_one_block_give_the_same_step_with_the_same_host_syncs(
+    one_block_per_chunk: None,
+) -> None:
     dash.enable()
     _, chunked_syncs, chunked_model = syncs_of_a_root_step(3)
     dash.integration.BatchedRootInvShampooPreconditionerList.max_stack_bytes = None
@@ -238,7 +255,9 @@ def test_automatic_stack_budget_is_half_the_gradient_bytes_and_at_least_4_mib() 
     assert preconditioner_list.stack_budget(large) == (2**22 * 4 + 2**21 * 8) // 2
 
 
-def test_loading_into_a_running_optimizer_leaves_no_stale_state(tmp_path: torch.types.FileLike) -> None:
+def test_loading_into_a_running_optimizer_leaves_no_stale_state(
+    tmp_path: torch.types.FileLike,
+) -> None:
     """``load_state_dict`` and a bare ``dcp.load`` into a running optimizer, then steps: as fresh."""
     dash.enable()
     factory = shampoo_factory(EigenConfig())
@@ -266,7 +285,9 @@ def test_loading_into_a_running_optimizer_leaves_no_stale_state(tmp_path: torch.
 
     fresh = from_checkpoint("fresh")
     for load in ("load_state_dict", "dcp"):
-        for loaded, expected in zip(from_checkpoint(load).parameters(), fresh.parameters(), strict=True):
+        for loaded, expected in zip(
+            from_checkpoint(load).parameters(), fresh.parameters(), strict=True
+        ):
             assert torch.equal(loaded, expected), load
 
 

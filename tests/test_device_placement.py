@@ -52,11 +52,17 @@ CONFIGS: dict[str, RootInvConfig] = {
 @pytest.mark.parametrize("use_symmetric_packing", [True, False], ids=["packed", "unpacked"])
 @pytest.mark.parametrize("config", sorted(CONFIGS))
 def test_a_dash_step_keeps_every_tensor_on_the_parameters_device(
-    config: str, use_symmetric_packing: bool, meta_scaffolding: None, caplog: pytest.LogCaptureFixture
+    config: str,
+    use_symmetric_packing: bool,
+    meta_scaffolding: None,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """1-D, 2-D (with remainder blocks) and 3-D parameters, roots every second step: factor
     updates, root computations and preconditioning all run, on ``meta``."""
-    params = [torch.nn.Parameter(torch.empty(shape, device="meta")) for shape in [(40, 24), (24,), (3, 4, 5)]]
+    params = [
+        torch.nn.Parameter(torch.empty(shape, device="meta"))
+        for shape in [(40, 24), (24,), (3, 4, 5)]
+    ]
     optimizer = DistributedShampoo(
         params,
         lr=1e-3,
@@ -67,7 +73,8 @@ def test_a_dash_step_keeps_every_tensor_on_the_parameters_device(
         start_preconditioning_step=2,
         grafting_config=AdamPreconditionerConfig(beta2=0.95, epsilon=1e-8),
         preconditioner_config=RootInvShampooPreconditionerConfig(
-            amortized_computation_config=CONFIGS[config], use_symmetric_packing=use_symmetric_packing
+            amortized_computation_config=CONFIGS[config],
+            use_symmetric_packing=use_symmetric_packing,
         ),
     )
     for _ in range(4):
@@ -78,4 +85,6 @@ def test_a_dash_step_keeps_every_tensor_on_the_parameters_device(
     assert not dash.fallback_counts(optimizer)
     assert "failed" not in caplog.text
     inverse_factors = list(dash.inverse_factors(optimizer))
-    assert inverse_factors and all(factor.inverse_root.device.type == "meta" for factor in inverse_factors)
+    assert inverse_factors and all(
+        factor.inverse_root.device.type == "meta" for factor in inverse_factors
+    )

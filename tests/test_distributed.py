@@ -74,7 +74,9 @@ def fully_shard_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, o
     return spawn(job, 2, tmp_path_factory.mktemp("fully_shard"))
 
 
-def check_distributed_run(compare: dict[str, dict[str, torch.Tensor]], single: dict[str, torch.Tensor]) -> None:
+def check_distributed_run(
+    compare: dict[str, dict[str, torch.Tensor]], single: dict[str, torch.Tensor]
+) -> None:
     """DASH on equals DASH off, and is no further from the single-process run than upstream."""
     assert max_difference(compare["on"], compare["off"]) < TOLERANCE
     upstream_gap = max_difference(compare["off"], single)
@@ -116,7 +118,9 @@ def test_ddp_checkpoint_from_two_ranks_resumes_in_a_single_process(
         model = MixedShapeModel()
         optimizer = shampoo_factory(EigenConfig())(model)
         load(model, optimizer, out_dir / "checkpoint")
-        run_steps(model, optimizer, make_batches(NUM_STEPS)[NUM_STEPS // 2 :], first_step=NUM_STEPS // 2)
+        run_steps(
+            model, optimizer, make_batches(NUM_STEPS)[NUM_STEPS // 2 :], first_step=NUM_STEPS // 2
+        )
     finally:
         dash.disable()
     resumed = {name: p.detach() for name, p in model.named_parameters()}
@@ -134,9 +138,15 @@ def test_ddp_checkpoint_from_two_ranks_resumes_on_four(
 
 
 @pytest.mark.slow
-def test_hybrid_shard_with_dash_matches_upstream(tmp_path: Path, single_process: dict[str, torch.Tensor]) -> None:
-    check_distributed_run(spawn(Job("hybrid_shard", NUM_STEPS), 4, tmp_path)["compare"], single_process)
+def test_hybrid_shard_with_dash_matches_upstream(
+    tmp_path: Path, single_process: dict[str, torch.Tensor]
+) -> None:
+    check_distributed_run(
+        spawn(Job("hybrid_shard", NUM_STEPS), 4, tmp_path)["compare"], single_process
+    )
 
 
-def test_fsdp1_with_dash_matches_upstream(tmp_path: Path, single_process: dict[str, torch.Tensor]) -> None:
+def test_fsdp1_with_dash_matches_upstream(
+    tmp_path: Path, single_process: dict[str, torch.Tensor]
+) -> None:
     check_distributed_run(spawn(Job("fsdp1", NUM_STEPS), 2, tmp_path)["compare"], single_process)

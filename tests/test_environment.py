@@ -19,9 +19,7 @@ def dash_disabled_afterwards() -> Iterator[None]:
 
 
 @pytest.mark.parametrize("value", ["", "0", "off", "False"])
-def test_unset_or_false_values_leave_dash_off(
-    value: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_unset_or_false_values_leave_dash_off(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENVIRONMENT_VARIABLE, value)
     assert enable_from_environment() is False
 
@@ -45,7 +43,9 @@ def test_true_values_enable_dash(value: str, monkeypatch: pytest.MonkeyPatch) ->
 
 @pytest.mark.upstream
 @pytest.mark.parametrize("value, expected", [("1", "True"), ("0", "False")])
-def test_a_sitecustomize_hook_reaches_fresh_interpreters(value: str, expected: str, tmp_path: Path) -> None:
+def test_a_sitecustomize_hook_reaches_fresh_interpreters(
+    value: str, expected: str, tmp_path: Path
+) -> None:
     pytest.importorskip("distributed_shampoo")
     (tmp_path / "sitecustomize.py").write_text(
         "from distributed_shampoo_dash.environment import enable_from_environment\nenable_from_environment()\n"

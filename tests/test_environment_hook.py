@@ -36,7 +36,12 @@ pytestmark = pytest.mark.slow
 
 
 def user_site(user_base: Path) -> Path:
-    return user_base / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    return (
+        user_base
+        / "lib"
+        / f"python{sys.version_info.major}.{sys.version_info.minor}"
+        / "site-packages"
+    )
 
 
 def install(kind: str, work_dir: Path) -> Path:
@@ -54,8 +59,20 @@ def install(kind: str, work_dir: Path) -> Path:
     editable = ["-e"] if kind == "editable" else []
     # --prefix with --ignore-installed writes only under user_base and uninstalls nothing.
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "--no-deps", "--ignore-installed", "--prefix", str(user_base), *editable, str(source)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--ignore-installed",
+            "--prefix",
+            str(user_base),
+            *editable,
+            str(source),
+        ],
         check=True,
         capture_output=True,
         text=True,
@@ -67,7 +84,9 @@ def require_user_site() -> None:
     """Skips where fresh interpreters ignore the user site (inside a virtual environment)."""
     result = subprocess.run(
         [sys.executable, "-c", "import site; print(site.ENABLE_USER_SITE)"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     if result.stdout.strip() != "True":
         pytest.skip("this interpreter does not process a user site (virtual environment?)")
@@ -95,7 +114,9 @@ def environment(user_base: Path, value: str | None) -> dict[str, str]:
     return env
 
 
-def run_python(code: str, user_base: Path, value: str | None, *flags: str) -> subprocess.CompletedProcess[str]:
+def run_python(
+    code: str, user_base: Path, value: str | None, *flags: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, *flags, "-c", code],
         check=False,
@@ -122,11 +143,16 @@ def imported_names(importtime_log: str) -> list[str]:
 
 
 def is_ours_or_torch(name: str) -> bool:
-    return name in (STARTUP_MODULE, "torch") or name.split(".")[0] in ("distributed_shampoo_dash", "distributed_shampoo")
+    return name in (STARTUP_MODULE, "torch") or name.split(".")[0] in (
+        "distributed_shampoo_dash",
+        "distributed_shampoo",
+    )
 
 
 def test_unset_variable_imports_nothing_at_start(wheel_user_base: Path) -> None:
-    result = run_python("import sys; print(sorted(sys.modules))", wheel_user_base, None, "-X", "importtime")
+    result = run_python(
+        "import sys; print(sorted(sys.modules))", wheel_user_base, None, "-X", "importtime"
+    )
     assert result.returncode == 0, result.stderr
     assert not [name for name in ast.literal_eval(result.stdout) if is_ours_or_torch(name)]
     assert not [name for name in imported_names(result.stderr) if is_ours_or_torch(name)]
@@ -136,8 +162,11 @@ def test_unset_variable_imports_nothing_at_start(wheel_user_base: Path) -> None:
 
 
 def test_set_variable_imports_neither_torch_nor_the_package_at_start(wheel_user_base: Path) -> None:
-    result = run_python("import sys; print('torch' in sys.modules, 'distributed_shampoo_dash' in sys.modules)",
-                        wheel_user_base, "1")
+    result = run_python(
+        "import sys; print('torch' in sys.modules, 'distributed_shampoo_dash' in sys.modules)",
+        wheel_user_base,
+        "1",
+    )
     assert result.stdout.strip() == "False False", result.stderr
 
 
@@ -158,7 +187,9 @@ def test_unset_or_false_variable_leaves_dash_off(wheel_user_base: Path, value: s
 
 @pytest.mark.upstream
 def test_dash_is_on_when_the_adapter_is_imported_before_upstream(wheel_user_base: Path) -> None:
-    result = run_python("import distributed_shampoo_dash as dash; print(dash.is_enabled())", wheel_user_base, "1")
+    result = run_python(
+        "import distributed_shampoo_dash as dash; print(dash.is_enabled())", wheel_user_base, "1"
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "True"
 

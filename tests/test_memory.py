@@ -44,7 +44,9 @@ def transient_memory(label: str, preset: str) -> int:
 def test_dash_step_memory_is_within_a_quarter_of_upstreams_plus_16_mib(preset: str) -> None:
     upstream = transient_memory(UPSTREAM, preset)
     measured = {label: transient_memory(label, preset) for label in DASH_ROWS}
-    report = {label: round(value / MIB, 1) for label, value in measured.items()} | {"upstream": upstream / MIB}
+    report = {label: round(value / MIB, 1) for label, value in measured.items()} | {
+        "upstream": upstream / MIB
+    }
     assert all(value <= 1.25 * upstream + 16 * MIB for value in measured.values()), report
 
 
@@ -82,7 +84,11 @@ print(json.dumps({"stacks": (status("VmHWM") - before) / stack.nbytes}))
 @pytest.mark.parametrize("call", [*sorted(SOLVER_WORKSPACE), "minimax_bf16"])
 def test_solver_allocates_at_most_its_documented_work_space(call: str) -> None:
     completed = subprocess.run(
-        [sys.executable, "-c", SOLVER_CALL, call], env=ENVIRONMENT, capture_output=True, text=True, check=True
+        [sys.executable, "-c", SOLVER_CALL, call],
+        env=ENVIRONMENT,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     stacks = json.loads(completed.stdout.strip().splitlines()[-1])["stacks"]
     assert stacks <= SOLVER_WORKSPACE[call.removesuffix("_bf16")] + 0.1, stacks

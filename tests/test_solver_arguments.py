@@ -52,30 +52,43 @@ def test_root_must_be_a_finite_positive_number(solver: str, root: float) -> None
 @ALL_SOLVERS
 @pytest.mark.parametrize("root", ["2", None, True, torch.tensor(2.0)])
 def test_root_must_be_a_real_number(solver: str, root: object) -> None:
-    with pytest.raises(TypeError, match=rf"Invalid root=.* of type (\w+\.)*{type(root).__name__}\. Must be a real number"):
+    with pytest.raises(
+        TypeError,
+        match=rf"Invalid root=.* of type (\w+\.)*{type(root).__name__}\. Must be a real number",
+    ):
         SOLVERS[solver](A, root)
 
 
 @pytest.mark.parametrize("root", [3, 6, 12, 3.0])
 def test_newton_db_rejects_roots_that_are_not_powers_of_two(root: float) -> None:
-    with pytest.raises(ValueError, match=rf"Invalid root {named(root)} for Newton-DB\. Must be a power of two"):
+    with pytest.raises(
+        ValueError, match=rf"Invalid root {named(root)} for Newton-DB\. Must be a power of two"
+    ):
         newton_db_inverse_root(A, root)
 
 
 @pytest.mark.parametrize("root", [0.5, 1.5])
 def test_newton_db_names_powers_of_two_for_fractional_roots(root: float) -> None:
-    with pytest.raises(ValueError, match=rf"Invalid root {named(root)} for Newton-DB\. Must be a power of two"):
+    with pytest.raises(
+        ValueError, match=rf"Invalid root {named(root)} for Newton-DB\. Must be a power of two"
+    ):
         newton_db_inverse_root(A, root)
 
 
 @pytest.mark.parametrize("root", [2.5, 0.5, 10 / 3])
 def test_coupled_newton_rejects_non_integer_roots(root: float) -> None:
-    with pytest.raises(ValueError, match=rf"Invalid root {named(root)} for coupled Newton\. Must be a positive integer"):
+    with pytest.raises(
+        ValueError,
+        match=rf"Invalid root {named(root)} for coupled Newton\. Must be a positive integer",
+    ):
         coupled_newton_inverse_root(A, root)
 
 
 def test_chebyshev_rejects_roots_that_are_not_small_fractions() -> None:
-    with pytest.raises(ValueError, match=rf"Invalid root {named(math.pi)}: it must be a fraction with denominator <= 16"):
+    with pytest.raises(
+        ValueError,
+        match=rf"Invalid root {named(math.pi)}: it must be a fraction with denominator <= 16",
+    ):
         chebyshev_inverse_root(A, math.pi)
 
 
@@ -108,27 +121,36 @@ def test_input_must_be_a_matrix_or_a_stack(solver: str, shape: tuple[int, ...]) 
 @ALL_SOLVERS
 @pytest.mark.parametrize("shape", [(0, 3, 3), (2, 0, 0), (0, 0)])
 def test_input_must_not_be_empty(solver: str, shape: tuple[int, ...]) -> None:
-    with pytest.raises(ValueError, match=rf"at least one matrix of dimension >= 1, got shape {named(shape)}"):
+    with pytest.raises(
+        ValueError, match=rf"at least one matrix of dimension >= 1, got shape {named(shape)}"
+    ):
         SOLVERS[solver](torch.ones(shape), 2)
 
 
 @ALL_SOLVERS
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.complex64])
 def test_input_must_have_a_floating_point_dtype(solver: str, dtype: torch.dtype) -> None:
-    with pytest.raises(TypeError, match=rf"floating-point dtype \(float16, bfloat16, float32 or float64\), got {named(dtype)}"):
+    with pytest.raises(
+        TypeError,
+        match=rf"floating-point dtype \(float16, bfloat16, float32 or float64\), got {named(dtype)}",
+    ):
         SOLVERS[solver](torch.eye(3, dtype=dtype), 2)
 
 
 @ALL_SOLVERS
 @pytest.mark.parametrize("value", [[[1.0]], np.eye(3), 1.0])
 def test_input_must_be_a_tensor(solver: str, value: object) -> None:
-    with pytest.raises(TypeError, match=rf"A must be a torch\.Tensor, got (\w+\.)*{type(value).__name__}"):
+    with pytest.raises(
+        TypeError, match=rf"A must be a torch\.Tensor, got (\w+\.)*{type(value).__name__}"
+    ):
         SOLVERS[solver](value, 2)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_eigh_rejects_half_precision_input_with_a_type_error(dtype: torch.dtype) -> None:
-    with pytest.raises(TypeError, match=rf"{named(dtype)}.*float32.*float64|float32.*float64.*{named(dtype)}"):
+    with pytest.raises(
+        TypeError, match=rf"{named(dtype)}.*float32.*float64|float32.*float64.*{named(dtype)}"
+    ):
         eigh_inverse_root(torch.eye(3, dtype=dtype), 2)
 
 
@@ -140,19 +162,25 @@ def test_eigh_rejects_half_precision_input_with_a_type_error(dtype: torch.dtype)
 @ALL_SOLVERS
 @pytest.mark.parametrize("epsilon", [-1e-3, -math.inf, math.inf, math.nan])
 def test_epsilon_must_be_finite_and_non_negative(solver: str, epsilon: float) -> None:
-    with pytest.raises(ValueError, match=rf"Invalid epsilon={named(epsilon)}\. Must be a finite number >= 0"):
+    with pytest.raises(
+        ValueError, match=rf"Invalid epsilon={named(epsilon)}\. Must be a finite number >= 0"
+    ):
         SOLVERS[solver](A, 2, epsilon=epsilon)
 
 
 @ALL_SOLVERS
 def test_epsilon_must_be_a_real_number(solver: str) -> None:
-    with pytest.raises(TypeError, match=r"Invalid epsilon='1e-3' of type str\. Must be a real number"):
+    with pytest.raises(
+        TypeError, match=r"Invalid epsilon='1e-3' of type str\. Must be a real number"
+    ):
         SOLVERS[solver](A, 2, epsilon="1e-3")
 
 
 @pytest.mark.parametrize("degree", [0, -3, 1001])
 def test_chebyshev_degree_must_be_between_one_and_a_thousand(degree: int) -> None:
-    with pytest.raises(ValueError, match=rf"Invalid degree={degree}\. Must be an int in \[1, 1000\]"):
+    with pytest.raises(
+        ValueError, match=rf"Invalid degree={degree}\. Must be an int in \[1, 1000\]"
+    ):
         chebyshev_inverse_root(A, 2, degree=degree)
 
 
@@ -163,14 +191,20 @@ def test_chebyshev_rel_epsilon_must_be_positive() -> None:
 
 @pytest.mark.parametrize("rel_epsilon", [-1e-3, math.nan, 2.0])
 def test_chebyshev_rel_epsilon_messages_name_the_range(rel_epsilon: float) -> None:
-    with pytest.raises(ValueError, match=rf"Invalid rel_epsilon={named(rel_epsilon)}\. Must be a finite number > 0\.0 and <= 1\.0"):
+    with pytest.raises(
+        ValueError,
+        match=rf"Invalid rel_epsilon={named(rel_epsilon)}\. Must be a finite number > 0\.0 and <= 1\.0",
+    ):
         chebyshev_inverse_root(A, 2, rel_epsilon=rel_epsilon)
 
 
 @pytest.mark.parametrize("solver", ["coupled_newton", "newton_db"])
 @pytest.mark.parametrize("rel_epsilon", [-1e-3, math.inf, 1.5])
 def test_rel_epsilon_must_be_between_zero_and_one(solver: str, rel_epsilon: float) -> None:
-    with pytest.raises(ValueError, match=rf"Invalid rel_epsilon={named(rel_epsilon)}\. Must be a finite number >= 0\.0 and <= 1\.0"):
+    with pytest.raises(
+        ValueError,
+        match=rf"Invalid rel_epsilon={named(rel_epsilon)}\. Must be a finite number >= 0\.0 and <= 1\.0",
+    ):
         SOLVERS[solver](A, 2, rel_epsilon=rel_epsilon)
 
 
@@ -181,39 +215,57 @@ def test_rel_epsilon_must_be_between_zero_and_one(solver: str, rel_epsilon: floa
 
 @pytest.mark.parametrize("num_iterations", [0, -1, 1001, 10**9])
 def test_iteration_control_needs_between_one_and_a_thousand_iterations(num_iterations: int) -> None:
-    with pytest.raises(ValueError, match=rf"Invalid num_iterations={num_iterations}\. Must be an int in \[1, 1000\]"):
+    with pytest.raises(
+        ValueError,
+        match=rf"Invalid num_iterations={num_iterations}\. Must be an int in \[1, 1000\]",
+    ):
         IterationControl(num_iterations=num_iterations)
 
 
 @pytest.mark.parametrize("refinement_iterations", [-1, 1001])
-def test_refinement_iterations_must_be_between_zero_and_a_thousand(refinement_iterations: int) -> None:
-    with pytest.raises(ValueError, match=rf"Invalid refinement_iterations={refinement_iterations}\. Must be an int in \[0, 1000\]"):
+def test_refinement_iterations_must_be_between_zero_and_a_thousand(
+    refinement_iterations: int,
+) -> None:
+    with pytest.raises(
+        ValueError,
+        match=rf"Invalid refinement_iterations={refinement_iterations}\. Must be an int in \[0, 1000\]",
+    ):
         IterationControl(num_iterations=5, refinement_iterations=refinement_iterations)
 
 
 @pytest.mark.parametrize("tolerance", [-1e-6, math.nan, math.inf])
 def test_iteration_tolerance_must_be_finite_and_non_negative(tolerance: float) -> None:
-    with pytest.raises(ValueError, match=rf"Invalid tolerance={named(tolerance)}\. Must be a finite number >= 0"):
+    with pytest.raises(
+        ValueError, match=rf"Invalid tolerance={named(tolerance)}\. Must be a finite number >= 0"
+    ):
         IterationControl(num_iterations=5, tolerance=tolerance)
 
 
 def test_early_exit_check_interval_must_be_at_least_one() -> None:
-    with pytest.raises(ValueError, match=r"Invalid early_exit_check_interval=0\. Must be an int >= 1"):
+    with pytest.raises(
+        ValueError, match=r"Invalid early_exit_check_interval=0\. Must be an int >= 1"
+    ):
         IterationControl(num_iterations=5, early_exit_check_interval=0)
 
 
 INTEGER_PARAMETERS: dict[str, Callable[[object], object]] = {
     "degree": lambda value: chebyshev_inverse_root(A, 2, degree=value),
     "num_iterations": lambda value: IterationControl(num_iterations=value),
-    "refinement_iterations": lambda value: IterationControl(num_iterations=5, refinement_iterations=value),
+    "refinement_iterations": lambda value: IterationControl(
+        num_iterations=5, refinement_iterations=value
+    ),
     "num_vectors": lambda value: SpectralScaling(num_vectors=value),
 }
 
 
 @pytest.mark.parametrize("name", sorted(INTEGER_PARAMETERS))
 @pytest.mark.parametrize("value", [2.5, "3", True])
-def test_integer_parameters_reject_non_integers_naming_value_and_type(name: str, value: object) -> None:
-    message = rf"Invalid {name}={named(repr(value))} of type {type(value).__name__}\. Must be an int"
+def test_integer_parameters_reject_non_integers_naming_value_and_type(
+    name: str, value: object
+) -> None:
+    message = (
+        rf"Invalid {name}={named(repr(value))} of type {type(value).__name__}\. Must be an int"
+    )
     with pytest.raises(TypeError, match=message):
         INTEGER_PARAMETERS[name](value)
 
@@ -224,8 +276,14 @@ def test_integer_parameters_accept_numpy_integers(name: str) -> None:
 
 
 def test_numpy_scalars_are_stored_as_python_numbers() -> None:
-    control = IterationControl(num_iterations=np.int32(4), tolerance=np.float32(0.5), stop_at_best=np.bool_(False))
-    assert (type(control.num_iterations), type(control.tolerance), type(control.stop_at_best)) == (int, float, bool)
+    control = IterationControl(
+        num_iterations=np.int32(4), tolerance=np.float32(0.5), stop_at_best=np.bool_(False)
+    )
+    assert (type(control.num_iterations), type(control.tolerance), type(control.stop_at_best)) == (
+        int,
+        float,
+        bool,
+    )
     scaling = SpectralScaling(num_vectors=np.int64(8), safety_factor=np.float64(1.5))
     assert (type(scaling.num_vectors), type(scaling.safety_factor)) == (int, float)
 
@@ -241,21 +299,28 @@ def test_flags_of_the_wrong_type_name_their_qualified_type() -> None:
 # Matmul precision and spectral scaling.
 # --------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("precision", ["fp8", "float32", ""])
 def test_precision_string_must_name_a_known_precision(precision: str) -> None:
     allowed = r"Must be one of 'fp64', 'fp32', 'tf32', 'bf16', 'fp16'"
-    with pytest.raises(ValueError, match=rf"Invalid matmul precision {named(repr(precision))}\. {allowed}"):
+    with pytest.raises(
+        ValueError, match=rf"Invalid matmul precision {named(repr(precision))}\. {allowed}"
+    ):
         as_matmul_precision(precision)
 
 
 def test_precision_must_be_a_string_or_matmul_precision() -> None:
-    with pytest.raises(TypeError, match=r"Invalid matmul precision 32 of type int\. Must be a MatmulPrecision"):
+    with pytest.raises(
+        TypeError, match=r"Invalid matmul precision 32 of type int\. Must be a MatmulPrecision"
+    ):
         as_matmul_precision(32)
 
 
 @pytest.mark.parametrize("solver", ["coupled_newton", "newton_db", "chebyshev"])
 def test_solvers_take_a_matmul_precision_not_a_string(solver: str) -> None:
-    with pytest.raises(TypeError, match=r"Invalid precision='bf16' of type str\. Must be a MatmulPrecision"):
+    with pytest.raises(
+        TypeError, match=r"Invalid precision='bf16' of type str\. Must be a MatmulPrecision"
+    ):
         SOLVERS[solver](A, 2, precision="bf16")
 
 
@@ -266,13 +331,18 @@ def test_scaling_method_must_be_known() -> None:
 
 
 def test_scaling_method_must_be_a_string_or_scaling_method() -> None:
-    with pytest.raises(TypeError, match=r"Invalid scaling method 3 of type int\. Must be a ScalingMethod"):
+    with pytest.raises(
+        TypeError, match=r"Invalid scaling method 3 of type int\. Must be a ScalingMethod"
+    ):
         SpectralScaling(method=3)
 
 
 @pytest.mark.parametrize("safety_factor", [0.5, 0.0, -2.0, math.nan, math.inf])
 def test_safety_factor_must_be_finite_and_at_least_one(safety_factor: float) -> None:
-    with pytest.raises(ValueError, match=rf"Invalid safety_factor={named(safety_factor)}\. Must be a finite number >= 1\.0"):
+    with pytest.raises(
+        ValueError,
+        match=rf"Invalid safety_factor={named(safety_factor)}\. Must be a finite number >= 1\.0",
+    ):
         SpectralScaling(safety_factor=safety_factor)
 
 
@@ -283,13 +353,18 @@ def test_safety_factor_of_the_wrong_type_names_its_type() -> None:
 
 @pytest.mark.parametrize("num_vectors", [0, -1, 1001])
 def test_power_iteration_needs_between_one_and_a_thousand_vectors(num_vectors: int) -> None:
-    with pytest.raises(ValueError, match=rf"Invalid num_vectors={num_vectors}\. Must be an int in \[1, 1000\]"):
+    with pytest.raises(
+        ValueError, match=rf"Invalid num_vectors={num_vectors}\. Must be an int in \[1, 1000\]"
+    ):
         SpectralScaling(num_vectors=num_vectors)
 
 
 @pytest.mark.parametrize("num_iterations", [0, 10**9])
 def test_power_iteration_needs_between_one_and_a_thousand_steps(num_iterations: int) -> None:
-    with pytest.raises(ValueError, match=rf"Invalid num_iterations={num_iterations}\. Must be an int in \[1, 1000\]"):
+    with pytest.raises(
+        ValueError,
+        match=rf"Invalid num_iterations={num_iterations}\. Must be an int in \[1, 1000\]",
+    ):
         SpectralScaling(num_iterations=num_iterations)
 
 
@@ -302,6 +377,10 @@ def test_power_iteration_needs_between_one_and_a_thousand_steps(num_iterations: 
         ("chebyshev", "scaling", "frobenius"),
     ],
 )
-def test_solvers_reject_iterations_and_scalings_of_the_wrong_type(solver: str, keyword: str, value: object) -> None:
-    with pytest.raises(TypeError, match=rf"{keyword}.*{named(value)}|{keyword}.*{type(value).__name__}"):
+def test_solvers_reject_iterations_and_scalings_of_the_wrong_type(
+    solver: str, keyword: str, value: object
+) -> None:
+    with pytest.raises(
+        TypeError, match=rf"{keyword}.*{named(value)}|{keyword}.*{type(value).__name__}"
+    ):
         SOLVERS[solver](A, 2, **{keyword: value})

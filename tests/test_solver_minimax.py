@@ -81,8 +81,12 @@ def test_an_untabulated_ridge_uses_the_schedule_of_the_next_smaller_tabulated_on
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("root", MINIMAX_ROOTS)
-@pytest.mark.parametrize("precision", [MatmulPrecision.FP32, MatmulPrecision.BF16], ids=lambda p: p.value)
-def test_flops_are_the_documented_product_count(root: int, precision: MatmulPrecision, device: torch.device) -> None:
+@pytest.mark.parametrize(
+    "precision", [MatmulPrecision.FP32, MatmulPrecision.BF16], ids=lambda p: p.value
+)
+def test_flops_are_the_documented_product_count(
+    root: int, precision: MatmulPrecision, device: torch.device
+) -> None:
     """``FlopCounterMode`` FLOPs = products x 2 d^3 x N plus the power iteration's
     ``(k + 1)`` products of ``(N, d, d) @ (N, d, m)``."""
     num_blocks, dim = 3, 16
@@ -91,7 +95,9 @@ def test_flops_are_the_documented_product_count(root: int, precision: MatmulPrec
     with FlopCounterMode(display=False) as counter:
         minimax_inverse_root(A, root, rel_epsilon=1e-5, precision=precision, scaling=scaling)
     products = minimax_products(root, 1e-5, precision).total()
-    power_iteration = (scaling.num_iterations + 1) * 2 * dim * dim * scaling.num_vectors * num_blocks
+    power_iteration = (
+        (scaling.num_iterations + 1) * 2 * dim * dim * scaling.num_vectors * num_blocks
+    )
     assert counter.get_total_flops() == products * 2 * dim**3 * num_blocks + power_iteration
 
 
@@ -113,10 +119,14 @@ def test_a_spectrum_below_the_design_interval_is_under_inverted_and_flagged(
     """The schedule of ``rel_epsilon = 1e-3`` on a matrix whose ridge is ``1e-6``: the smallest
     eigenvalues are not reached, and ``X^p B`` stays below ``1 + E`` (no direction is amplified
     beyond its true inverse root)."""
-    monkeypatch.setattr(minimax_module, "minimax_schedule", lambda root, rel_epsilon: SCHEDULES[4][1e-3])
+    monkeypatch.setattr(
+        minimax_module, "minimax_schedule", lambda root, rel_epsilon: SCHEDULES[4][1e-3]
+    )
     A = spd_stack(4, 32, condition=1e8).float()
     result = minimax_inverse_root(A, 4, rel_epsilon=1e-6)
-    matrix = A.double() + result.regularization.double()[:, None, None] * torch.eye(32, dtype=torch.float64)
+    matrix = A.double() + result.regularization.double()[:, None, None] * torch.eye(
+        32, dtype=torch.float64
+    )
     X = result.inverse_root.double()
     eigenvalues = torch.linalg.eigvalsh(X @ X @ matrix @ X @ X)
     assert float(eigenvalues.max()) <= 1 + 1e-3
@@ -124,7 +134,9 @@ def test_a_spectrum_below_the_design_interval_is_under_inverted_and_flagged(
     assert bool((result.residual > 1e-2).all())  # and the default max_residual rejects it
 
 
-def test_a_spectral_bound_far_below_lambda_max_is_flagged_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_spectral_bound_far_below_lambda_max_is_flagged_not_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """With a quarter of the bound (about half of ``lambda_max``), ``B``'s top eigenvalues lie far
     above the schedule's interval:
     the iteration diverges there, and every such block comes back non-finite or flagged."""
@@ -176,11 +188,16 @@ def test_every_real_factor_converges_to_the_root_of_its_regularised_matrix(
 ) -> None:
     epsilon, groups = real_factors
     for (dim, root), stack in groups.items():
-        result = minimax_inverse_root(stack, root, epsilon=epsilon, rel_epsilon=rel_epsilon, precision=precision)
+        result = minimax_inverse_root(
+            stack, root, epsilon=epsilon, rel_epsilon=rel_epsilon, precision=precision
+        )
         reference = reference_inverse_root(stack, root, result.regularization.double())
         errors = relative_errors(result.inverse_root, reference)
         assert float(errors.max()) <= max_error, (dim, root, float(errors.max()))
-        assert bool(result.is_finite.all()) and float(result.residual.max()) <= max_residual, (dim, root)
+        assert bool(result.is_finite.all()) and float(result.residual.max()) <= max_residual, (
+            dim,
+            root,
+        )
         ridge = result.regularization.double()
         lambda_max = torch.linalg.eigvalsh(stack.double())[:, -1]
         # The ridge is rel_epsilon times the spectral bound, which lies in [lambda_max, 2 lambda_max].
@@ -196,8 +213,14 @@ def test_real_factors_at_rel_epsilon_1e6_reach_the_fp32_frontier(
     epsilon, groups = real_factors
     for (dim, root), stack in groups.items():
         result = minimax_inverse_root(stack, root, epsilon=epsilon, rel_epsilon=1e-6)
-        errors = relative_errors(result.inverse_root, reference_inverse_root(stack, root, result.regularization.double()))
-        assert float(errors.max()) <= (2e-3 if root == 4 else 4e-3), (dim, root, float(errors.max()))
+        errors = relative_errors(
+            result.inverse_root, reference_inverse_root(stack, root, result.regularization.double())
+        )
+        assert float(errors.max()) <= (2e-3 if root == 4 else 4e-3), (
+            dim,
+            root,
+            float(errors.max()),
+        )
 
 
 def test_a_block_gets_the_same_root_in_any_stack(
@@ -212,14 +235,20 @@ def test_a_block_gets_the_same_root_in_any_stack(
     together = minimax_inverse_root(stack, 4, epsilon=epsilon)
     for index in range(stack.shape[0]):
         alone = minimax_inverse_root(stack[index], 4, epsilon=epsilon)
-        torch.testing.assert_close(together.inverse_root[index], alone.inverse_root[0], rtol=1e-5, atol=0.0)
+        torch.testing.assert_close(
+            together.inverse_root[index], alone.inverse_root[0], rtol=1e-5, atol=0.0
+        )
     assert bool(together.is_finite.all())
 
 
 def test_arguments_are_checked_by_name() -> None:
     A = torch.eye(3)
-    with pytest.raises(ValueError, match=r"Invalid rel_epsilon=1e-09\. Must be a finite number >= 1e-08"):
+    with pytest.raises(
+        ValueError, match=r"Invalid rel_epsilon=1e-09\. Must be a finite number >= 1e-08"
+    ):
         minimax_inverse_root(A, 4, rel_epsilon=1e-9)
-    with pytest.raises(ValueError, match=r"Invalid root 5 for the minimax iteration\. Must be one of"):
+    with pytest.raises(
+        ValueError, match=r"Invalid root 5 for the minimax iteration\. Must be one of"
+    ):
         minimax_inverse_root(A, 5)
     assert not math.isnan(float(minimax_inverse_root(A, 8).residual))

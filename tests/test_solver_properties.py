@@ -58,7 +58,12 @@ def mixed_stack(dim: int = 16) -> torch.Tensor:
             0.5 + 0.5 * torch.rand(dim, generator=generator, dtype=torch.float64),
             torch.arange(1, dim + 1, dtype=torch.float64) ** -1.0,
             torch.logspace(0, -3, dim, dtype=torch.float64),
-            torch.cat([torch.zeros(half, dtype=torch.float64), torch.ones(dim - half, dtype=torch.float64)]),
+            torch.cat(
+                [
+                    torch.zeros(half, dtype=torch.float64),
+                    torch.ones(dim - half, dtype=torch.float64),
+                ]
+            ),
             torch.logspace(0, -6, dim, dtype=torch.float64),
         ]
     )
@@ -71,9 +76,13 @@ BATCHABLE_SOLVERS = {
     "eigh": lambda A: eigh_inverse_root(A, 4, epsilon=BATCH_EPSILON),
     "coupled_newton": lambda A: coupled_newton_inverse_root(A, 4, epsilon=BATCH_EPSILON),
     "newton_db": lambda A: newton_db_inverse_root(A, 4, epsilon=BATCH_EPSILON),
-    "newton_db_frobenius": lambda A: newton_db_inverse_root(A, 4, epsilon=BATCH_EPSILON, scaling=FROBENIUS_SCALING),
+    "newton_db_frobenius": lambda A: newton_db_inverse_root(
+        A, 4, epsilon=BATCH_EPSILON, scaling=FROBENIUS_SCALING
+    ),
     "chebyshev": lambda A: chebyshev_inverse_root(A, 4, epsilon=BATCH_EPSILON),
-    "chebyshev_frobenius": lambda A: chebyshev_inverse_root(A, 4, epsilon=BATCH_EPSILON, scaling=FROBENIUS_SCALING),
+    "chebyshev_frobenius": lambda A: chebyshev_inverse_root(
+        A, 4, epsilon=BATCH_EPSILON, scaling=FROBENIUS_SCALING
+    ),
 }
 
 
@@ -98,14 +107,18 @@ def test_power_iteration_bound_of_a_block_does_not_depend_on_its_position() -> N
     eigenvalues = torch.linspace(1.0, 0.9, 64, dtype=torch.float64)
     stack = stack_with_eigenvalues(eigenvalues, random_orthogonal(3, 64, generator)).float()
     batched = MULTI_POWER_ITERATION_SCALING.upper_bound(stack)
-    single = torch.cat([MULTI_POWER_ITERATION_SCALING.upper_bound(stack[i : i + 1]) for i in range(3)])
+    single = torch.cat(
+        [MULTI_POWER_ITERATION_SCALING.upper_bound(stack[i : i + 1]) for i in range(3)]
+    )
     torch.testing.assert_close(batched, single, rtol=1e-6, atol=0.0)
 
 
 @pytest.mark.parametrize("exponent", [-0.25, -0.5, -1.0 / 3.0])
 def test_float32_powers_do_not_depend_on_the_position_of_an_element(exponent: float) -> None:
     generator = torch.Generator().manual_seed(0)
-    values = torch.logspace(-10, 3, 1000, dtype=torch.float32)[torch.randperm(1000, generator=generator)]
+    values = torch.logspace(-10, 3, 1000, dtype=torch.float32)[
+        torch.randperm(1000, generator=generator)
+    ]
     together = stable_power(values, exponent)
     alone = torch.cat([stable_power(values[i : i + 1], exponent) for i in range(values.numel())])
     assert torch.equal(together, alone)
@@ -121,11 +134,15 @@ def test_float32_powers_do_not_depend_on_the_position_of_an_element(exponent: fl
 
 
 @st.composite
-def spd_blocks(draw: st.DrawFn, max_log10_condition: float = MAX_LOG10_CONDITION) -> tuple[torch.Tensor, float]:
+def spd_blocks(
+    draw: st.DrawFn, max_log10_condition: float = MAX_LOG10_CONDITION
+) -> tuple[torch.Tensor, float]:
     """A ``(1, d, d)`` SPD block in a drawn dtype and its exact condition number."""
     dim = draw(st.integers(min_value=1, max_value=24))
     log10_eigenvalues = draw(
-        st.lists(st.floats(min_value=-max_log10_condition, max_value=0.0), min_size=dim, max_size=dim)
+        st.lists(
+            st.floats(min_value=-max_log10_condition, max_value=0.0), min_size=dim, max_size=dim
+        )
     )
     seed = draw(st.integers(min_value=0, max_value=2**31 - 1))
     dtype = draw(st.sampled_from(DTYPES))
@@ -148,10 +165,15 @@ def test_roots_are_symmetric_finite_and_accurate_up_to_condition_1e3(
     for solver in SOLVERS:
         result, reference = solve(solver, A, root, 0.0)
         X = result.inverse_root
-        assert X.dtype == A.dtype and bool(result.is_finite.all()) and bool(torch.isfinite(X).all()), solver
+        assert (
+            X.dtype == A.dtype and bool(result.is_finite.all()) and bool(torch.isfinite(X).all())
+        ), solver
         # Symmetric up to rounding amplified by the conditioning of the root.
         asymmetry = torch.linalg.norm(X - X.mT) / torch.linalg.norm(X)
-        assert asymmetry <= 64 * unit_roundoff(A.dtype) * condition ** (1.0 / root) * X.shape[-1], (solver, asymmetry)
+        assert asymmetry <= 64 * unit_roundoff(A.dtype) * condition ** (1.0 / root) * X.shape[-1], (
+            solver,
+            asymmetry,
+        )
         tolerance = promised_tolerance(solver, "condition_1e3", A.dtype, root).tolerance
         error = relative_errors(X, reference).item()
         assert error <= tolerance, (solver, error, tolerance, condition)
@@ -186,8 +208,13 @@ def test_residual_is_small_exactly_when_the_error_is_small(
             result = newton_db_inverse_root(A, root, precision=precision, iteration=iteration)
         case "chebyshev":
             delta = 1e-2
-            result = chebyshev_inverse_root(A, root, degree=3 * iterations, rel_epsilon=delta, precision=precision)
-            shift = delta * MULTI_POWER_ITERATION_SCALING.upper_bound(A.to(precision.working_dtype)).double()
+            result = chebyshev_inverse_root(
+                A, root, degree=3 * iterations, rel_epsilon=delta, precision=precision
+            )
+            shift = (
+                delta
+                * MULTI_POWER_ITERATION_SCALING.upper_bound(A.to(precision.working_dtype)).double()
+            )
             lambdas = torch.linalg.eigvalsh(A.double())
             condition = float((lambdas[..., -1] + shift) / (lambdas[..., 0] + shift))
     error = relative_errors(result.inverse_root, reference_inverse_root(A, root, shift)).item()
@@ -197,7 +224,11 @@ def test_residual_is_small_exactly_when_the_error_is_small(
     error_rounding = 16 * u_out + 4 * dim * u_work * condition ** (1.0 / root)
     assert error <= math.sqrt(dim) * residual * (1 + 1e-3) + error_rounding, (error, residual)
     rounding = 4 * root * dim * u_work * condition
-    assert residual <= 2 * root * condition ** (1.0 / root) * error + rounding, (error, residual, condition)
+    assert residual <= 2 * root * condition ** (1.0 / root) * error + rounding, (
+        error,
+        residual,
+        condition,
+    )
 
 
 @PROPERTY_SETTINGS
@@ -205,12 +236,16 @@ def test_residual_is_small_exactly_when_the_error_is_small(
 def test_spectral_upper_bounds_are_at_least_lambda_max(problem: tuple[torch.Tensor, float]) -> None:
     A, _ = problem
     lambda_max = torch.linalg.eigvalsh(A.double())[..., -1]
-    slack = 1 - 4 * A.shape[-1] * unit_roundoff(A.dtype)  # bounds are sums of d products in A's dtype
+    slack = 1 - 4 * A.shape[-1] * unit_roundoff(
+        A.dtype
+    )  # bounds are sums of d products in A's dtype
     for scaling in (FROBENIUS_SCALING, MULTI_POWER_ITERATION_SCALING):
         assert bool((scaling.upper_bound(A).double() >= slack * lambda_max).all()), scaling.method
     # The power-iteration estimate is a Rayleigh quotient: a lower bound, within a factor 2 here.
     estimate = rayleigh_lambda_max(A, 10, 16).double()
-    assert bool((estimate <= lambda_max / slack).all() and (2 * estimate >= slack * lambda_max).all())
+    assert bool(
+        (estimate <= lambda_max / slack).all() and (2 * estimate >= slack * lambda_max).all()
+    )
 
 
 def test_rayleigh_estimate_is_a_lower_bound_for_tiny_float32_blocks() -> None:
@@ -246,7 +281,9 @@ def has_tf32(device: torch.device) -> bool:
 @pytest.mark.cuda
 @pytest.mark.parametrize("solver", sorted(PRECISION_SOLVERS))
 def test_errors_are_ordered_by_matmul_precision(solver: str, device: torch.device) -> None:
-    A = precision_problem(device)  # float64 input, so that FP64 products are not hidden by the output dtype
+    A = precision_problem(
+        device
+    )  # float64 input, so that FP64 products are not hidden by the output dtype
     reference = reference_inverse_root(A, 4, 0.0)
 
     def error(precision: MatmulPrecision) -> float:
@@ -257,7 +294,12 @@ def test_errors_are_ordered_by_matmul_precision(solver: str, device: torch.devic
     # Unit roundoffs: fp64 1e-16 < fp32 6e-8 < fp16 5e-4 < bf16 4e-3 (tf32 5e-4, CUDA only).
     assert errors[MatmulPrecision.FP64] < 1e-12
     assert errors[MatmulPrecision.FP64] < errors[MatmulPrecision.FP32] < 1e-5
-    assert errors[MatmulPrecision.FP32] < errors[MatmulPrecision.FP16] < errors[MatmulPrecision.BF16] < 5e-2
+    assert (
+        errors[MatmulPrecision.FP32]
+        < errors[MatmulPrecision.FP16]
+        < errors[MatmulPrecision.BF16]
+        < 5e-2
+    )
     if has_tf32(device):
         assert errors[MatmulPrecision.FP32] < errors[MatmulPrecision.TF32] < 5e-2
     else:  # TF32 only changes the products of CUDA tensor cores: elsewhere it is FP32.
@@ -342,7 +384,9 @@ STATE_CALLS = {
     },
     **{
         f"chebyshev_{precision.value}": (
-            lambda A, precision=precision: chebyshev_inverse_root(A, 4, degree=5, precision=precision)
+            lambda A, precision=precision: chebyshev_inverse_root(
+                A, 4, degree=5, precision=precision
+            )
         )
         for precision in MatmulPrecision
     },
@@ -364,7 +408,9 @@ def test_solver_changes_no_global_torch_state(call: str, device: torch.device) -
     before, rng_before = global_state(), rng_states(device)
     result = STATE_CALLS[call](A)
     assert global_state() == before
-    assert all(torch.equal(now, then) for now, then in zip(rng_states(device), rng_before, strict=True))
+    assert all(
+        torch.equal(now, then) for now, then in zip(rng_states(device), rng_before, strict=True)
+    )
     assert result.inverse_root.device == A.device
 
 

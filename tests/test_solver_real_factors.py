@@ -20,7 +20,9 @@ from distributed_shampoo_dash.solvers import (
 )
 from tests.solver_helpers import reference_inverse_root, relative_errors
 
-FACTORS_PATH = Path(__file__).resolve().parents[2] / "shared" / "data" / "shampoo_factors_bytellama.pt"
+FACTORS_PATH = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "shampoo_factors_bytellama.pt"
+)
 STEP = 300
 #: A block is accepted when its residual is at most this (``max_residual`` of the adapter configs).
 MAX_RESIDUAL = 1e-3
@@ -36,7 +38,9 @@ SOLVERS = {
         iteration=IterationControl(num_iterations=30, tolerance=1e-5, early_exit_check_interval=5),
     ),
     "newton_db_paper": lambda A, root, epsilon: newton_db_inverse_root(A, root, epsilon=epsilon),
-    "coupled_newton": lambda A, root, epsilon: coupled_newton_inverse_root(A, root, epsilon=epsilon),
+    "coupled_newton": lambda A, root, epsilon: coupled_newton_inverse_root(
+        A, root, epsilon=epsilon
+    ),
 }
 
 
@@ -63,7 +67,12 @@ def test_accepted_roots_of_real_factors_are_accurate(
         result: InverseRootResult = SOLVERS[solver](stack, root, epsilon)
         assert result.inverse_root.shape == stack.shape
         # Blocks whose fp64 A + epsilon I is not positive definite have no reference root.
-        defined = torch.linalg.eigvalsh(stack.double() + epsilon * torch.eye(dim, dtype=torch.float64))[:, 0] > 0
+        defined = (
+            torch.linalg.eigvalsh(stack.double() + epsilon * torch.eye(dim, dtype=torch.float64))[
+                :, 0
+            ]
+            > 0
+        )
         accepted = result.is_finite & (result.residual <= MAX_RESIDUAL) & defined
         reference = reference_inverse_root(stack[accepted], root, epsilon)
         accepted_errors.append(relative_errors(result.inverse_root[accepted], reference))

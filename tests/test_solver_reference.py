@@ -21,13 +21,19 @@ from distributed_shampoo_dash.solvers.minimax import minimax_inverse_root
 def spd_stack(num_blocks: int, dim: int, condition: float, seed: int = 0) -> torch.Tensor:
     """``(N, d, d)`` float64 SPD stack with log-uniform eigenvalues in ``[1 / condition, 1]``."""
     generator = torch.Generator().manual_seed(seed)
-    basis, _ = torch.linalg.qr(torch.randn(num_blocks, dim, dim, generator=generator, dtype=torch.float64))
+    basis, _ = torch.linalg.qr(
+        torch.randn(num_blocks, dim, dim, generator=generator, dtype=torch.float64)
+    )
     eigenvalues = torch.logspace(0, -math.log10(condition), dim, dtype=torch.float64)
     return (basis * eigenvalues) @ basis.mT
 
 
-def reference_inverse_root(A: torch.Tensor, root: float, epsilon: float | torch.Tensor) -> torch.Tensor:
-    eigenvalues, eigenvectors = torch.linalg.eigh(A.double() + epsilon * torch.eye(A.shape[-1], dtype=torch.float64))
+def reference_inverse_root(
+    A: torch.Tensor, root: float, epsilon: float | torch.Tensor
+) -> torch.Tensor:
+    eigenvalues, eigenvectors = torch.linalg.eigh(
+        A.double() + epsilon * torch.eye(A.shape[-1], dtype=torch.float64)
+    )
     return (eigenvectors * eigenvalues.pow(-1.0 / root).unsqueeze(-2)) @ eigenvectors.mT
 
 
@@ -40,7 +46,9 @@ def relative_errors(X: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 SOLVERS = {
     "eigh": lambda A, p: eigh_inverse_root(A, p),
     "coupled_newton": lambda A, p: coupled_newton_inverse_root(A, p),
-    "newton_db": lambda A, p: newton_db_inverse_root(A, p, iteration=IterationControl(num_iterations=20)),
+    "newton_db": lambda A, p: newton_db_inverse_root(
+        A, p, iteration=IterationControl(num_iterations=20)
+    ),
     "minimax": lambda A, p: minimax_inverse_root(A, p),
 }
 
@@ -62,7 +70,10 @@ def test_chebyshev_matches_the_root_of_its_shifted_matrix() -> None:
     result = chebyshev_inverse_root(A.float(), 4, degree=60, rel_epsilon=delta)
     scale = MULTI_POWER_ITERATION_SCALING.upper_bound(A.float()).double()
     references = torch.stack(
-        [reference_inverse_root(A[i : i + 1], 4, delta * float(scale[i]))[0] for i in range(A.shape[0])]
+        [
+            reference_inverse_root(A[i : i + 1], 4, delta * float(scale[i]))[0]
+            for i in range(A.shape[0])
+        ]
     )
     assert relative_errors(result.inverse_root, references).max() < 1e-4
 
@@ -78,10 +89,14 @@ def test_zero_block_gives_epsilon_root() -> None:
     zero = torch.zeros(1, 5, 5)
     for solve in (
         lambda: eigh_inverse_root(zero, 4, epsilon=1e-4),
-        lambda: newton_db_inverse_root(zero, 4, epsilon=1e-4, iteration=IterationControl(num_iterations=5)),
+        lambda: newton_db_inverse_root(
+            zero, 4, epsilon=1e-4, iteration=IterationControl(num_iterations=5)
+        ),
         lambda: coupled_newton_inverse_root(zero, 4, epsilon=1e-4),
     ):
-        torch.testing.assert_close(solve().inverse_root, 10.0 * torch.eye(5).unsqueeze(0), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            solve().inverse_root, 10.0 * torch.eye(5).unsqueeze(0), rtol=1e-4, atol=1e-4
+        )
 
 
 class _SyncCounter(TorchDispatchMode):
@@ -95,7 +110,9 @@ class _SyncCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("solver", ["coupled_newton", "newton_db", "chebyshev", "minimax", "minimax_bf16"])
+@pytest.mark.parametrize(
+    "solver", ["coupled_newton", "newton_db", "chebyshev", "minimax", "minimax_bf16"]
+)
 def test_solvers_never_synchronise_with_the_host(solver: str) -> None:
     A = spd_stack(num_blocks=2, dim=16, condition=100.0).float()
     solve = {

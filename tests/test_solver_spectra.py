@@ -84,7 +84,10 @@ TOLERANCES: dict[str, dict[str, dict[torch.dtype, Promise]]] = {
         # condition, and an eigenvalue of 1e-8 rounded towards 0 takes its root anywhere (errors
         # 0.2 to 1 seen). Promised: no unflagged non-finite root; eigenvalues rounded to <= 0
         # give a non-finite root, which is flagged.
-        "condition_1e8": {torch.float32: Promise(math.inf, converges=False), torch.float64: Promise(1e-7)},
+        "condition_1e8": {
+            torch.float32: Promise(math.inf, converges=False),
+            torch.float64: Promise(1e-7),
+        },
     },
     "coupled_newton": {
         "well_conditioned": {torch.float32: Promise(2e-5), torch.float64: Promise(1e-11)},
@@ -151,7 +154,9 @@ def ridge(A: torch.Tensor, epsilon: float, dtype: torch.dtype, rel_epsilon: floa
     return torch.clamp(rel_epsilon * scale, min=epsilon)
 
 
-def solve(solver: str, A: torch.Tensor, root: float, epsilon: float) -> tuple[InverseRootResult, torch.Tensor]:
+def solve(
+    solver: str, A: torch.Tensor, root: float, epsilon: float
+) -> tuple[InverseRootResult, torch.Tensor]:
     """Runs ``solver`` with this file's settings; returns the result and its fp64 reference."""
     dtype = A.dtype
     match solver:
@@ -160,12 +165,20 @@ def solve(solver: str, A: torch.Tensor, root: float, epsilon: float) -> tuple[In
             shift: float | torch.Tensor = epsilon
         case "coupled_newton":
             result = coupled_newton_inverse_root(
-                A, root, epsilon=epsilon, precision=PRECISION[dtype], iteration=coupled_newton_control(dtype)
+                A,
+                root,
+                epsilon=epsilon,
+                precision=PRECISION[dtype],
+                iteration=coupled_newton_control(dtype),
             )
             shift = epsilon
         case "newton_db":
             result = newton_db_inverse_root(
-                A, root, epsilon=epsilon, precision=PRECISION[dtype], iteration=newton_db_control(dtype)
+                A,
+                root,
+                epsilon=epsilon,
+                precision=PRECISION[dtype],
+                iteration=newton_db_control(dtype),
             )
             shift = epsilon
         case "chebyshev":
@@ -180,7 +193,11 @@ def solve(solver: str, A: torch.Tensor, root: float, epsilon: float) -> tuple[In
             shift = ridge(A, epsilon, dtype, CHEBYSHEV_RELATIVE_EPSILON)
         case "minimax":
             result = minimax_inverse_root(
-                A, root, epsilon=epsilon, rel_epsilon=MINIMAX_REL_EPSILON, precision=PRECISION[dtype]
+                A,
+                root,
+                epsilon=epsilon,
+                rel_epsilon=MINIMAX_REL_EPSILON,
+                precision=PRECISION[dtype],
             )
             shift = ridge(A, epsilon, dtype, MINIMAX_REL_EPSILON)
         case _:
@@ -196,7 +213,9 @@ def promised_tolerance(solver: str, regime: str, dtype: torch.dtype, root: float
     return promise
 
 
-def check_promise(result: InverseRootResult, reference: torch.Tensor, promise: Promise, what: str) -> None:
+def check_promise(
+    result: InverseRootResult, reference: torch.Tensor, promise: Promise, what: str
+) -> None:
     """Asserts the promise for every block (see the module docstring)."""
     errors = relative_errors(result.inverse_root, reference)
     accurate = errors <= promise.tolerance  # False for NaN errors
@@ -226,7 +245,9 @@ def power_decay(exponent: float) -> Callable[[int, torch.Generator], torch.Tenso
 
 
 def log_spaced(condition: float) -> Callable[[int, torch.Generator], torch.Tensor]:
-    return lambda dim, generator: torch.logspace(0, -math.log10(condition), dim, dtype=torch.float64)
+    return lambda dim, generator: torch.logspace(
+        0, -math.log10(condition), dim, dtype=torch.float64
+    )
 
 
 def half_zero(dim: int, generator: torch.Generator) -> torch.Tensor:
@@ -267,6 +288,7 @@ ROOTS: dict[str, tuple[float, ...]] = {
 DTYPES = (torch.float32, torch.float64)
 DIMS = (1, 2, 7, 64)
 NUM_BLOCKS = 5
+
 
 def grid_dims(spectrum: str) -> tuple[int, ...]:
     # A 1x1 block has a single eigenvalue: spectra other than these add nothing at d = 1.
@@ -329,16 +351,25 @@ LARGE_CASES = [
 @pytest.mark.parametrize("solver", SOLVERS)
 @pytest.mark.parametrize(
     ("spectrum", "dtype", "num_blocks", "root"),
-    [pytest.param(*case, id=f"{case[0]}-{str(case[1])[6:]}-N{case[2]}-p{case[3]}") for case in LARGE_CASES],
+    [
+        pytest.param(*case, id=f"{case[0]}-{str(case[1])[6:]}-N{case[2]}-p{case[3]}")
+        for case in LARGE_CASES
+    ],
 )
 def test_solver_keeps_its_promise_at_dimension_256(
     solver: str, spectrum: str, dtype: torch.dtype, num_blocks: int, root: int, device: torch.device
 ) -> None:
     case = SPECTRA[spectrum]
-    A = stack_with_spectrum(case.eigenvalues, num_blocks, 256, seed=256).to(dtype=dtype, device=device)
+    A = stack_with_spectrum(case.eigenvalues, num_blocks, 256, seed=256).to(
+        dtype=dtype, device=device
+    )
     result, reference = solve(solver, A, root, case.epsilon)
-    assert result.inverse_root.shape == (num_blocks, 256, 256) and result.inverse_root.dtype == dtype
-    assert result.inverse_root.device == result.residual.device == result.is_finite.device == A.device
+    assert (
+        result.inverse_root.shape == (num_blocks, 256, 256) and result.inverse_root.dtype == dtype
+    )
+    assert (
+        result.inverse_root.device == result.residual.device == result.is_finite.device == A.device
+    )
     check_promise(result, reference, promised_tolerance(solver, case.regime, dtype, root), "d=256")
 
 
@@ -354,7 +385,13 @@ def scale_cases() -> list:
             for scale in (1e-30, 1e30):
                 for root in (1, 2, 4):
                     cases.append(
-                        pytest.param(solver, dtype, scale, root, id=f"{solver}-{str(dtype)[6:]}-{scale:.0e}-p{root}")
+                        pytest.param(
+                            solver,
+                            dtype,
+                            scale,
+                            root,
+                            id=f"{solver}-{str(dtype)[6:]}-{scale:.0e}-p{root}",
+                        )
                     )
     return cases
 
@@ -436,7 +473,9 @@ DEFAULT_SOLVERS: dict[str, Callable[[torch.Tensor], InverseRootResult]] = {
 
 @pytest.mark.parametrize("solver", SOLVERS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_two_dimensional_input_is_a_stack_of_one_in_its_own_dtype(solver: str, dtype: torch.dtype) -> None:
+def test_two_dimensional_input_is_a_stack_of_one_in_its_own_dtype(
+    solver: str, dtype: torch.dtype
+) -> None:
     A = stack_with_spectrum(flat, 1, 7, seed=1)[0].to(dtype)
     result = DEFAULT_SOLVERS[solver](A)
     assert result.inverse_root.shape == (1, 7, 7)
@@ -455,7 +494,11 @@ def test_chebyshev_paper_setting_is_within_its_interpolation_bound() -> None:
     errors = relative_errors(result.inverse_root, reference_inverse_root(A, 4, 1e-3 * scale))
     bound = chebyshev_relative_bound(60, 4, 1e-3)
     assert 1e-3 < bound < 1e-2  # the paper's setting is a ~0.6% fit, not a converged root
-    assert bool((errors <= bound + TOLERANCES["chebyshev"]["well_conditioned"][torch.float32].tolerance).all())
+    assert bool(
+        (
+            errors <= bound + TOLERANCES["chebyshev"]["well_conditioned"][torch.float32].tolerance
+        ).all()
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -483,8 +526,12 @@ def test_coupled_newton_default_control_is_accurate_or_flagged(spectrum: str, di
 def test_coupled_newton_default_control_converges_at_condition_1e3() -> None:
     """Upstream's entrywise ``max |M - I|`` rises from 0.868 to 0.923 at the first step of this
     2x2 block: judged by it, the block would stop at its first iterate (error 0.96)."""
-    rotation = torch.tensor([[math.cos(0.3), -math.sin(0.3)], [math.sin(0.3), math.cos(0.3)]], dtype=torch.float64)
-    A = stack_with_eigenvalues(torch.tensor([1.0, 1e-3], dtype=torch.float64), rotation.unsqueeze(0))
+    rotation = torch.tensor(
+        [[math.cos(0.3), -math.sin(0.3)], [math.sin(0.3), math.cos(0.3)]], dtype=torch.float64
+    )
+    A = stack_with_eigenvalues(
+        torch.tensor([1.0, 1e-3], dtype=torch.float64), rotation.unsqueeze(0)
+    )
     result = coupled_newton_inverse_root(A, 2)  # default: 100 iterations, tolerance 1e-6
     assert relative_errors(result.inverse_root, reference_inverse_root(A, 2, 0.0)).item() < 1e-4
 
@@ -505,5 +552,7 @@ def test_power_iteration_scaling_survives_float32_entries_near_1e20(solver: str)
     A = 1e20 * torch.diag(torch.tensor([1.0, 0.5, 0.25]))
     result = DEFAULT_SOLVERS[solver](A)
     assert bool(result.is_finite.all())
-    reference = reference_inverse_root(A, 4, CHEBYSHEV_RELATIVE_EPSILON * 1e20 if solver == "chebyshev" else 0.0)
+    reference = reference_inverse_root(
+        A, 4, CHEBYSHEV_RELATIVE_EPSILON * 1e20 if solver == "chebyshev" else 0.0
+    )
     assert relative_errors(result.inverse_root, reference).item() < 1e-2

@@ -50,7 +50,10 @@ def test_products_are_the_configured_solvers_own_count() -> None:
     paper = InverseRootCostModel(config=dash.NewtonDBRootInvConfig.paper())
     assert paper.products(4.0) == newton_db_products(4).total() == 61
     chebyshev = dash.ChebyshevRootInvConfig(degree=11)
-    assert InverseRootCostModel(config=chebyshev).products(6.0) == chebyshev_products(6.0, degree=11).total()
+    assert (
+        InverseRootCostModel(config=chebyshev).products(6.0)
+        == chebyshev_products(6.0, degree=11).total()
+    )
 
 
 def test_block_overhead_and_a_custom_solver() -> None:

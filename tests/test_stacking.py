@@ -25,11 +25,17 @@ def per_block_gram(block: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.tensordot(block, block, dims=[others, others])
 
 
-def per_block_precondition(block: torch.Tensor, selector: tuple[bool, ...], factors: list[torch.Tensor]) -> torch.Tensor:
+def per_block_precondition(
+    block: torch.Tensor, selector: tuple[bool, ...], factors: list[torch.Tensor]
+) -> torch.Tensor:
     """Shampoo's definition: contract the leading dim with each factor in turn, rotating the rest."""
     remaining = iter(factors)
     return reduce(
-        lambda X, selected: torch.tensordot(X, next(remaining), dims=([0], [0])) if selected else X.permute(*range(1, X.ndim), 0),
+        lambda X, selected: (
+            torch.tensordot(X, next(remaining), dims=([0], [0]))
+            if selected
+            else X.permute(*range(1, X.ndim), 0)
+        ),
         selector,
         block,
     )
@@ -37,7 +43,9 @@ def per_block_precondition(block: torch.Tensor, selector: tuple[bool, ...], fact
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_mode_gram_matrices_equal_the_per_block_contraction(shape: tuple[int, ...], device: torch.device) -> None:
+def test_mode_gram_matrices_equal_the_per_block_contraction(
+    shape: tuple[int, ...], device: torch.device
+) -> None:
     G = torch.randn(4, *shape, dtype=torch.float64, device=device)
     for dim in range(len(shape)):
         expected = torch.stack([per_block_gram(block, dim) for block in G])
@@ -50,10 +58,14 @@ def test_mode_gram_matrices_equal_the_per_block_contraction(shape: tuple[int, ..
 def test_precondition_stack_equals_the_per_block_contraction(
     shape: tuple[int, ...], skip_dim: int | None, device: torch.device
 ) -> None:
-    selector = tuple(k != (skip_dim % len(shape) if skip_dim is not None else -1) for k in range(len(shape)))
+    selector = tuple(
+        k != (skip_dim % len(shape) if skip_dim is not None else -1) for k in range(len(shape))
+    )
     G = torch.randn(3, *shape, dtype=torch.float64, device=device)
     factors = [
-        torch.randn(3, d, d, dtype=torch.float64, device=device) for d, selected in zip(shape, selector) if selected
+        torch.randn(3, d, d, dtype=torch.float64, device=device)
+        for d, selected in zip(shape, selector)
+        if selected
     ]
     expected = torch.stack(
         [per_block_precondition(G[i], selector, [f[i] for f in factors]) for i in range(G.shape[0])]
@@ -71,7 +83,9 @@ def test_precondition_stack_computes_in_the_factor_dtype_and_returns_the_gradien
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dim", [1, 2, 5, 16])
-def test_packing_round_trips_and_keeps_the_row_major_upper_triangle(dim: int, device: torch.device) -> None:
+def test_packing_round_trips_and_keeps_the_row_major_upper_triangle(
+    dim: int, device: torch.device
+) -> None:
     A = torch.randn(3, dim, dim, device=device)
     A = A + A.mT
     packed = pack_stack(A)
@@ -91,12 +105,19 @@ def test_packing_matches_upstream(dim: int) -> None:
     packed = pack_stack(A)
     for i in range(2):
         assert torch.equal(packed[i], shampoo_utils.pack_upper_triangular(A[i]))
-        assert torch.equal(unpack_stack(packed, dim)[i], shampoo_utils.unpack_upper_triangular(packed[i], dim))
+        assert torch.equal(
+            unpack_stack(packed, dim)[i], shampoo_utils.unpack_upper_triangular(packed[i], dim)
+        )
 
 
 def test_chunks_respect_the_byte_budget_and_keep_order() -> None:
     positions = list(range(10))
-    assert list(chunked(positions, item_bytes=100, max_stack_bytes=350)) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+    assert list(chunked(positions, item_bytes=100, max_stack_bytes=350)) == [
+        [0, 1, 2],
+        [3, 4, 5],
+        [6, 7, 8],
+        [9],
+    ]
     assert list(chunked(positions[:2], item_bytes=1000, max_stack_bytes=10)) == [[0], [1]]
 
 

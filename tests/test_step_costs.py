@@ -16,9 +16,16 @@ def test_op_counter_counts_launches_views_and_square_products() -> None:
     assert counter.products == 5 + 1
     assert counter.by_op["aten.bmm.default"] == 1 and counter.by_op["aten.mm.default"] == 2
     assert counter.launches < counter.ops
-    assert counter.launches == counter.ops - sum(
-        count for name, count in counter.by_op.items() if name.split(".")[1] in ("transpose", "select", "view", "expand")
-    ) - counter.by_op["aten._unsafe_view.default"]
+    assert (
+        counter.launches
+        == counter.ops
+        - sum(
+            count
+            for name, count in counter.by_op.items()
+            if name.split(".")[1] in ("transpose", "select", "view", "expand")
+        )
+        - counter.by_op["aten._unsafe_view.default"]
+    )
 
 
 def test_sync_counter_counts_every_host_read_including_tolist() -> None:
@@ -71,7 +78,10 @@ class Solver:
 
 def test_phases_get_the_peak_above_their_start() -> None:
     solver = Solver()
-    with step_costs.LiveBytes() as tracker, step_costs.phases_of(tracker, [("solve", solver, "solve")]):
+    with (
+        step_costs.LiveBytes() as tracker,
+        step_costs.phases_of(tracker, [("solve", solver, "solve")]),
+    ):
         before = torch.ones(256) * 3  # 1 KiB alive before the phase
         result = solver.solve(1024)
     assert tracker.phase_peaks == {"solve": 2 * 4096}  # `ones` and `+ 1` alive at once

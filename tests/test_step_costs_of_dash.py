@@ -33,7 +33,6 @@ def dash_disabled_afterwards() -> Iterator[None]:
     dash.disable()
 
 
-
 def shampoo_steps(
     num_params: int, solver: RootInvConfig, use_dash: bool, device: torch.device
 ) -> tuple[Callable[[], None], DistributedShampoo]:
@@ -42,7 +41,10 @@ def shampoo_steps(
     that draws new gradients."""
     dash.enable() if use_dash else dash.disable()
     generator = torch.Generator().manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(16, 16, generator=generator).to(device)) for _ in range(num_params)]
+    params = [
+        torch.nn.Parameter(torch.randn(16, 16, generator=generator).to(device))
+        for _ in range(num_params)
+    ]
     optimizer = DistributedShampoo(
         params,
         lr=1e-3,
@@ -52,7 +54,9 @@ def shampoo_steps(
         precondition_frequency=2,
         start_preconditioning_step=2,
         grafting_config=AdamPreconditionerConfig(beta2=0.95, epsilon=1e-8),
-        preconditioner_config=RootInvShampooPreconditionerConfig(amortized_computation_config=solver),
+        preconditioner_config=RootInvShampooPreconditionerConfig(
+            amortized_computation_config=solver
+        ),
     )
 
     def new_gradients() -> None:
@@ -106,7 +110,9 @@ def dash_solver_configs() -> dict[str, RootInvConfig]:
         "eigh": EigenConfig(),
         "coupled_newton": CoupledNewtonConfig(max_iterations=6, tolerance=0.0),
         "minimax_fp32": dash.NewtonDBRootInvConfig(),
-        "minimax_bf16": dash.NewtonDBRootInvConfig(precision=MatmulPrecision.BF16, max_residual=None),
+        "minimax_bf16": dash.NewtonDBRootInvConfig(
+            precision=MatmulPrecision.BF16, max_residual=None
+        ),
         "newton_db_paper": dash.NewtonDBRootInvConfig.paper(max_residual=None),
         "chebyshev": dash.ChebyshevRootInvConfig(max_residual=None),
     }
@@ -114,7 +120,8 @@ def dash_solver_configs() -> dict[str, RootInvConfig]:
 
 @pytest.mark.cuda
 @pytest.mark.parametrize(
-    "solver_name", ["eigh", "coupled_newton", "minimax_fp32", "minimax_bf16", "newton_db_paper", "chebyshev"]
+    "solver_name",
+    ["eigh", "coupled_newton", "minimax_fp32", "minimax_bf16", "newton_db_paper", "chebyshev"],
 )
 def test_root_computation_flops_are_the_solvers_documented_product_count(
     solver_name: str, device: torch.device
@@ -140,7 +147,9 @@ def test_root_computation_flops_are_the_solvers_documented_product_count(
     assert with_roots.flops - without_roots.flops == expected
 
 
-@pytest.mark.parametrize("label", ["DASH EigenConfig", "DASH Newton-DB minimax fp32", "DASH Chebyshev fp32 (degree 60)"])
+@pytest.mark.parametrize(
+    "label", ["DASH EigenConfig", "DASH Newton-DB minimax fp32", "DASH Chebyshev fp32 (degree 60)"]
+)
 def test_counting_on_the_meta_device_gives_the_counts_of_a_real_run(label: str) -> None:
     """``scripts/benchmark.py --on-meta`` counts presets too large to run here: on the ``smoke``
     preset its counts equal those of a run on the CPU (when no root is rejected there)."""
@@ -158,6 +167,12 @@ def test_counting_on_the_meta_device_gives_the_counts_of_a_real_run(label: str) 
     )
     assert not dash.fallback_counts(optimizer)
     for key in ("ops", "launches", "products", "flops", "syncs", "peak_bytes", "phase_peak_bytes"):
-        assert on_meta["costs_without_roots"][key] == without_roots[key], (key, on_meta, without_roots)
+        assert on_meta["costs_without_roots"][key] == without_roots[key], (
+            key,
+            on_meta,
+            without_roots,
+        )
         assert on_meta["costs_with_roots"][key] == with_roots[key], (key, on_meta, with_roots)
-    assert on_meta["floor_flops_by_precision"] == benchmark.solver_floor_flops(optimizer, row.solver)
+    assert on_meta["floor_flops_by_precision"] == benchmark.solver_floor_flops(
+        optimizer, row.solver
+    )

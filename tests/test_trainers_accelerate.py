@@ -38,18 +38,34 @@ def run_job(work: Path, phase: str, *extra_args: str) -> subprocess.CompletedPro
         "OMP_NUM_THREADS": "1",
     }
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "tests.integration.accelerate_job", "--phase", phase,
-        "--state-dir", str(work / phase), "--report-dir", str(work / f"report_{phase}"), *extra_args,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "tests.integration.accelerate_job",
+        "--phase",
+        phase,
+        "--state-dir",
+        str(work / phase),
+        "--report-dir",
+        str(work / f"report_{phase}"),
+        *extra_args,
     ]
-    return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run(
+        command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
 
 
 def saved_state(work: Path, phase: str) -> dict[str, Any]:
     """Model and optimizer of ``save_state`` after step 4, flattened."""
     step_4 = work / phase / "step4"
     return {
-        **{f"model.{k}": v for k, v in load_dcp_checkpoint(step_4 / "pytorch_model_fsdp_0", work).items()},
+        **{
+            f"model.{k}": v
+            for k, v in load_dcp_checkpoint(step_4 / "pytorch_model_fsdp_0", work).items()
+        },
         **{f"optim.{k}": v for k, v in load_dcp_checkpoint(step_4 / "optimizer_0", work).items()},
     }
 
@@ -73,7 +89,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_every_rank_uses_dashs_batched_list(runs: dict[str, Any]) -> None:
     for phase in ("uninterrupted", "resumed", "control"):
         for rank in (0, 1):
-            assert (runs["work"] / f"report_{phase}" / f"rank{rank}_list.txt").read_text() == BATCHED_LIST
+            assert (
+                runs["work"] / f"report_{phase}" / f"rank{rank}_list.txt"
+            ).read_text() == BATCHED_LIST
 
 
 def test_saved_state_holds_the_shampoo_state_of_both_ranks(runs: dict[str, Any]) -> None:
@@ -98,13 +116,20 @@ def test_control_resume_without_optimizer_state_differs(runs: dict[str, Any]) ->
 def test_shampoo_built_before_prepare_stops_with_a_clear_error(tmp_path: Path) -> None:
     result = run_job(tmp_path, "prebuilt")
     assert result.returncode != 0
-    assert "ReplacedParametersError: Parameter 0 of param group 0 of DistributedShampoo was replaced" in result.stderr
+    assert (
+        "ReplacedParametersError: Parameter 0 of param group 0 of DistributedShampoo was replaced"
+        in result.stderr
+    )
     assert "accelerator.prepare_model" in result.stderr
 
 
-def test_without_the_guard_shampoo_built_before_prepare_silently_trains_nothing(tmp_path: Path) -> None:
+def test_without_the_guard_shampoo_built_before_prepare_silently_trains_nothing(
+    tmp_path: Path,
+) -> None:
     """The failure the guard turns into an error (as reported: no error, weights never change)."""
     result = run_job(tmp_path, "prebuilt-unguarded")
     assert result.returncode == 0, result.stderr[-6000:]
     for rank in (0, 1):
-        assert (tmp_path / "report_prebuilt-unguarded" / f"rank{rank}_changed.txt").read_text() == "False"
+        assert (
+            tmp_path / "report_prebuilt-unguarded" / f"rank{rank}_changed.txt"
+        ).read_text() == "False"

@@ -46,11 +46,22 @@ def run_job(work: Path, name: str, *extra_args: str) -> subprocess.CompletedProc
         "OMP_NUM_THREADS": "1",
     }
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "tests.integration.lightning_job",
-        "--checkpoint-dir", str(work / name), "--report-dir", str(work / f"report_{name}"), *extra_args,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "tests.integration.lightning_job",
+        "--checkpoint-dir",
+        str(work / name),
+        "--report-dir",
+        str(work / f"report_{name}"),
+        *extra_args,
     ]
-    return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run(
+        command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
 
 
 def step_checkpoint(work: Path, name: str, step: int) -> Path:
@@ -71,14 +82,18 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         result = run_job(work, name, *extra_args)
         assert result.returncode == 0, result.stderr[-6000:]
         results[name] = load_dcp_checkpoint(step_checkpoint(work, name, 4), work)
-        results[f"{name}_meta"] = torch.load(step_checkpoint(work, name, 4) / "meta.pt", weights_only=False)
+        results[f"{name}_meta"] = torch.load(
+            step_checkpoint(work, name, 4) / "meta.pt", weights_only=False
+        )
     return results
 
 
 def test_every_rank_uses_dashs_batched_list(runs: dict[str, Any]) -> None:
     for name in ("uninterrupted", "resumed", "control"):
         for rank in (0, 1):
-            assert (runs["work"] / f"report_{name}" / f"rank{rank}_list.txt").read_text() == BATCHED_LIST
+            assert (
+                runs["work"] / f"report_{name}" / f"rank{rank}_list.txt"
+            ).read_text() == BATCHED_LIST
 
 
 def test_sharded_checkpoint_holds_the_shampoo_state_of_both_ranks(runs: dict[str, Any]) -> None:

@@ -67,8 +67,14 @@ def model() -> torch.nn.Module:
 
 def trained_shampoo(use_dash: bool) -> DistributedShampoo:
     net = model()
-    optimizer = build_shampoo(net.parameters(), use_dash=use_dash, precondition_frequency=1, solver="eigen",
-                              epsilon=1e-8, max_preconditioner_dim=4)
+    optimizer = build_shampoo(
+        net.parameters(),
+        use_dash=use_dash,
+        precondition_frequency=1,
+        solver="eigen",
+        epsilon=1e-8,
+        max_preconditioner_dim=4,
+    )
     for _ in range(2):
         optimizer.zero_grad()
         net(torch.randn(4, 6)).square().sum().backward()
@@ -79,8 +85,14 @@ def trained_shampoo(use_dash: bool) -> DistributedShampoo:
 def test_build_shampoo_turns_dash_on_or_off() -> None:
     from tests.integration.shampoo import preconditioner_list
 
-    assert type(preconditioner_list(trained_shampoo(True))).__name__ == "BatchedRootInvShampooPreconditionerList"
-    assert type(preconditioner_list(trained_shampoo(False))).__name__ == "RootInvShampooPreconditionerList"
+    assert (
+        type(preconditioner_list(trained_shampoo(True))).__name__
+        == "BatchedRootInvShampooPreconditionerList"
+    )
+    assert (
+        type(preconditioner_list(trained_shampoo(False))).__name__
+        == "RootInvShampooPreconditionerList"
+    )
 
 
 def test_without_the_hooks_the_state_dict_fails_distributed_checkpointing_type_check() -> None:
@@ -100,20 +112,36 @@ def test_with_the_hooks_every_param_group_value_passes_the_type_check() -> None:
 
 def test_loading_restores_the_live_objects_and_the_state_bit_for_bit() -> None:
     source = register_checkpoint_hooks(trained_shampoo(True))
-    target = register_checkpoint_hooks(build_shampoo(model().parameters(), precondition_frequency=1, solver="eigen",
-                                                     epsilon=1e-8, max_preconditioner_dim=4))
+    target = register_checkpoint_hooks(
+        build_shampoo(
+            model().parameters(),
+            precondition_frequency=1,
+            solver="eigen",
+            epsilon=1e-8,
+            max_preconditioner_dim=4,
+        )
+    )
     live_configs = {k: v for k, v in target.param_groups[0].items() if k != "params"}
     target.load_state_dict(source.state_dict())
     group = target.param_groups[0]
     assert group["weight_decay_type"] is WeightDecayType.DECOUPLED
     for key, value in live_configs.items():
         if key in ("grafting_config", "preconditioner_config", "distributed_config"):
-            assert type(group[key]) is type(value) and group[key] == value  # torch deep-copies groups
+            assert (
+                type(group[key]) is type(value) and group[key] == value
+            )  # torch deep-copies groups
     loaded, saved = target.state_dict()["state"], source.state_dict()["state"]
-    assert all(torch.equal(loaded[p][k], saved[p][k]) for p in saved for k in saved[p] if torch.is_tensor(saved[p][k]))
+    assert all(
+        torch.equal(loaded[p][k], saved[p][k])
+        for p in saved
+        for k in saved[p]
+        if torch.is_tensor(saved[p][k])
+    )
 
 
-def test_a_different_config_type_in_the_checkpoint_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_different_config_type_in_the_checkpoint_is_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     source = register_checkpoint_hooks(trained_shampoo(True))
     state_dict = source.state_dict()
     state_dict["param_groups"][0]["distributed_config"] = MARKER + "some.OtherConfig=OtherConfig()"
@@ -131,11 +159,12 @@ def test_registering_twice_adds_no_second_hook() -> None:
     assert len(optimizer._optimizer_state_dict_post_hooks) == count
 
 
-
 def test_the_guard_lets_ordinary_steps_through() -> None:
     net = model()
     before = [p.detach().clone() for p in net.parameters()]
-    optimizer = build_shampoo(net.parameters(), solver="eigen", epsilon=1e-8, precondition_frequency=1)
+    optimizer = build_shampoo(
+        net.parameters(), solver="eigen", epsilon=1e-8, precondition_frequency=1
+    )
     for _ in range(2):
         optimizer.zero_grad()
         net(torch.randn(4, 6)).square().sum().backward()
@@ -146,8 +175,12 @@ def test_the_guard_lets_ordinary_steps_through() -> None:
 def test_the_guard_stops_a_step_after_the_parameters_were_swapped() -> None:
     net = model()
     optimizer = build_shampoo(net.parameters(), solver="eigen", epsilon=1e-8)
-    optimizer.param_groups[0]["params"] = [p.detach().clone().requires_grad_() for p in net.parameters()]
-    with pytest.raises(ReplacedParametersError, match="Parameter 0 of param group 0 .* was replaced"):
+    optimizer.param_groups[0]["params"] = [
+        p.detach().clone().requires_grad_() for p in net.parameters()
+    ]
+    with pytest.raises(
+        ReplacedParametersError, match="Parameter 0 of param group 0 .* was replaced"
+    ):
         optimizer.step()
 
 

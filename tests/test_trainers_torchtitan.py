@@ -50,11 +50,24 @@ def run_job(dump_folder: Path, report_dir: Path, *extra_args: str) -> None:
         "DASH_TEST_REPORT_DIR": str(report_dir),
     }
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", JOB, "--module", JOB, "--config", "tiny_shampoo",
-        "--dump_folder", str(dump_folder), *extra_args,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        JOB,
+        "--module",
+        JOB,
+        "--config",
+        "tiny_shampoo",
+        "--dump_folder",
+        str(dump_folder),
+        *extra_args,
     ]
-    result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    result = subprocess.run(
+        command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
 
 
@@ -71,10 +84,15 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     resume_from(step_2, work / "resumed")
     run_job(work / "resumed", work / "report_resumed")
     resume_from(step_2, work / "control")
-    run_job(work / "control", work / "report_control", "--checkpoint.exclude_from_loading", "optimizer")
+    run_job(
+        work / "control", work / "report_control", "--checkpoint.exclude_from_loading", "optimizer"
+    )
     return {
         "reports": work,
-        **{name: load_dcp_checkpoint(work / name / "checkpoint" / "step-4", work) for name in ("uninterrupted", "resumed", "control")},
+        **{
+            name: load_dcp_checkpoint(work / name / "checkpoint" / "step-4", work)
+            for name in ("uninterrupted", "resumed", "control")
+        },
     }
 
 
@@ -89,7 +107,9 @@ def test_checkpoint_holds_the_shampoo_state_of_both_ranks(checkpoints: dict[str,
     keys = checkpoints["uninterrupted"].keys()
     for rank in (0, 1):
         assert any(f"rank_{rank}-block_" in k and ".shampoo.factor_matrices." in k for k in keys)
-        assert any(f"rank_{rank}-block_" in k and ".shampoo.inv_factor_matrices." in k for k in keys)
+        assert any(
+            f"rank_{rank}-block_" in k and ".shampoo.inv_factor_matrices." in k for k in keys
+        )
 
 
 def test_resumed_run_is_bit_identical_to_the_uninterrupted_run(checkpoints: dict[str, Any]) -> None:
@@ -102,7 +122,9 @@ def test_resumed_run_is_bit_identical_to_the_uninterrupted_run(checkpoints: dict
 def test_control_resume_without_optimizer_state_differs(checkpoints: dict[str, Any]) -> None:
     uninterrupted, control = checkpoints["uninterrupted"], checkpoints["control"]
     changed = differences(uninterrupted, control)
-    changed_weights = [k for k in changed if k.endswith(".weight") and not k.startswith("optimizer.")]
+    changed_weights = [
+        k for k in changed if k.endswith(".weight") and not k.startswith("optimizer.")
+    ]
     assert changed_weights, "resuming without the optimizer state left the model unchanged"
     assert any(k.startswith("optimizer.state.") for k in changed)
     assert max_abs_difference(uninterrupted, control, changed_weights) > 1e-6
@@ -119,11 +141,25 @@ def test_command_line_flags_reach_the_shampoo_config() -> None:
         "print(json.dumps([type(c.optimizer).__qualname__, c.optimizer.solver, "
         "c.optimizer.max_preconditioner_dim, c.optimizer.grafting]))\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == [
-        "ShampooOptimizersContainer.Config", "newton-db", 32, "adagrad"
+        "ShampooOptimizersContainer.Config",
+        "newton-db",
+        32,
+        "adagrad",
     ]
 
 
@@ -133,7 +169,18 @@ def test_an_unknown_solver_flag_is_rejected_by_name() -> None:
         "from torchtitan.config import ConfigManager\n"
         f"ConfigManager().parse_args(['--module', '{JOB}', '--config', 'tiny_shampoo', '--optimizer.solver', 'bogus'])\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode != 0
     assert "Unknown solver 'bogus'" in result.stdout + result.stderr

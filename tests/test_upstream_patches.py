@@ -15,7 +15,9 @@ pytestmark = pytest.mark.upstream
 distributed_shampoo = pytest.importorskip("distributed_shampoo")
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("make_upstream_patches", REPOSITORY / "scripts" / "make_upstream_patches.py")
+spec = importlib.util.spec_from_file_location(
+    "make_upstream_patches", REPOSITORY / "scripts" / "make_upstream_patches.py"
+)
 assert spec is not None and spec.loader is not None
 make_upstream_patches = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = make_upstream_patches

@@ -21,8 +21,7 @@ from distributed_shampoo_dash.integration.preconditioner_list import (
 def preconditioner_lists(optimizer: DistributedShampoo) -> list[object]:
     """The Shampoo preconditioner list of each param group, in order (batched or upstream's)."""
     return [
-        state_lists[SHAMPOO_PRECONDITIONER_LIST]
-        for state_lists in optimizer._per_group_state_lists
+        state_lists[SHAMPOO_PRECONDITIONER_LIST] for state_lists in optimizer._per_group_state_lists
     ]
 
 

@@ -98,7 +98,10 @@ def bias_corrected_factor_stack(
     if kronecker_factors.use_trace_scaling:
         traces = stack.diagonal(dim1=-2, dim2=-1).sum(dim=-1)
         safe_traces = torch.clamp(traces, min=kronecker_factors.epsilon)
-        stack = stack * stable_power(safe_traces, -kronecker_factors.trace_scaling_exponent)[:, None, None]
+        stack = (
+            stack
+            * stable_power(safe_traces, -kronecker_factors.trace_scaling_exponent)[:, None, None]
+        )
     return stack
 
 
@@ -205,14 +208,18 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
                 continue
             G = stack_group(masked_grad_list, positions)
             selector = self._masked_preconditioned_dims_selector_list[positions[0]]
-            for factor_index, dim in enumerate(k for k, selected in enumerate(selector) if selected):
+            for factor_index, dim in enumerate(
+                k for k, selected in enumerate(selector) if selected
+            ):
                 gram = mode_gram_matrices(G, dim)
                 packed = pack_stack(gram) if first.use_symmetric_packing else gram
                 del gram
                 factor_matrices = [blocks[i].factor_matrices[factor_index] for i in positions]
                 if self._beta2 != 1.0:
                     torch._foreach_mul_(factor_matrices, self._beta2)
-                torch._foreach_add_(factor_matrices, list(packed.unbind(0)), alpha=self._weighting_factor)
+                torch._foreach_add_(
+                    factor_matrices, list(packed.unbind(0)), alpha=self._weighting_factor
+                )
 
     def precondition(self, masked_grad_list: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         """Upstream's ``precondition``: each block's gradient times its inverse factors, per group."""
@@ -223,7 +230,9 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
             selector = self._masked_preconditioned_dims_selector_list[positions[0]]
             dims = [G.shape[k + 1] for k, selected in enumerate(selector) if selected]
             inverse_factors = [
-                self._unpacked_stack([blocks[i].inv_factor_matrices[factor_index] for i in positions], dim)
+                self._unpacked_stack(
+                    [blocks[i].inv_factor_matrices[factor_index] for i in positions], dim
+                )
                 for factor_index, dim in enumerate(dims)
             ]
             result = precondition_stack(G, selector, inverse_factors)
@@ -234,7 +243,9 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
     def _unpacked_stack(self, matrices: list[Tensor], dim: int) -> Tensor:
         """``(N, d, d)`` stack of state matrices stored packed or not."""
         stack = torch.stack(matrices)
-        return unpack_stack(stack, dim) if self._preconditioner_config.use_symmetric_packing else stack
+        return (
+            unpack_stack(stack, dim) if self._preconditioner_config.use_symmetric_packing else stack
+        )
 
     # Amortized computation.
 
@@ -312,7 +323,11 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
                 zip(kronecker_factors.factor_matrices, kronecker_factors.roots, strict=True)
             ):
                 refs.append((block_index, factor_index))
-                keys.append(InverseRootKey(self._factor_dim(factor_matrix), float(root), factor_matrix.dtype))
+                keys.append(
+                    InverseRootKey(
+                        self._factor_dim(factor_matrix), float(root), factor_matrix.dtype
+                    )
+                )
         chunks: list[RootChunk] = []
         per_block: set[int] = set()
         for key, group in group_indices(keys).items():
@@ -345,7 +360,9 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
         self._write_roots(chunk.refs, solved.roots, solved.accepted & inputs_finite)
         return solved
 
-    def _apply_fallback(self, chunk: RootChunk, solved: SolvedStack, rejected: list[int]) -> list[int]:
+    def _apply_fallback(
+        self, chunk: RootChunk, solved: SolvedStack, rejected: list[int]
+    ) -> list[int]:
         """Policy steps 3-4 for a chunk's rejected roots; returns those still without a root."""
         residuals = solved.result.residual[rejected].tolist()
         described = ", ".join(
@@ -366,7 +383,9 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
         if fallback is None:
             logger.warning(f"{name} rejected the roots of (block, factor) {described}.")
             return rejected
-        logger.warning(f"{name} rejected the roots of (block, factor) {described}; recomputing by eigh.")
+        logger.warning(
+            f"{name} rejected the roots of (block, factor) {described}; recomputing by eigh."
+        )
         self.fallback_counts["eigh"] += len(rejected)
         self._write_roots(refs, fallback.roots, fallback.accepted)
         usable = fallback.accepted.tolist()
@@ -395,14 +414,19 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
 
     def _inverse_factor(self, ref: FactorRef) -> Tensor:
         block_index, factor_index = ref
-        return self._masked_kronecker_factors_unwrapped[block_index].inv_factor_matrices[factor_index]
+        return self._masked_kronecker_factors_unwrapped[block_index].inv_factor_matrices[
+            factor_index
+        ]
 
     def _bias_corrected_stack(self, refs: list[FactorRef]) -> Tensor:
         """``(N, d, d)`` bias-corrected (and trace-scaled) factor matrices of ``refs`` (one ``d``)."""
         blocks = self._masked_kronecker_factors_unwrapped
         return bias_corrected_factor_stack(
             blocks[refs[0][0]],
-            [blocks[block_index].factor_matrices[factor_index] for block_index, factor_index in refs],
+            [
+                blocks[block_index].factor_matrices[factor_index]
+                for block_index, factor_index in refs
+            ],
             self._bias_correction2,
         )
 

@@ -160,7 +160,9 @@ def inverse_roots(
             roots[rejected] = torch.where(usable[:, None, None], fallback.roots, roots[rejected])
             regularization = regularization.clone()
             regularization[rejected] = torch.where(
-                usable, fallback.result.regularization.to(regularization.dtype), regularization[rejected]
+                usable,
+                fallback.result.regularization.to(regularization.dtype),
+                regularization[rejected],
             )
             recomputed[rejected] = usable
     return InverseRoots(

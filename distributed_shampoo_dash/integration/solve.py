@@ -109,7 +109,9 @@ def batched_solver(config: RootInvConfig, root: float, epsilon: float) -> Batche
                 precision=config.precision,
                 scaling=config.scaling,
             )
-            return BatchedSolver("minimax", solve, minimax_products(root, config.rel_epsilon, config.precision))
+            return BatchedSolver(
+                "minimax", solve, minimax_products(root, config.rel_epsilon, config.precision)
+            )
         case NewtonDBRootInvConfig(steps=NewtonDBSteps.NEWTON_SCHULZ) if is_power_of_two(root):
             solve = partial(
                 newton_db_inverse_root,
@@ -120,7 +122,9 @@ def batched_solver(config: RootInvConfig, root: float, epsilon: float) -> Batche
                 iteration=config.iteration,
                 scaling=config.scaling,
             )
-            return BatchedSolver("newton_db", solve, newton_db_products(root, config.precision, config.iteration))
+            return BatchedSolver(
+                "newton_db", solve, newton_db_products(root, config.precision, config.iteration)
+            )
         case NewtonDBRootInvConfig():
             return eigh_solver(config, root, epsilon)
         case ChebyshevRootInvConfig():
@@ -133,7 +137,9 @@ def batched_solver(config: RootInvConfig, root: float, epsilon: float) -> Batche
                 degree=config.degree,
                 scaling=config.scaling,
             )
-            return BatchedSolver("chebyshev", solve, chebyshev_products(root, config.precision, config.degree))
+            return BatchedSolver(
+                "chebyshev", solve, chebyshev_products(root, config.precision, config.degree)
+            )
         case EigenConfig() if (
             isinstance(config.rank_deficient_stability_config, PerturbationConfig)
             and config.eigendecomposition_offload_device == ""
@@ -153,6 +159,10 @@ def batched_solver(config: RootInvConfig, root: float, epsilon: float) -> Batche
                 iteration=iteration,
                 scaling=FROBENIUS_SCALING,
             )
-            return BatchedSolver("coupled_newton", solve, coupled_newton_products(root, MatmulPrecision.FP32, iteration))
+            return BatchedSolver(
+                "coupled_newton",
+                solve,
+                coupled_newton_products(root, MatmulPrecision.FP32, iteration),
+            )
         case _:
             return None

@@ -58,7 +58,9 @@ def check_degree(degree: object) -> int:
 
 def check_chebyshev_rel_epsilon(rel_epsilon: object) -> float:
     """Checks Chebyshev's relative ridge: a real number in ``(0, 1]``."""
-    return check_real(rel_epsilon, "rel_epsilon", exclusive=True, maximum=1.0, reason=_ZERO_RIDGE_REASON)
+    return check_real(
+        rel_epsilon, "rel_epsilon", exclusive=True, maximum=1.0, reason=_ZERO_RIDGE_REASON
+    )
 
 
 def spectrum_lower_bound(rel_epsilon: float) -> float:
@@ -99,7 +101,9 @@ def clenshaw(S: Tensor, coefficients: tuple[float, ...], precision: MatmulPrecis
     b_next2 = coefficients[degree] * batched_eye(S)
     b_next1 = add_to_diagonal_((2.0 * coefficients[degree]) * S, coefficients[degree - 1])
     for j in range(degree - 2, 0, -1):
-        b_j = add_to_diagonal_(2.0 * batched_matmul(S, b_next1, precision) - b_next2, coefficients[j])
+        b_j = add_to_diagonal_(
+            2.0 * batched_matmul(S, b_next1, precision) - b_next2, coefficients[j]
+        )
         b_next2, b_next1 = b_next1, b_j
     return add_to_diagonal_(batched_matmul(S, b_next1, precision) - b_next2, coefficients[0])
 
@@ -148,6 +152,4 @@ def chebyshev_inverse_root(
     lower = spectrum_lower_bound(rel_epsilon)
     S = add_to_diagonal_(problem.scaled * (2.0 / (1.0 - lower)), -(1.0 + lower) / (1.0 - lower))
     scaled_root = clenshaw(S, chebyshev_coefficients(degree, root, lower), precision)
-    return problem.result(
-        scaled_root, root, problem.residual(scaled_root, root, precision.full)
-    )
+    return problem.result(scaled_root, root, problem.residual(scaled_root, root, precision.full))

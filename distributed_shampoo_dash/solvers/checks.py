@@ -24,7 +24,9 @@ MAX_ITERATIONS = 1000
 def type_name(value: object) -> str:
     """The qualified type name of ``value`` (``numpy.float32`` rather than ``float32``)."""
     cls = type(value)
-    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    return (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
 
 
 _Enum = TypeVar("_Enum", bound=enum.Enum)
@@ -76,7 +78,9 @@ def check_real(
     ``reason`` is appended to the range in the error message.
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"Invalid {name}={value!r} of type {type_name(value)}. Must be a real number.")
+        raise TypeError(
+            f"Invalid {name}={value!r} of type {type_name(value)}. Must be a real number."
+        )
     number = float(value)
     below = number <= minimum if exclusive else number < minimum
     if not math.isfinite(number) or below or number > maximum:

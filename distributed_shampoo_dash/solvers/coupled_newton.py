@@ -115,6 +115,4 @@ def coupled_newton_inverse_root(
             if iteration.should_exit(step + 1, tracker):
                 break
     scaled_root, _ = tracker.best
-    return problem.result(
-        scaled_root, root, problem.residual(scaled_root, root, precision.full)
-    )
+    return problem.result(scaled_root, root, problem.residual(scaled_root, root, precision.full))

@@ -67,17 +67,23 @@ def eigh_inverse_root(
         )
     root = check_positive_root(root)
     epsilon = check_real(epsilon, "epsilon")
-    perturb_before_computation = check_bool(perturb_before_computation, "perturb_before_computation")
+    perturb_before_computation = check_bool(
+        perturb_before_computation, "perturb_before_computation"
+    )
 
     perturbed = add_to_diagonal(stack, epsilon) if perturb_before_computation else stack
     eigenvalues, eigenvectors = torch.linalg.eigh(perturbed)
 
     lambda_min = eigenvalues.amin(dim=-1, keepdim=True)
     if perturb_before_computation:
-        shifted = torch.where(lambda_min < epsilon, (eigenvalues - lambda_min) + epsilon, eigenvalues)
+        shifted = torch.where(
+            lambda_min < epsilon, (eigenvalues - lambda_min) + epsilon, eigenvalues
+        )
     else:
         shifted = (eigenvalues - lambda_min.clamp(max=0.0)) + epsilon
-    inverse_root = (eigenvectors * stable_power(shifted, -1.0 / root).unsqueeze(-2)) @ eigenvectors.mT
+    inverse_root = (
+        eigenvectors * stable_power(shifted, -1.0 / root).unsqueeze(-2)
+    ) @ eigenvectors.mT
 
     decomposition_error = perturbed @ eigenvectors - eigenvectors * eigenvalues.unsqueeze(-2)
     norm = frobenius_norm(perturbed)

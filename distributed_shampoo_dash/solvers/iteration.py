@@ -58,7 +58,10 @@ class IterationControl:
             ),
             "tolerance": check_real(self.tolerance, "tolerance"),
             "refinement_iterations": check_int(
-                self.refinement_iterations, "refinement_iterations", minimum=0, maximum=MAX_ITERATIONS
+                self.refinement_iterations,
+                "refinement_iterations",
+                minimum=0,
+                maximum=MAX_ITERATIONS,
             ),
             "stop_at_best": check_bool(self.stop_at_best, "stop_at_best"),
         }
@@ -114,7 +117,9 @@ class BestIterateTracker:
             self.best, self.best_residual = iterates, residual
             self.active = torch.isfinite(residual) & (error > self.tolerance)
             return
-        improved = self.active & (residual <= self.best_residual) if self.stop_at_best else self.active
+        improved = (
+            self.active & (residual <= self.best_residual) if self.stop_at_best else self.active
+        )
         self.best = tuple(
             select_blocks(improved, new, old) for new, old in zip(iterates, self.best, strict=True)
         )

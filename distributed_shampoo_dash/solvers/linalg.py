@@ -19,7 +19,9 @@ def add_to_diagonal(stack: Tensor, value: Tensor | float) -> Tensor:
 
 def add_to_diagonal_(stack: Tensor, value: Tensor | float) -> Tensor:
     """Adds ``value * I`` to ``stack`` in place (scalar or per-block ``(N,)``) and returns it."""
-    stack.diagonal(dim1=-2, dim2=-1).add_(value.unsqueeze(-1) if isinstance(value, Tensor) else value)
+    stack.diagonal(dim1=-2, dim2=-1).add_(
+        value.unsqueeze(-1) if isinstance(value, Tensor) else value
+    )
     return stack
 
 

@@ -111,7 +111,9 @@ def _check_root(root: object) -> int:
     return value
 
 
-def _step_precision(step: _Step, precision: MatmulPrecision, iteration_root: int) -> MatmulPrecision:
+def _step_precision(
+    step: _Step, precision: MatmulPrecision, iteration_root: int
+) -> MatmulPrecision:
     """The precision of a step: reduced once close enough to convergence (powers of two only)."""
     is_power_of_two = iteration_root & (iteration_root - 1) == 0
     if is_power_of_two and step[3] <= REDUCED_PRECISION_HALF_WIDTH.get(precision, 0.0):
@@ -138,7 +140,9 @@ def minimax_products(
     return counts
 
 
-def _plain_step(X: Tensor | None, M: Tensor, step: _Step, p: int, last: bool, precision: MatmulPrecision) -> tuple[Tensor, Tensor]:
+def _plain_step(
+    X: Tensor | None, M: Tensor, step: _Step, p: int, last: bool, precision: MatmulPrecision
+) -> tuple[Tensor, Tensor]:
     """``P = q(M)``, ``X <- X P``, ``M <- P^p M``."""
     a, b, c, _ = step
     P = add_to_diagonal_(b * M + c * batched_matmul(M, M, precision), a)
@@ -148,7 +152,9 @@ def _plain_step(X: Tensor | None, M: Tensor, step: _Step, p: int, last: bool, pr
     return X, M
 
 
-def _correction_step(X: Tensor, M: Tensor, step: _Step, p: int, last: bool, precision: MatmulPrecision) -> tuple[Tensor, Tensor]:
+def _correction_step(
+    X: Tensor, M: Tensor, step: _Step, p: int, last: bool, precision: MatmulPrecision
+) -> tuple[Tensor, Tensor]:
     """The same step with ``M = I + H``, ``P = I + D``: every product has a small operand."""
     a, b, c, _ = step
     H = add_to_diagonal(M, -1.0)

@@ -153,6 +153,4 @@ def newton_db_inverse_root(
         if root == 1
         else inverse_square_root
     )
-    return problem.result(
-        scaled_root, root, problem.residual(scaled_root, root, precision.full)
-    )
+    return problem.result(scaled_root, root, problem.residual(scaled_root, root, precision.full))

@@ -46,9 +46,7 @@ def residual_products(root: float) -> int:
     """``d x d`` products :func:`inverse_root_residual` runs for ``root = n / q``."""
     fraction = rational_root(root)
     return (
-        matrix_power_products(fraction.numerator)
-        + matrix_power_products(fraction.denominator)
-        + 1
+        matrix_power_products(fraction.numerator) + matrix_power_products(fraction.denominator) + 1
     )
 
 

@@ -63,7 +63,9 @@ def rayleigh_lambda_max(A: Tensor, num_iterations: int, num_vectors: int) -> Ten
     A = A / torch.where(largest > 0, largest, torch.ones_like(largest))[:, None, None]
     n, d, _ = A.shape
     generator = torch.Generator(device=A.device).manual_seed(_START_VECTOR_SEED)
-    V = torch.randn((d, num_vectors), generator=generator, device=A.device, dtype=A.dtype).expand(n, d, num_vectors)
+    V = torch.randn((d, num_vectors), generator=generator, device=A.device, dtype=A.dtype).expand(
+        n, d, num_vectors
+    )
     tiny = torch.finfo(A.dtype).tiny
     for _ in range(num_iterations):
         V = V / torch.linalg.vector_norm(V, dim=-2, keepdim=True).clamp_min(tiny)
@@ -97,7 +99,9 @@ class SpectralScaling:
             "num_iterations": check_int(
                 self.num_iterations, "num_iterations", minimum=1, maximum=MAX_ITERATIONS
             ),
-            "num_vectors": check_int(self.num_vectors, "num_vectors", minimum=1, maximum=MAX_ITERATIONS),
+            "num_vectors": check_int(
+                self.num_vectors, "num_vectors", minimum=1, maximum=MAX_ITERATIONS
+            ),
             "safety_factor": check_real(self.safety_factor, "safety_factor", minimum=1.0),
         }
         for name, value in checked.items():

@@ -49,7 +49,9 @@ def precondition_stack(
     for should_precondition in preconditioned_dims_selector:
         n, d, *rest = X.shape
         if should_precondition:
-            X = torch.bmm(X.to(target_dtype).reshape(n, d, -1).mT, next(factors)).reshape(n, *rest, d)
+            X = torch.bmm(X.to(target_dtype).reshape(n, d, -1).mT, next(factors)).reshape(
+                n, *rest, d
+            )
         else:
             X = X.movedim(1, -1)
     return X.to(G.dtype)

@@ -50,7 +50,9 @@ from distributed_shampoo_dash.trainers.parameter_guard import (
 __all__ = ["ReplacedParametersError", "prepare_shampoo", "register_parameter_guard"]
 
 
-def prepare_shampoo(accelerator: Accelerator, model: nn.Module, **settings: Any) -> tuple[nn.Module, AcceleratedOptimizer]:
+def prepare_shampoo(
+    accelerator: Accelerator, model: nn.Module, **settings: Any
+) -> tuple[nn.Module, AcceleratedOptimizer]:
     """Prepares ``model``, then builds and prepares ``DistributedShampoo`` + DASH over its parameters.
 
     ``settings`` are those of :func:`distributed_shampoo_dash.trainers.optimizer.build_shampoo`

@@ -75,7 +75,9 @@ def _replace_objects_by_markers(optimizer: Optimizer, state_dict: dict[str, Any]
 def _restore_live_objects(optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
     """Load pre hook: marker strings become the live optimizer's values for the same keys."""
     groups = []
-    for index, (saved, live) in enumerate(zip(state_dict["param_groups"], optimizer.param_groups, strict=False)):
+    for index, (saved, live) in enumerate(
+        zip(state_dict["param_groups"], optimizer.param_groups, strict=False)
+    ):
         group = dict(saved)
         for key, value in saved.items():
             if not (isinstance(value, str) and value.startswith(MARKER)) or key not in live:
@@ -84,7 +86,10 @@ def _restore_live_objects(optimizer: Optimizer, state_dict: dict[str, Any]) -> d
                 logger.warning(
                     "Param group %d, %r: the checkpoint was saved with a %s, the optimizer has a %s; "
                     "keeping the optimizer's.",
-                    index, key, _saved_type_name(value), _type_name(live[key]),
+                    index,
+                    key,
+                    _saved_type_name(value),
+                    _type_name(live[key]),
                 )
             group[key] = live[key]
         groups.append(group)

@@ -61,9 +61,15 @@ def _check_checkpoint_layout(module: pl.LightningModule, optimizer: DistributedS
     strategy = module.trainer.strategy
     full_checkpoints = not getattr(strategy, "_save_distributed_checkpoint", True)
     sharded = any(
-        isinstance(group["distributed_config"], FullyShardDistributedConfig) for group in optimizer.param_groups
+        isinstance(group["distributed_config"], FullyShardDistributedConfig)
+        for group in optimizer.param_groups
     )
-    if isinstance(strategy, ModelParallelStrategy) and full_checkpoints and sharded and strategy.world_size > 1:
+    if (
+        isinstance(strategy, ModelParallelStrategy)
+        and full_checkpoints
+        and sharded
+        and strategy.world_size > 1
+    ):
         raise ValueError(
             "ModelParallelStrategy(save_distributed_checkpoint=False) saves a full checkpoint from rank 0, "
             "which holds only rank 0's DistributedShampoo blocks (each rank keeps its own as local "

@@ -52,11 +52,17 @@ def _check(optimizer: Optimizer, expected: list[list[tuple[torch.Tensor, int]]])
             f"{type(optimizer).__name__} was built with {len(expected)} param groups and now has "
             f"{len(optimizer.param_groups)}. {_ADVICE}"
         )
-    for group_index, (group, recorded) in enumerate(zip(optimizer.param_groups, expected, strict=True)):
+    for group_index, (group, recorded) in enumerate(
+        zip(optimizer.param_groups, expected, strict=True)
+    ):
         current = group["params"]
-        for index, (parameter, (original, address)) in enumerate(zip(current, recorded, strict=False)):
+        for index, (parameter, (original, address)) in enumerate(
+            zip(current, recorded, strict=False)
+        ):
             if parameter is not original:
-                what = f"was replaced by another {_describe(parameter)} (was a {_describe(original)})"
+                what = (
+                    f"was replaced by another {_describe(parameter)} (was a {_describe(original)})"
+                )
             elif _storage_address(parameter) != address:
                 what = "had its storage replaced (param.data reassigned, e.g. by model.to(device))"
             else:

@@ -55,16 +55,22 @@ OPTIMIZER_NAME = "DistributedShampoo"
 _TORCH_IMPLEMENTATION_KEYS = frozenset({"fused", "foreach"})
 
 
-def build_distributed_shampoo(param_groups: list[dict[str, Any]], **kwargs: Any) -> DistributedShampoo:
+def build_distributed_shampoo(
+    param_groups: list[dict[str, Any]], **kwargs: Any
+) -> DistributedShampoo:
     """``DistributedShampoo`` over torchtitan's param groups (the factory behind ``OPTIMIZER_NAME``).
 
     ``kwargs`` are the constructor arguments; ``distributed_config`` defaults to the one matching
     the groups' parameters. The parameter guard of
     :mod:`distributed_shampoo_dash.trainers.parameter_guard` is registered.
     """
-    groups = [{k: v for k, v in g.items() if k not in _TORCH_IMPLEMENTATION_KEYS} for g in param_groups]
+    groups = [
+        {k: v for k, v in g.items() if k not in _TORCH_IMPLEMENTATION_KEYS} for g in param_groups
+    ]
     if "distributed_config" not in kwargs:
-        kwargs["distributed_config"] = distributed_config_for(p for g in groups for p in g["params"])
+        kwargs["distributed_config"] = distributed_config_for(
+            p for g in groups for p in g["params"]
+        )
     return register_parameter_guard(DistributedShampoo(groups, **kwargs))
 
 
@@ -123,13 +129,21 @@ class ShampooOptimizersContainer(OptimizersContainer):
 
         def __post_init__(self) -> None:
             if self.solver not in SOLVERS:
-                raise ValueError(f"Unknown solver {self.solver!r}; expected one of {sorted(SOLVERS)}.")
+                raise ValueError(
+                    f"Unknown solver {self.solver!r}; expected one of {sorted(SOLVERS)}."
+                )
             if self.grafting not in GRAFTINGS:
-                raise ValueError(f"Unknown grafting {self.grafting!r}; expected one of {list(GRAFTINGS)}.")
+                raise ValueError(
+                    f"Unknown grafting {self.grafting!r}; expected one of {list(GRAFTINGS)}."
+                )
             if not self.max_preconditioner_dim >= 1:
-                raise ValueError(f"Invalid max_preconditioner_dim={self.max_preconditioner_dim}. Must be >= 1.")
+                raise ValueError(
+                    f"Invalid max_preconditioner_dim={self.max_preconditioner_dim}. Must be >= 1."
+                )
             if not self.precondition_frequency >= 1:
-                raise ValueError(f"Invalid precondition_frequency={self.precondition_frequency}. Must be >= 1.")
+                raise ValueError(
+                    f"Invalid precondition_frequency={self.precondition_frequency}. Must be >= 1."
+                )
 
         def shampoo_kwargs(self) -> dict[str, Any]:
             """``DistributedShampoo`` constructor arguments from the fields (no params)."""
@@ -152,11 +166,19 @@ class ShampooOptimizersContainer(OptimizersContainer):
             dash.enable()
         else:
             dash.disable()
-        param_groups = config.param_groups or [ParamGroupConfig(pattern=r".*", optimizer_name=OPTIMIZER_NAME)]
+        param_groups = config.param_groups or [
+            ParamGroupConfig(pattern=r".*", optimizer_name=OPTIMIZER_NAME)
+        ]
         factory_kwargs = dict(config.optimizer_factory_kwargs_by_name)
-        factory_kwargs[OPTIMIZER_NAME] = {**config.shampoo_kwargs(), **factory_kwargs.get(OPTIMIZER_NAME, {})}
+        factory_kwargs[OPTIMIZER_NAME] = {
+            **config.shampoo_kwargs(),
+            **factory_kwargs.get(OPTIMIZER_NAME, {}),
+        }
         # Fields of torchtitan's base Config (untyped for mypy, hence the dict).
-        changes: dict[str, Any] = {"param_groups": param_groups, "optimizer_factory_kwargs_by_name": factory_kwargs}
+        changes: dict[str, Any] = {
+            "param_groups": param_groups,
+            "optimizer_factory_kwargs_by_name": factory_kwargs,
+        }
         super().__init__(replace(config, **changes), model_parts=model_parts)
 
     @staticmethod
@@ -186,4 +208,3 @@ def add_missing_set_timeout() -> bool:
 
     dist.set_timeout = set_timeout  # type: ignore[attr-defined]
     return True
-

@@ -16,7 +16,9 @@ from distributed_shampoo.preconditioner.dash.preconditioner_list import (
     BatchedRootInvShampooPreconditionerList,
 )
 from distributed_shampoo.preconditioner.matrix_functions_types import RootInvConfig
-from distributed_shampoo.shampoo_types import RootInvShampooPreconditionerConfig as RootInvConfigType
+from distributed_shampoo.shampoo_types import (
+    RootInvShampooPreconditionerConfig as RootInvConfigType,
+)
 from torch import nn
 from torch.testing._internal.common_utils import (
     instantiate_parametrized_tests,
@@ -44,7 +46,10 @@ def _train(
         preconditioner_config=preconditioner_config,
     )
     generator = torch.Generator().manual_seed(0)
-    inputs, targets = torch.randn(16, 12, generator=generator), torch.randn(16, 3, generator=generator)
+    inputs, targets = (
+        torch.randn(16, 12, generator=generator),
+        torch.randn(16, 3, generator=generator),
+    )
     losses = []
     for _ in range(num_steps):
         optimizer.zero_grad()
@@ -96,7 +101,9 @@ class BatchedRootInvShampooPreconditionerConfigTest(unittest.TestCase):
     @parametrize("batched", (False, True))
     def test_dash_solver_configs_train(self, solver: RootInvConfig, batched: bool) -> None:
         config_class = (
-            BatchedRootInvShampooPreconditionerConfig if batched else RootInvShampooPreconditionerConfig
+            BatchedRootInvShampooPreconditionerConfig
+            if batched
+            else RootInvShampooPreconditionerConfig
         )
         model, _, losses = _train(config_class(amortized_computation_config=solver))
         self.assertLess(losses[-1], losses[0])

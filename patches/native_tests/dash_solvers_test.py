@@ -24,13 +24,17 @@ def _spd_stack(num_blocks: int, dim: int, condition: float) -> Tensor:
     basis, _ = torch.linalg.qr(
         torch.randn(num_blocks, dim, dim, generator=generator, dtype=torch.float64)
     )
-    eigenvalues = torch.logspace(0, -torch.log10(torch.tensor(condition)).item(), dim, dtype=torch.float64)
+    eigenvalues = torch.logspace(
+        0, -torch.log10(torch.tensor(condition)).item(), dim, dtype=torch.float64
+    )
     return (basis * eigenvalues) @ basis.mT
 
 
 def _reference(A: Tensor, root: int, shift: Tensor | float) -> Tensor:
     eigenvalues, eigenvectors = torch.linalg.eigh(
-        A + torch.as_tensor(shift, dtype=A.dtype).reshape(-1, 1, 1) * torch.eye(A.shape[-1], dtype=A.dtype)
+        A
+        + torch.as_tensor(shift, dtype=A.dtype).reshape(-1, 1, 1)
+        * torch.eye(A.shape[-1], dtype=A.dtype)
     )
     return (eigenvectors * eigenvalues.pow(-1.0 / root).unsqueeze(-2)) @ eigenvectors.mT
 

@@ -61,7 +61,9 @@ def batch(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument(
-        "--phase", choices=("uninterrupted", "resumed", "control", "prebuilt", "prebuilt-unguarded"), required=True
+        "--phase",
+        choices=("uninterrupted", "resumed", "control", "prebuilt", "prebuilt-unguarded"),
+        required=True,
     )
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--report-dir", type=Path, required=True)
@@ -87,7 +89,9 @@ def main() -> None:
     initial_state = copy.deepcopy(optimizer.state_dict()) if args.phase == "control" else None
     rank = accelerator.process_index
     args.report_dir.mkdir(parents=True, exist_ok=True)
-    (args.report_dir / f"rank{rank}_list.txt").write_text(type(preconditioner_list(optimizer.optimizer)).__name__)
+    (args.report_dir / f"rank{rank}_list.txt").write_text(
+        type(preconditioner_list(optimizer.optimizer)).__name__
+    )
 
     if args.phase == "prebuilt-unguarded":
         before = [p.to_local().detach().clone() for p in model.parameters()]
@@ -96,7 +100,10 @@ def main() -> None:
             accelerator.backward(F.mse_loss(model(inputs), targets))
             optimizer.step()
             optimizer.zero_grad()
-        changed = any(not torch.equal(b, p.to_local()) for b, p in zip(before, model.parameters(), strict=True))
+        changed = any(
+            not torch.equal(b, p.to_local())
+            for b, p in zip(before, model.parameters(), strict=True)
+        )
         (args.report_dir / f"rank{rank}_changed.txt").write_text(str(changed))
         return
 

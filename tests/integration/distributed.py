@@ -79,11 +79,17 @@ def _wrap(model: nn.Module, distributor: str) -> tuple[nn.Module, object]:
         case "fully_shard":
             return fully_shard(model), FullyShardDistributedConfig()
         case "hybrid_shard":
-            mesh = init_device_mesh("cpu", (2, dist.get_world_size() // 2), mesh_dim_names=("replicate", "shard"))
+            mesh = init_device_mesh(
+                "cpu", (2, dist.get_world_size() // 2), mesh_dim_names=("replicate", "shard")
+            )
             return fully_shard(model, mesh=mesh), HybridShardDistributedConfig(device_mesh=mesh)
         case "fsdp1":
-            wrapped = FullyShardedDataParallel(model, use_orig_params=True, device_id=torch.device("cpu"))
-            return wrapped, FSDPDistributedConfig(param_to_metadata=compile_fsdp_parameter_metadata(wrapped))
+            wrapped = FullyShardedDataParallel(
+                model, use_orig_params=True, device_id=torch.device("cpu")
+            )
+            return wrapped, FSDPDistributedConfig(
+                param_to_metadata=compile_fsdp_parameter_metadata(wrapped)
+            )
     raise ValueError(f"Unknown distributor {distributor!r}; expected one of {DISTRIBUTORS}.")
 
 
@@ -97,7 +103,9 @@ def _build(distributor: str, use_dash: bool) -> tuple[nn.Module, DistributedSham
     )
     optimizer = make_optimizer(model)
     batched = isinstance(preconditioner_list(optimizer), BatchedRootInvShampooPreconditionerList)
-    assert batched == use_dash, f"DASH {'on' if use_dash else 'off'} but the list is {type(preconditioner_list(optimizer))}"
+    assert batched == use_dash, (
+        f"DASH {'on' if use_dash else 'off'} but the list is {type(preconditioner_list(optimizer))}"
+    )
     return model, optimizer
 
 
@@ -120,13 +128,19 @@ def _train(distributor: str, use_dash: bool, num_steps: int) -> dict[str, torch.
 
 
 def _save(model: nn.Module, optimizer: DistributedShampoo, path: Path) -> None:
-    state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+    state = {
+        "model": get_model_state_dict(model),
+        "optim": get_optimizer_state_dict(model, optimizer),
+    }
     dcp.save(state, checkpoint_id=str(path))
 
 
 def load(model: nn.Module, optimizer: DistributedShampoo, path: Path) -> None:
     """Loads a checkpoint written by ``_save`` into ``model`` and ``optimizer`` (any world size)."""
-    state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+    state = {
+        "model": get_model_state_dict(model),
+        "optim": get_optimizer_state_dict(model, optimizer),
+    }
     dcp.load(state, checkpoint_id=str(path))
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, optimizer, state["optim"])
@@ -141,9 +155,14 @@ def _run_job(job: Job, out_dir: Path) -> dict[str, object]:
     half = job.num_steps // 2
     batches = make_batches(job.num_steps)
     if job.compare:
-        results["compare"] = {_label(use_dash): _train(job.distributor, use_dash, job.num_steps) for use_dash in (False, True)}
+        results["compare"] = {
+            _label(use_dash): _train(job.distributor, use_dash, job.num_steps)
+            for use_dash in (False, True)
+        }
     for save_dash, load_dash in job.checkpoints:
-        results[f"uninterrupted_{_label(save_dash)}"] = _train(job.distributor, save_dash, job.num_steps)
+        results[f"uninterrupted_{_label(save_dash)}"] = _train(
+            job.distributor, save_dash, job.num_steps
+        )
         path = out_dir / f"checkpoint_{_label(save_dash)}_{_label(load_dash)}"
         model, optimizer = _build(job.distributor, save_dash)
         run_steps(model, optimizer, batches[:half])
@@ -168,7 +187,9 @@ def run_worker(rank: int, world_size: int, port: int, job: Job, out_dir: str) ->
     """Entry point of one spawned rank."""
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
+    )
     try:
         results = _run_job(job, Path(out_dir))
         if rank == 0:

@@ -92,7 +92,9 @@ def main() -> None:
     parser.add_argument("--resume-from", type=Path)
     parser.add_argument("--reset-optimizer", action="store_true")
     parser.add_argument("--no-checkpoint-hooks", action="store_true")
-    parser.add_argument("--full-checkpoint", action="store_true", help="save_distributed_checkpoint=False")
+    parser.add_argument(
+        "--full-checkpoint", action="store_true", help="save_distributed_checkpoint=False"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     args.report_dir.mkdir(parents=True, exist_ok=True)
@@ -106,7 +108,9 @@ def main() -> None:
         ),
         max_steps=NUM_STEPS,
         callbacks=[
-            ModelCheckpoint(dirpath=args.checkpoint_dir, filename="{step}", every_n_train_steps=2, save_top_k=-1)
+            ModelCheckpoint(
+                dirpath=args.checkpoint_dir, filename="{step}", every_n_train_steps=2, save_top_k=-1
+            )
         ],
         logger=False,
         enable_progress_bar=False,

@@ -35,7 +35,9 @@ class MixedShapeModel(nn.Module):
         return self.head(hidden) + mixed
 
 
-def make_batches(num_steps: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def make_batches(
+    num_steps: int, seed: int = 0
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Deterministic ``(images, tokens, targets)`` batches for ``num_steps`` steps."""
     generator = torch.Generator().manual_seed(seed)
     return [

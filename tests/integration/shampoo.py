@@ -47,12 +47,16 @@ def max_parameter_difference(first: torch.nn.Module, second: torch.nn.Module) ->
     )
 
 
-def preconditioner_list(optimizer: DistributedShampoo, group: int = 0) -> RootInvShampooPreconditionerList:
+def preconditioner_list(
+    optimizer: DistributedShampoo, group: int = 0
+) -> RootInvShampooPreconditionerList:
     preconditioner_list = dash.preconditioner_lists(optimizer)[group]
     assert isinstance(preconditioner_list, RootInvShampooPreconditionerList)
     return preconditioner_list
 
 
-def kronecker_factors(optimizer: DistributedShampoo) -> Iterator[RootInvShampooKroneckerFactorsUnwrapped]:
+def kronecker_factors(
+    optimizer: DistributedShampoo,
+) -> Iterator[RootInvShampooKroneckerFactorsUnwrapped]:
     """Every block's unwrapped Kronecker factors (all blocks, masked or not), param group 0."""
     yield from preconditioner_list(optimizer)._local_kronecker_factors_unwrapped

@@ -166,11 +166,15 @@ class TinyModel(BaseModel):
 
     def __init__(self, config: Config) -> None:
         super().__init__()
-        self.tok_embeddings = Embedding.Config(num_embeddings=config.vocab_size, embedding_dim=config.dim).build()
+        self.tok_embeddings = Embedding.Config(
+            num_embeddings=config.vocab_size, embedding_dim=config.dim
+        ).build()
         self.block_0 = MLPBlock(config.dim, config.hidden)
         self.block_1 = MLPBlock(config.dim, config.hidden)
         self.norm = RMSNorm.Config(normalized_shape=config.dim).build()
-        self.lm_head = Linear.Config(in_features=config.dim, out_features=config.vocab_size, bias=False).build()
+        self.lm_head = Linear.Config(
+            in_features=config.dim, out_features=config.vocab_size, bias=False
+        ).build()
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         h = self.block_1(self.block_0(self.tok_embeddings(tokens)))
@@ -186,7 +190,9 @@ def parallelize_tiny(model: TinyModel, *, parallel_dims: Any, **kwargs: Any) -> 
     return model
 
 
-def report_preconditioner_list(optimizers: ShampooOptimizersContainer, model_parts: list[nn.Module], parallel_dims: Any) -> None:
+def report_preconditioner_list(
+    optimizers: ShampooOptimizersContainer, model_parts: list[nn.Module], parallel_dims: Any
+) -> None:
     """Writes ``<report dir>/rank<r>_lists.txt``: the preconditioner list class of every optimizer."""
     from tests.integration.shampoo import preconditioner_list
 
@@ -222,7 +228,9 @@ class SyntheticDataLoader(BaseDataLoader):
     class Config(BaseDataLoader.Config):
         pass
 
-    def __init__(self, config: Config, *, dp_rank: int, local_batch_size: int, seq_len: int, **kwargs: Any) -> None:
+    def __init__(
+        self, config: Config, *, dp_rank: int, local_batch_size: int, seq_len: int, **kwargs: Any
+    ) -> None:
         self.dp_rank = dp_rank
         self.local_batch_size = local_batch_size
         self.seq_len = seq_len
@@ -231,7 +239,9 @@ class SyntheticDataLoader(BaseDataLoader):
     def __iter__(self) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
         while True:
             generator = torch.Generator().manual_seed(1000 * self.dp_rank + self.position)
-            tokens = torch.randint(VOCAB_SIZE, (self.local_batch_size, self.seq_len + 1), generator=generator)
+            tokens = torch.randint(
+                VOCAB_SIZE, (self.local_batch_size, self.seq_len + 1), generator=generator
+            )
             self.position += 1
             yield {"input": tokens[:, :-1]}, tokens[:, 1:]
 

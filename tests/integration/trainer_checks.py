@@ -12,9 +12,15 @@ from torch.distributed.tensor import DTensor
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     """Nested dicts/lists/tuples as ``{"a.b.0": leaf}`` (DTensors as their local shard)."""
     if isinstance(value, Mapping):
-        return {k: v for key, item in value.items() for k, v in flatten(item, f"{prefix}{key}.").items()}
-    if isinstance(value, (list, tuple)) and any(isinstance(v, (Mapping, list, tuple, torch.Tensor)) for v in value):
-        return {k: v for i, item in enumerate(value) for k, v in flatten(item, f"{prefix}{i}.").items()}
+        return {
+            k: v for key, item in value.items() for k, v in flatten(item, f"{prefix}{key}.").items()
+        }
+    if isinstance(value, (list, tuple)) and any(
+        isinstance(v, (Mapping, list, tuple, torch.Tensor)) for v in value
+    ):
+        return {
+            k: v for i, item in enumerate(value) for k, v in flatten(item, f"{prefix}{i}.").items()
+        }
     if isinstance(value, DTensor):
         value = value.to_local()
     return {prefix.rstrip("."): value}
@@ -40,7 +46,9 @@ def differences(first: Mapping[str, Any], second: Mapping[str, Any]) -> list[str
     return missing + sorted(k for k in set(first) & set(second) if not _same(first[k], second[k]))
 
 
-def max_abs_difference(first: Mapping[str, Any], second: Mapping[str, Any], keys: list[str]) -> float:
+def max_abs_difference(
+    first: Mapping[str, Any], second: Mapping[str, Any], keys: list[str]
+) -> float:
     """Largest absolute difference over the tensors under ``keys``."""
     return max(float((first[k].double() - second[k].double()).abs().max()) for k in keys)
 
