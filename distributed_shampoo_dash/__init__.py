@@ -4,8 +4,8 @@ Importing this package changes nothing in ``distributed_shampoo``. The solvers n
 the upstream adapter (the switch ``enable``, ``disable``, ``enabled``, ``is_enabled``; the configs
 ``NewtonDBRootInvConfig`` and ``ChebyshevRootInvConfig``; ``inverse_roots``, the roots of a stack
 exactly as the optimizer computes them; the diagnostics ``fallback_counts``,
-``preconditioner_lists`` and ``inverse_factors``; the DDP cost model ``InverseRootCostModel``) is imported on first access
-and needs ``distributed_shampoo`` installed.
+``preconditioner_lists`` and ``inverse_factors``; the DDP cost model ``InverseRootCostModel``) is
+imported on first access and needs ``distributed_shampoo`` installed.
 """
 
 from typing import Any

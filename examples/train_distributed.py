@@ -1,8 +1,9 @@
-"""Train a small byte-level Llama with Distributed Shampoo + DASH under torchrun (DDP or fully_shard).
+r"""Train a small byte-level Llama with Distributed Shampoo + DASH under torchrun (DDP or
+fully_shard).
 
-Every rank builds the same seeded model (``distributed_shampoo_dash/examples/llama.py``), wraps it with
-``DistributedDataParallel`` (``--distributed ddp``, with upstream's ``DDPDistributedConfig``) or
-with torch's ``fully_shard`` per transformer block and then the root (``--distributed
+Every rank builds the same seeded model (``distributed_shampoo_dash/examples/llama.py``), wraps it
+with ``DistributedDataParallel`` (``--distributed ddp``, with upstream's ``DDPDistributedConfig``)
+or with torch's ``fully_shard`` per transformer block and then the root (``--distributed
 fully_shard``, with ``FullyShardDistributedConfig``), and trains it on random byte windows of the
 Python standard library's sources (each rank draws its own windows). The optimizer is upstream's
 ``DistributedShampoo`` with the DASH paper's defaults: betas (0.9, 0.95), epsilon 1e-10 (1e-6 for
@@ -21,11 +22,16 @@ picks the inverse-root method::
 Run it (CPU: gloo, one process per rank; GPU: nccl, one GPU per rank, ``--device auto`` picks CUDA
 when available)::
 
-    torchrun --standalone --nproc_per_node=2 examples/train_distributed.py --distributed ddp --solver newton-db --steps 20
-    torchrun --standalone --nproc_per_node=2 examples/train_distributed.py --distributed fully_shard --solver newton-db --steps 20
-    torchrun --standalone --nproc_per_node=2 examples/train_distributed.py --distributed fully_shard --solver eigen --no-dash --steps 20
-    torchrun --standalone --nproc_per_node=8 examples/train_distributed.py --distributed fully_shard --preset small --solver chebyshev --steps 200
-    python3 examples/train_distributed.py --solver newton-db --steps 3 --precondition-frequency 1   # world size 1, no torchrun
+    torchrun --standalone --nproc_per_node=2 examples/train_distributed.py \
+        --distributed ddp --solver newton-db --steps 20
+    torchrun --standalone --nproc_per_node=2 examples/train_distributed.py \
+        --distributed fully_shard --solver newton-db --steps 20
+    torchrun --standalone --nproc_per_node=2 examples/train_distributed.py \
+        --distributed fully_shard --solver eigen --no-dash --steps 20
+    torchrun --standalone --nproc_per_node=8 examples/train_distributed.py \
+        --distributed fully_shard --preset small --solver chebyshev --steps 200
+    python3 examples/train_distributed.py --solver newton-db --steps 3 \
+        --precondition-frequency 1   # world size 1, no torchrun
 
 Without torchrun's environment (``RANK``, ``WORLD_SIZE``, ...) the script starts a one-process
 group itself, so the same DDP/fully_shard code path runs at world size 1.
@@ -33,14 +39,14 @@ group itself, so the same DDP/fully_shard code path runs at world size 1.
 Rank 0 prints the configuration (model, data, optimizer, solver, DASH on/off, world size), a
 progress bar (``tqdm`` if installed: ``pip install -e ".[examples]"``; a plain text line
 otherwise), a log line every ``--log-every`` steps (loss averaged over ranks, step and optimizer
-step times), the validation loss and a one-line ``summary:``. Mean times leave out step 1 (first-call
-overheads); "root steps" are the steps that compute inverse roots (multiples of the precondition
-frequency), the others only precondition with the stored roots. On CUDA the timers synchronise
-the device. With DASH on, the log lines also count DASH's fallbacks over all ranks (``eigh``: roots a
-DASH solver produced but that failed its residual check and were recomputed by eigh; ``replayed``:
-blocks handed to upstream's per-block code); ``--show-fallback-warnings`` prints DASH's warning for
-each. A non-finite loss stops the run with exit status 1, and so does a failed inverse root
-(upstream's ``PreconditionerValueError``, shortened, with a hint).
+step times), the validation loss and a one-line ``summary:``. Mean times leave out step 1
+(first-call overheads); "root steps" are the steps that compute inverse roots (multiples of the
+precondition frequency), the others only precondition with the stored roots. On CUDA the timers
+synchronise the device. With DASH on, the log lines also count DASH's fallbacks over all ranks
+(``eigh``: roots a DASH solver produced but that failed its residual check and were recomputed by
+eigh; ``replayed``: blocks handed to upstream's per-block code); ``--show-fallback-warnings``
+prints DASH's warning for each. A non-finite loss stops the run with exit status 1, and so does a
+failed inverse root (upstream's ``PreconditionerValueError``, shortened, with a hint).
 """
 
 from __future__ import annotations
@@ -298,7 +304,9 @@ def process_group(device_choice: str) -> Iterator[Context]:
 
 
 def wrap_model(model: Llama, kind: str, ctx: Context) -> tuple[nn.Module, DistributedConfig]:
-    """DDP or fully_shard (per block, then the root) and the matching upstream distributed_config."""
+    """DDP or fully_shard (per block, then the root) and the matching upstream
+    distributed_config.
+    """
     if kind == "ddp":
         wrapped = nn.parallel.DistributedDataParallel(
             model,
@@ -325,7 +333,9 @@ def solver_description(solver: str, use_dash: bool) -> str:
         return f"{solver}: upstream per-block {'eigh' if solver == 'eigen' else 'coupled Newton'}"
     return {
         "eigen": "eigen: DASH batched eigh (upstream EigenConfig semantics)",
-        "coupled-newton": "coupled-newton: DASH batched coupled Newton (upstream CoupledNewtonConfig)",
+        "coupled-newton": (
+            "coupled-newton: DASH batched coupled Newton (upstream CoupledNewtonConfig)"
+        ),
         "newton-db": "newton-db: DASH batched minimax iteration (relative ridge 1e-5)",
         "newton-db-paper": "newton-db-paper: DASH batched Newton-DB, the paper's 10 steps",
         "chebyshev": "chebyshev: DASH batched Chebyshev/Clenshaw",
@@ -447,9 +457,11 @@ def train(args: argparse.Namespace, ctx: Context) -> int:
     )
     say(f"data: {corpus.description}")
     say(
-        f"optimizer: DistributedShampoo lr {args.lr:g}, betas (0.9, 0.95), epsilon {args.epsilon:g}, "
-        f"weight decay {args.weight_decay:g}, max_preconditioner_dim {args.max_preconditioner_dim}, "
-        f"precondition_frequency {args.precondition_frequency}, Adam grafting (beta2 0.95, eps 1e-8)"
+        f"optimizer: DistributedShampoo lr {args.lr:g}, betas (0.9, 0.95), "
+        f"epsilon {args.epsilon:g}, weight decay {args.weight_decay:g}, "
+        f"max_preconditioner_dim {args.max_preconditioner_dim}, "
+        f"precondition_frequency {args.precondition_frequency}, "
+        f"Adam grafting (beta2 0.95, eps 1e-8)"
     )
     say(
         f"solver: {solver} | DASH {'on' if use_dash else 'off'} "
@@ -485,8 +497,8 @@ def train(args: argparse.Namespace, ctx: Context) -> int:
             except PreconditionerValueError as error:  # upstream's message holds a whole matrix
                 summary = str(error).split("bias_corrected_factor_matrix=")[0][:300]
                 raise SystemExit(
-                    f"rank {ctx.rank}, step {step}: {summary}... The inverse root failed; try a larger "
-                    f"--epsilon (now {args.epsilon:g}) or another --solver."
+                    f"rank {ctx.rank}, step {step}: {summary}... The inverse root failed; "
+                    f"try a larger --epsilon (now {args.epsilon:g}) or another --solver."
                 ) from None
             synchronize(ctx.device)
             end = time.perf_counter()
@@ -523,14 +535,16 @@ def train(args: argparse.Namespace, ctx: Context) -> int:
     tokens_per_step = args.batch_size * args.seq_len * ctx.world_size
     step_seconds = sum(step_times) / len(step_times)
     say(
-        f"validation loss {validation_loss:.4f} nats/byte ({validation_loss / math.log(2):.3f} bits/byte) "
+        f"validation loss {validation_loss:.4f} nats/byte "
+        f"({validation_loss / math.log(2):.3f} bits/byte) "
         f"on {args.eval_batches * args.batch_size} windows"
     )
     if use_dash:
         fallbacks = fallback_counts(optimizer, ctx.device)
         say(f"DASH fallbacks, all ranks (eigh: roots recomputed by eigh): {fallbacks or 'none'}")
     say(
-        f"summary: {args.distributed} world {ctx.world_size} {ctx.device.type} | DASH {'on' if use_dash else 'off'} "
+        f"summary: {args.distributed} world {ctx.world_size} {ctx.device.type} "
+        f"| DASH {'on' if use_dash else 'off'} "
         f"| solver {args.solver} | steps {len(losses)} | loss {losses[0]:.4f} -> {losses[-1]:.4f} "
         f"| val loss {validation_loss:.4f} | mean step {mean_ms(step_times)} | mean opt step "
         f"{mean_ms(all_optimizer_times)} (root steps {mean_ms(optimizer_times[True])}, "

@@ -41,7 +41,8 @@ Presets (DESIGN.md section 4):
 
 Usage:
     python3 scripts/benchmark.py --preset cpu --out bench_out/step_cpu
-    python3 scripts/benchmark.py --preset many-blocks --precondition-frequency 4 --out bench_out/step_blocks
+    python3 scripts/benchmark.py --preset many-blocks --precondition-frequency 4 \
+        --out bench_out/step_blocks
     python3 scripts/benchmark.py --preset layers --memory --steps 2 --out bench_out/step_layers
     python3 scripts/benchmark.py --preset gpu --precondition-frequency 10 --steps 30 --only Eigen \
         --out bench_out/step_gpu_every10
@@ -186,7 +187,9 @@ def peer_rows() -> tuple[list[PeerRow], str]:
 
 
 def select_rows(candidates: Sequence[AnyRow], only: Sequence[str] | None) -> list[AnyRow]:
-    """The first row (the reference) and those whose label contains one of ``only`` (all if empty)."""
+    """The first row (the reference) and those whose label contains one of ``only`` (all if
+    empty).
+    """
     return [
         row
         for index, row in enumerate(candidates)
@@ -389,7 +392,8 @@ def count_step_costs(
 
 def meta_costs(row: Row, preset: Preset, precondition_frequency: int) -> dict[str, object]:
     """Step costs and solver floor of a DASH row counted on the ``meta`` device (shapes only):
-    for presets too large to run here. Upstream's per-block code reads values and cannot run there."""
+    for presets too large to run here. Upstream's per-block code reads values and cannot run
+    there."""
     if not row.use_dash:
         raise ValueError(f"{row.label}: only DASH rows run on the meta device")
     with step_costs.meta_scaffolding():
@@ -426,7 +430,10 @@ def floor_table(
 ) -> str:
     """Each row's solver FLOPs per root computation by precision, and their time at ``peaks``."""
     lines = [
-        "| optimizer | factor matrices | solver TFLOP per root computation (by precision) | at 1 x H100 peaks (ms) |",
+        (
+            "| optimizer | factor matrices | solver TFLOP per root computation (by precision) | "
+            "at 1 x H100 peaks (ms) |"
+        ),
         "|---|---|---|---|",
     ]
     for result in results:
@@ -437,7 +444,8 @@ def floor_table(
         )
         seconds = sum(flops / (peaks[precision] * 1e12) for precision, flops in floor.items())
         lines.append(
-            f"| {result['label']} | {result['num_factors']} | {split} | {'-' if not floor else f'{seconds * 1e3:.0f}'} |"
+            f"| {result['label']} | {result['num_factors']} | {split} | "
+            f"{'-' if not floor else f'{seconds * 1e3:.0f}'} |"
         )
     return "\n".join(lines)
 
@@ -521,7 +529,9 @@ def measure_memory(row: Row, args: argparse.Namespace) -> int:
 def run_row(
     row: AnyRow, preset: Preset, settings: StepSettings, device: torch.device
 ) -> dict[str, object]:
-    """Times one row, then counts its step costs and measures its roots; returns the measurements."""
+    """Times one row, then counts its step costs and measures its roots; returns the
+    measurements.
+    """
     frequency = settings.precondition_frequency
     gc.collect()
     if device.type == "cuda":
@@ -635,7 +645,8 @@ def run_rows(
         finally:
             dash.disable()
         print(
-            f"{row.label}: {results[-1]['median_step_s']:.4f} s/step ({time.perf_counter() - start:.1f} s)",
+            f"{row.label}: {results[-1]['median_step_s']:.4f} s/step "
+            f"({time.perf_counter() - start:.1f} s)",
             flush=True,
         )
     return results, failures
@@ -650,9 +661,10 @@ def markdown_table(results: list[dict[str, object]]) -> str:
     reference = results[0]
     lines = [
         (
-            "| optimizer | median step (s) | mean step (s) | median step without / with roots (s) | "
-            "speedup: median / mean / without roots / with roots | peak memory (GB) | transient step memory (MiB) | "
-            "root error median / p90 / max | fallbacks | finite |"
+            "| optimizer | median step (s) | mean step (s) | "
+            "median step without / with roots (s) | "
+            "speedup: median / mean / without roots / with roots | peak memory (GB) | "
+            "transient step memory (MiB) | root error median / p90 / max | fallbacks | finite |"
         ),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -720,10 +732,10 @@ def costs_table(results: list[dict[str, object]]) -> str:
 
     lines = [
         (
-            "| optimizer | aten ops: without / with roots | fewer than upstream | launches: without / with | "
-            "host syncs: without / with | d x d products (root step) | GFLOP: without / with roots | "
-            "solver floor GFLOP | root step / floor | tracked peak MiB, root step: "
-            "whole step / factor update and roots / preconditioning |"
+            "| optimizer | aten ops: without / with roots | fewer than upstream | "
+            "launches: without / with | host syncs: without / with | d x d products (root step) | "
+            "GFLOP: without / with roots | solver floor GFLOP | root step / floor | "
+            "tracked peak MiB, root step: whole step / factor update and roots / preconditioning |"
         ),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -739,11 +751,14 @@ def costs_table(results: list[dict[str, object]]) -> str:
         gflops = [
             _scaled(cost(result, which, "flops"), 1e9) for which in ("without_roots", "with_roots")
         ]
+        ops, launches, syncs = (
+            _pair(cost(result, "without_roots", key), cost(result, "with_roots", key))
+            for key in ("ops", "launches", "syncs")
+        )
         lines.append(
-            f"| {result['label']} | {_pair(cost(result, 'without_roots', 'ops'), cost(result, 'with_roots', 'ops'))} | "
+            f"| {result['label']} | {ops} | "
             f"{fewer(result, 'without_roots')} / {fewer(result, 'with_roots')} | "
-            f"{_pair(cost(result, 'without_roots', 'launches'), cost(result, 'with_roots', 'launches'))} | "
-            f"{_pair(cost(result, 'without_roots', 'syncs'), cost(result, 'with_roots', 'syncs'))} | "
+            f"{launches} | {syncs} | "
             f"{cost(result, 'with_roots', 'products'):,} | "
             f"{_pair(gflops[0], gflops[1], '.3f')} | "
             f"{_optional(floor, '.3f', 1e9)} | {ratio} | "
@@ -812,7 +827,9 @@ def main() -> None:
     parser.add_argument(
         "--on-meta",
         action="store_true",
-        help="only count the DASH rows' step costs and solver floors on the meta device (no timing)",
+        help=(
+            "only count the DASH rows' step costs and solver floors on the meta device (no timing)"
+        ),
     )
     args = parser.parse_args()
 
@@ -838,7 +855,8 @@ def main() -> None:
             finally:
                 dash.disable()
         print(
-            f"preset {args.preset} on the meta device, roots every {args.precondition_frequency} step(s)\n"
+            f"preset {args.preset} on the meta device, "
+            f"roots every {args.precondition_frequency} step(s)\n"
         )
         print(
             costs_table(counted)
@@ -871,14 +889,16 @@ def main() -> None:
 
     print(
         f"\npreset {args.preset} on {device_name(device)}, torch {torch.__version__}, "
-        f"roots every {args.precondition_frequency} step(s), {results[0]['num_factors']} factor matrices\n"
+        f"roots every {args.precondition_frequency} step(s), "
+        f"{results[0]['num_factors']} factor matrices\n"
     )
     print(markdown_table(results))
     for failure in failures:
         print(f"| {failure['label']} | failed: {failure['error'].splitlines()[0]} |")
     if settings.costs:
         print(
-            "\nstep costs (one step without and one with root computation; ratios against upstream EigenConfig)\n"
+            "\nstep costs (one step without and one with root computation; "
+            "ratios against upstream EigenConfig)\n"
         )
         print(costs_table(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -749,7 +749,8 @@ def real_factor_table(records: list[RealRecord]) -> str:
         times = " | ".join(f"{record.ms_per_stack[group]:.1f}" for group in groups)
         lines.append(
             f"| {record.name} | {products} | {times} | "
-            f"{record.median_error:.1e} / {record.max_error:.1e} | {record.flagged}/{record.blocks} | "
+            f"{record.median_error:.1e} / {record.max_error:.1e} | "
+            f"{record.flagged}/{record.blocks} | "
             f"{record.without_reference} |"
         )
     return "\n".join(lines)
@@ -781,7 +782,10 @@ def error_cell(errors: ErrorSummary) -> str:
 def rows_table(result: ShapeResult) -> str:
     spectra = " | ".join(f"{name} (cond {cond:.3g})" for name, cond in result.conditions.items())
     lines = [
-        f"| row | products | median ms | TFLOP/s | time / floor | fraction of peak | {spectra} | notes |",
+        (
+            f"| row | products | median ms | TFLOP/s | time / floor | fraction of peak | "
+            f"{spectra} | notes |"
+        ),
         "|---|---|---|---|---|---|" + "---|" * len(result.conditions) + "---|",
     ]
     for record in result.rows:

@@ -212,7 +212,9 @@ def check_step(step: Step, p: int, first_critical: float, grid: int = 4001) -> N
 
 
 def schedule(rel_epsilon: float, p: int) -> list[Step]:
-    """The greedy schedule from ``t_0`` in ``[l^{1/p}, 1]``, ``l = rel_epsilon / (1 + rel_epsilon)``."""
+    """The greedy schedule from ``t_0`` in ``[l^{1/p}, 1]``,
+    ``l = rel_epsilon / (1 + rel_epsilon)``.
+    """
     lo, hi = (rel_epsilon / (1.0 + rel_epsilon)) ** (1.0 / p), 1.0
     steps = []
     while True:
@@ -239,9 +241,18 @@ def module_source() -> str:
         "Written by ``python3 scripts/generate_minimax_schedules.py`` (which documents the math);",
         "``--check`` regenerates and compares. Do not edit by hand.",
         "",
-        "``SCHEDULES[p][rel_epsilon]`` is the schedule for root ``p`` when the spectrum of the scaled",
-        "matrix lies in ``[rel_epsilon / (1 + rel_epsilon), 1]``: one ``(a, b, c, half_width)`` per",
-        "iteration, ``q(m) = a + b m + c m^2`` and ``half_width`` the guaranteed ``max |1 - t|`` before",
+        (
+            "``SCHEDULES[p][rel_epsilon]`` is the schedule for root ``p`` when the spectrum of the "
+            "scaled"
+        ),
+        (
+            "matrix lies in ``[rel_epsilon / (1 + rel_epsilon), 1]``: "
+            "one ``(a, b, c, half_width)`` per"
+        ),
+        (
+            "iteration, ``q(m) = a + b m + c m^2`` and ``half_width`` the guaranteed "
+            "``max |1 - t|`` before"
+        ),
         f"the step. Target ``|1 - t| <= {TARGET:g}`` after the last step, top margin {MARGIN:g}.",
         '"""',
         "",

@@ -538,8 +538,14 @@ def evaluate_targets(parts: dict[str, Any]) -> list[Target]:
     )
     targets.append(
         Target(
-            f"{DEFAULT_ROW}, roots every {frequency or '-'} steps: step without roots over upstream's",
-            f"<= 1/3 (upstream ~{UPSTREAM_WITHOUT_ROOTS_S * 1e3:.0f} ms, DashGpu ~{DASHGPU_WITHOUT_ROOTS_S * 1e3:.0f} ms on 1 x H100)",
+            (
+                f"{DEFAULT_ROW}, roots every {frequency or '-'} steps: "
+                f"step without roots over upstream's"
+            ),
+            (
+                f"<= 1/3 (upstream ~{UPSTREAM_WITHOUT_ROOTS_S * 1e3:.0f} ms, "
+                f"DashGpu ~{DASHGPU_WITHOUT_ROOTS_S * 1e3:.0f} ms on 1 x H100)"
+            ),
             "-"
             if ratio is None
             else f"{_seconds(default_without)} / {_seconds(upstream_without)} = {ratio:.3f}",
@@ -593,7 +599,10 @@ def environment(device: torch.device) -> dict[str, Any]:
 def targets_table(targets: list[Target]) -> str:
     lines = ["| target | goal | measured | measured / goal | status |", "|---|---|---|---|---|"]
     lines += [
-        f"| {t.name} | {t.goal} | {t.value} | {'-' if t.ratio is None else f'{t.ratio:.2f}'} | {t.status} |"
+        (
+            f"| {t.name} | {t.goal} | {t.value} | "
+            f"{'-' if t.ratio is None else f'{t.ratio:.2f}'} | {t.status} |"
+        )
         for t in targets
     ]
     return "\n".join(lines)

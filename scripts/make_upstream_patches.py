@@ -74,10 +74,14 @@ MODULES: dict[str, str] = {
 
 #: Dotted package paths -> their native dotted paths (longest first when applied).
 IMPORT_PATHS: dict[str, str] = {
-    "distributed_shampoo_dash.integration.configs": "distributed_shampoo.preconditioner.dash.configs",
+    "distributed_shampoo_dash.integration.configs": (
+        "distributed_shampoo.preconditioner.dash.configs"
+    ),
     "distributed_shampoo_dash.integration.solve": "distributed_shampoo.preconditioner.dash.solve",
     "distributed_shampoo_dash.integration.roots": "distributed_shampoo.preconditioner.dash.roots",
-    "distributed_shampoo_dash.integration.per_block": "distributed_shampoo.preconditioner.dash.per_block",
+    "distributed_shampoo_dash.integration.per_block": (
+        "distributed_shampoo.preconditioner.dash.per_block"
+    ),
     "distributed_shampoo_dash.integration.preconditioner_list": (
         "distributed_shampoo.preconditioner.dash.preconditioner_list"
     ),
@@ -85,7 +89,8 @@ IMPORT_PATHS: dict[str, str] = {
     "distributed_shampoo_dash.stacking": "distributed_shampoo.preconditioner.dash.stacking",
 }
 
-NATIVE_INIT = '''"""DASH: batched block preconditioning and matmul-only inverse-root solvers for Shampoo.
+NATIVE_INIT = '''\
+"""DASH: batched block preconditioning and matmul-only inverse-root solvers for Shampoo.
 
 ``solvers`` computes inverse roots of ``(N, d, d)`` stacks; ``stacking`` groups, packs and
 multiplies same-shape blocks; ``BatchedRootInvShampooPreconditionerList`` runs every stage of a
@@ -122,7 +127,10 @@ HOOKS: tuple[Hook, ...] = (
         "distributed_shampoo/preconditioner/shampoo_preconditioner_list.py",
         "imports",
         (
-            "# DASH configs are solved by DASH; every other config goes to matrix_inverse_root above.",
+            (
+                "# DASH configs are solved by DASH; every other config goes to "
+                "matrix_inverse_root above."
+            ),
             "from distributed_shampoo.preconditioner.dash.per_block import (",
             "    dash_matrix_inverse_root as matrix_inverse_root,  # type: ignore[no-redef]",
             ")",
@@ -139,8 +147,14 @@ HOOKS: tuple[Hook, ...] = (
             '    """Root-inverse Shampoo whose step runs on stacks of same-shape blocks (DASH).',
             "",
             "    Same fields, optimizer state, checkpoints and results as",
-            "    :class:`RootInvShampooPreconditionerConfig`; the factor updates, the inverse roots (one",
-            "    batched solver call per group of blocks with equal dimension, root and dtype) and the",
+            (
+                "    :class:`RootInvShampooPreconditionerConfig`; the factor updates, "
+                "the inverse roots (one"
+            ),
+            (
+                "    batched solver call per group of blocks with equal dimension, root and dtype) "
+                "and the"
+            ),
             "    preconditioning run as batched operations instead of one block at a time.",
             '    """',
         ),
@@ -161,7 +175,10 @@ HOOKS: tuple[Hook, ...] = (
         "distributed_shampoo/distributed_shampoo.py",
         r"^\s+RootInvShampooPreconditionerConfig: RootInvShampooPreconditionerList,$",
         (
-            "                    BatchedRootInvShampooPreconditionerConfig: BatchedRootInvShampooPreconditionerList,",
+            (
+                "                    BatchedRootInvShampooPreconditionerConfig: "
+                "BatchedRootInvShampooPreconditionerList,"
+            ),
         ),
     ),
     Hook(
@@ -289,7 +306,10 @@ def generate(upstream: Path) -> dict[str, str]:
     """``patch file name -> text`` of the whole series."""
     bodies = [native_modules_diff(), hooks_diff(upstream), native_tests_diff()]
     return {
-        name: f"Against {PINNED_COMMIT}; apply with `git apply --unidiff-zero`.\n\n{message}\n\n{body}"
+        name: (
+            f"Against {PINNED_COMMIT}; apply with `git apply --unidiff-zero`.\n\n"
+            f"{message}\n\n{body}"
+        )
         for (name, message), body in zip(SERIES.items(), bodies, strict=True)
     }
 
@@ -317,7 +337,8 @@ def check(upstream: Path, pytest_args: list[str]) -> int:
                 f"distributed_shampoo is imported from {location}, not from the patched copy."
             )
         command = [
-            sys.executable, "-m", "pytest", "--import-mode=importlib", "-q", "-p", "no:cacheprovider",
+            sys.executable, "-m", "pytest", "--import-mode=importlib", "-q",
+            "-p", "no:cacheprovider",
             "distributed_shampoo",
             "--ignore=distributed_shampoo/distributor/gpu_tests",
             "--ignore=distributed_shampoo/examples",

@@ -1,16 +1,18 @@
-"""Training-quality study: a small byte-level Llama trained by every inverse-root solver, side by side.
+"""Training-quality study: a small byte-level Llama trained by every inverse-root solver, side by
+side.
 
 Setup (docs/quality.md has the full description):
 
-* Model and data: ``distributed_shampoo_dash/examples/llama.py`` (shared with the example). A byte-level Llama (vocabulary 256,
-  RMSNorm, rotary attention, SwiGLU, untied head) of the shape of ``examples/train_distributed.py``'s
-  presets (``--preset cpu``: its ``tiny`` model, ``--preset gpu``: its ``small`` model), trained on
-  random windows of the Python standard library's ``*.py`` files; every 10th file (sorted by path)
-  is the validation split. Training windows come from ``Generator(seed * 100003 + 1)``, the model
-  from ``torch.manual_seed(seed)``: every run sees the same initial model and the same batches for
-  a given seed. The validation loss is the mean next-byte cross entropy (nats/byte) over a fixed set
-  of validation windows (``Generator(0)``, the same for every run and seed), computed at step 0 and
-  every ``--eval-every`` steps.
+* Model and data: ``distributed_shampoo_dash/examples/llama.py`` (shared with the example). A
+  byte-level Llama (vocabulary 256, RMSNorm, rotary attention, SwiGLU, untied head) of the shape
+  of ``examples/train_distributed.py``'s presets (``--preset cpu``: its ``tiny`` model,
+  ``--preset gpu``: its ``small`` model), trained on random windows of the Python standard
+  library's ``*.py`` files; every 10th file (sorted by path) is the validation split. Training
+  windows come from ``Generator(seed * 100003 + 1)``, the model from ``torch.manual_seed(seed)``:
+  every run sees the same initial model and the same batches for a given seed. The validation
+  loss is the mean next-byte cross entropy (nats/byte) over a fixed set of validation windows
+  (``Generator(0)``, the same for every run and seed), computed at step 0 and every
+  ``--eval-every`` steps.
 * Schedule (every run): learning rate ``lr_t = lr * t / w`` for ``t <= w`` warmup steps, then cosine
   decay ``lr_t = lr * (r + (1 - r) (1 + cos(pi (t - w) / (T - w))) / 2)`` to ``r = 0.1`` of the peak
   at the last step ``T``; ``w = 10%`` of ``T``. It is written into every param group's ``lr`` before
@@ -19,10 +21,10 @@ Setup (docs/quality.md has the full description):
   ``(0.9, 0.95)``, epsilon ``1e-10`` (``1e-6`` for ``coupled-newton``, as in the example: coupled
   Newton fails on this model's rank-deficient early factors at 1e-10), weight decay 0, Adam grafting
   (beta2 0.95, epsilon 1e-8), ``max_preconditioner_dim`` of the example preset (64 for cpu, 1024 for
-  gpu), ``RootInvShampooPreconditionerConfig`` with the run's solver; inverse roots every step except
-  ``upstream-eigen-every10``. Shampoo preconditions ``G x_1 L^{-1/4} x_2 R^{-1/4}`` (roots 4 for
-  2-D blocks, 2 for 1-D) with the factor EMAs ``L <- 0.95 L + 0.05 G G^T``, ``R <- 0.95 R +
-  0.05 G^T G``, grafted onto Adam's step norm.
+  gpu), ``RootInvShampooPreconditionerConfig`` with the run's solver; inverse roots every step
+  except ``upstream-eigen-every10``. Shampoo preconditions ``G x_1 L^{-1/4} x_2 R^{-1/4}`` (roots
+  4 for 2-D blocks, 2 for 1-D) with the factor EMAs ``L <- 0.95 L + 0.05 G G^T``,
+  ``R <- 0.95 R + 0.05 G^T G``, grafted onto Adam's step norm.
 * ``adamw``: ``torch.optim.AdamW`` with the same lr and schedule, betas (0.9, 0.95), eps 1e-8,
   weight decay 0.
 
@@ -244,7 +246,10 @@ RUNS: dict[str, RunSpec] = {
         ),
         RunSpec(
             "newton-db-paper-bf16-refined",
-            "NewtonDBRootInvConfig.paper(precision=bf16, iteration=IterationControl(10, refinement 2))",
+            (
+                "NewtonDBRootInvConfig.paper(precision=bf16, "
+                "iteration=IterationControl(10, refinement 2))"
+            ),
             True,
             lambda: dash.NewtonDBRootInvConfig.paper(
                 precision="bf16",
@@ -321,7 +326,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def learning_rate(step: int, steps: int, peak: float) -> float:
-    """Linear warmup over 10% of ``steps``, then cosine decay to ``MIN_LR_RATIO * peak`` (1-based step)."""
+    """Linear warmup over 10% of ``steps``, then cosine decay to ``MIN_LR_RATIO * peak`` (1-based
+    step).
+    """
     warmup = max(1, round(WARMUP_FRACTION * steps))
     if step <= warmup:
         return peak * step / warmup
@@ -404,7 +411,9 @@ def run_config(
         "eval_every": args.eval_every,
         "eval_windows": args.eval_windows,
         "data": corpus.description,
-        "schedule": f"linear warmup {WARMUP_FRACTION:.0%} of steps, cosine to {MIN_LR_RATIO} x peak",
+        "schedule": (
+            f"linear warmup {WARMUP_FRACTION:.0%} of steps, cosine to {MIN_LR_RATIO} x peak"
+        ),
         "lr": preset.lr,
         "betas": list(BETAS),
         "weight_decay": WEIGHT_DECAY,
@@ -576,7 +585,8 @@ def train_run(
     )
     if log["failure"]:
         say(
-            f"{spec.name} seed {seed}: FAILED at step {log['failure']['step']}: {log['failure']['cause']}"
+            f"{spec.name} seed {seed}: FAILED at step {log['failure']['step']}: "
+            f"{log['failure']['cause']}"
         )
     return log
 
@@ -602,7 +612,8 @@ def run_study(args: argparse.Namespace) -> None:
             path.write_text(json.dumps(log, indent=1))
             last = log["points"][-1] if log["points"] else {}
             print(
-                f"   final val loss {last.get('val_loss', float('nan')):.4f} at step {last.get('step')} "
+                f"   final val loss {last.get('val_loss', float('nan')):.4f} "
+                f"at step {last.get('step')} "
                 f"| opt {log.get('optimizer_ms_mean') or float('nan'):.2f} ms/step "
                 f"| fallbacks {log.get('fallbacks')} | finite {log['finite']} -> {path}",
                 flush=True,
@@ -736,12 +747,15 @@ def equivalence_text(logs: dict[str, list[dict[str, Any]]]) -> str:
     """The dash-eigen vs upstream-eigen check in words, with the noise floor when it was run."""
     differences = equivalence(logs)
     if differences is None:
-        return "dash-eigen vs upstream-eigen: not checked (logs of both runs with a common seed needed)."
+        return (
+            "dash-eigen vs upstream-eigen: not checked "
+            "(logs of both runs with a common seed needed)."
+        )
     ok = all(value <= EQUIVALENCE_TOLERANCE for value in differences.values())
     text = (
-        f"dash-eigen reproduces upstream-eigen's validation curve within {EQUIVALENCE_TOLERANCE:g} at "
-        f"every logged point: {'PASS' if ok else 'FAIL'} (max abs difference "
-        f"{per_seed_text(differences)})."
+        f"dash-eigen reproduces upstream-eigen's validation curve within "
+        f"{EQUIVALENCE_TOLERANCE:g} at every logged point: {'PASS' if ok else 'FAIL'} "
+        f"(max abs difference {per_seed_text(differences)})."
     )
     floor = curve_differences(logs, "upstream-eigen", "upstream-eigen-perturbed")
     if floor is not None:

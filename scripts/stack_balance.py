@@ -172,7 +172,9 @@ def ddp_block_shapes_per_rank(
 
 
 def factor_keys(shape: Shape) -> list[GroupKey]:
-    """``(dim, root)`` of each factor of a block: one per dim, root ``2 * order`` (upstream default)."""
+    """``(dim, root)`` of each factor of a block: one per dim, root ``2 * order`` (upstream
+    default).
+    """
     return [(d, 2.0 * len(shape)) for d in shape]
 
 

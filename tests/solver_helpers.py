@@ -23,7 +23,9 @@ def random_orthogonal(num_blocks: int, dim: int, generator: torch.Generator) -> 
 
 
 def stack_with_eigenvalues(eigenvalues: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """``Q diag(L) Q^T`` per block, exactly symmetrised; ``eigenvalues`` is ``(d,)`` or ``(N, d)``."""
+    """``Q diag(L) Q^T`` per block, exactly symmetrised; ``eigenvalues`` is ``(d,)`` or
+    ``(N, d)``.
+    """
     stack = (basis * eigenvalues.unsqueeze(-2)) @ basis.mT
     return (stack + stack.mT) / 2
 
@@ -52,7 +54,8 @@ def reference_inverse_root(
 ) -> torch.Tensor:
     """``(A + epsilon I)^{-1/p}`` per block by an fp64 eigendecomposition of ``A`` as given.
 
-    ``epsilon`` is a scalar or an ``(N,)`` tensor of per-block shifts; the result is on ``A``'s device.
+    ``epsilon`` is a scalar or an ``(N,)`` tensor of per-block shifts; the result is on ``A``'s
+    device.
     """
     A = A.double()
     if A.ndim == 2:

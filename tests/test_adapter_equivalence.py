@@ -214,7 +214,8 @@ def test_enable_and_disable_are_idempotent_and_restore_upstream() -> None:
 def test_importing_the_package_changes_nothing_upstream() -> None:
     code = (
         "import distributed_shampoo.distributed_shampoo as m, distributed_shampoo_dash as d;"
-        "from distributed_shampoo.preconditioner import shampoo_preconditioner_list as l, matrix_functions as f;"
+        "from distributed_shampoo.preconditioner import shampoo_preconditioner_list as l, "
+        "matrix_functions as f;"
         "assert m.RootInvShampooPreconditionerList is l.RootInvShampooPreconditionerList;"
         "assert l.matrix_inverse_root is f.matrix_inverse_root"
     )

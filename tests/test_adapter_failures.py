@@ -1,4 +1,6 @@
-"""Failure handling: upstream's per-block error semantics hold with DASH, and DASH configs fall back per block."""
+"""Failure handling: upstream's per-block error semantics hold with DASH, and DASH configs fall back
+per block.
+"""
 
 import dataclasses
 import logging
@@ -62,7 +64,9 @@ def failure_counters(optimizer: DistributedShampoo) -> list[int]:
 def run_failure_sequence(
     failing_steps: set[int], num_steps: int, monkeypatch: pytest.MonkeyPatch
 ) -> list[object]:
-    """Steps with every ``eigh`` failing at ``failing_steps``; records outcome and counters per step."""
+    """Steps with every ``eigh`` failing at ``failing_steps``; records outcome and counters per
+    step.
+    """
     original_eigh = torch.linalg.eigh
     current_step = 0
 
@@ -88,7 +92,9 @@ def run_failure_sequence(
 
 
 def test_failure_tolerance_sequence_is_upstreams(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Three failed root computations are tolerated, a success resets the count, the fourth raises."""
+    """Three failed root computations are tolerated, a success resets the count, the fourth
+    raises.
+    """
     failing_steps = {2, 3, 4, 6, 7, 8, 9}
     dash.disable()
     upstream = run_failure_sequence(failing_steps, num_steps=12, monkeypatch=monkeypatch)

@@ -49,7 +49,8 @@ SOLVERS: dict[str, RootInvConfig] = {
 def vector_run(
     solver: RootInvConfig, dtype: torch.dtype
 ) -> tuple[str, torch.Tensor, list[torch.Tensor]]:
-    """Two steps on a single 1-D parameter; returns the outcome, the parameter and the inverse factors.
+    """Two steps on a single 1-D parameter; returns the outcome, the parameter and the inverse
+    factors.
 
     The outcome is ``"ok"`` or the name and first sentence of the exception the step raised.
     """

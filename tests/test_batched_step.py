@@ -1,4 +1,6 @@
-"""The whole step on stacks: same optimizer as upstream, constant host syncs, no stale state, PT2."""
+"""The whole step on stacks: same optimizer as upstream, constant host syncs, no stale state,
+PT2.
+"""
 
 import copy
 import warnings
@@ -258,7 +260,9 @@ def test_automatic_stack_budget_is_half_the_gradient_bytes_and_at_least_4_mib() 
 def test_loading_into_a_running_optimizer_leaves_no_stale_state(
     tmp_path: torch.types.FileLike,
 ) -> None:
-    """``load_state_dict`` and a bare ``dcp.load`` into a running optimizer, then steps: as fresh."""
+    """``load_state_dict`` and a bare ``dcp.load`` into a running optimizer, then steps: as
+    fresh.
+    """
     dash.enable()
     factory = shampoo_factory(EigenConfig())
     batches = make_batches(12)

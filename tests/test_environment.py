@@ -48,7 +48,8 @@ def test_a_sitecustomize_hook_reaches_fresh_interpreters(
 ) -> None:
     pytest.importorskip("distributed_shampoo")
     (tmp_path / "sitecustomize.py").write_text(
-        "from distributed_shampoo_dash.environment import enable_from_environment\nenable_from_environment()\n"
+        "from distributed_shampoo_dash.environment import enable_from_environment\n"
+        "enable_from_environment()\n"
     )
     environment = {
         **os.environ,

@@ -30,7 +30,10 @@ PROJECT_FILES = (
 )
 HOOK_FILE = "distributed_shampoo_dash_environment.pth"
 STARTUP_MODULE = "_distributed_shampoo_dash_startup"
-DASH_STATE = "import distributed_shampoo; from distributed_shampoo_dash.integration import is_enabled; print(is_enabled())"
+DASH_STATE = (
+    "import distributed_shampoo; "
+    "from distributed_shampoo_dash.integration import is_enabled; print(is_enabled())"
+)
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +48,9 @@ def user_site(user_base: Path) -> Path:
 
 
 def install(kind: str, work_dir: Path) -> Path:
-    """Installs a copy of the checkout with pip (``wheel`` or ``editable``); returns the user base."""
+    """Installs a copy of the checkout with pip (``wheel`` or ``editable``); returns the user
+    base.
+    """
     source = work_dir / "source"
     source.mkdir()
     for name in PROJECT_FILES:
@@ -134,7 +139,9 @@ def test_the_install_puts_the_hook_at_the_root_of_site_packages(user_base: Path)
 
 
 def imported_names(importtime_log: str) -> list[str]:
-    """Module names listed by ``python -X importtime`` (one ``import time: ... | name`` line each)."""
+    """Module names listed by ``python -X importtime`` (one ``import time: ... | name`` line
+    each).
+    """
     return [
         line.rsplit("|", 1)[1].strip()
         for line in importtime_log.splitlines()

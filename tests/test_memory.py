@@ -58,7 +58,9 @@ import distributed_shampoo_dash as dash
 from distributed_shampoo_dash.integration.solve import batched_solver
 
 def status(field):
-    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field + ":"))
+    line = next(
+        l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field + ":")
+    )
     return int(line.split()[1]) * 1024
 
 config = {

@@ -132,7 +132,10 @@ def test_input_must_not_be_empty(solver: str, shape: tuple[int, ...]) -> None:
 def test_input_must_have_a_floating_point_dtype(solver: str, dtype: torch.dtype) -> None:
     with pytest.raises(
         TypeError,
-        match=rf"floating-point dtype \(float16, bfloat16, float32 or float64\), got {named(dtype)}",
+        match=(
+            rf"floating-point dtype \(float16, bfloat16, float32 or float64\), "
+            rf"got {named(dtype)}"
+        ),
     ):
         SOLVERS[solver](torch.eye(3, dtype=dtype), 2)
 
@@ -193,7 +196,10 @@ def test_chebyshev_rel_epsilon_must_be_positive() -> None:
 def test_chebyshev_rel_epsilon_messages_name_the_range(rel_epsilon: float) -> None:
     with pytest.raises(
         ValueError,
-        match=rf"Invalid rel_epsilon={named(rel_epsilon)}\. Must be a finite number > 0\.0 and <= 1\.0",
+        match=(
+            rf"Invalid rel_epsilon={named(rel_epsilon)}\. "
+            rf"Must be a finite number > 0\.0 and <= 1\.0"
+        ),
     ):
         chebyshev_inverse_root(A, 2, rel_epsilon=rel_epsilon)
 
@@ -203,7 +209,10 @@ def test_chebyshev_rel_epsilon_messages_name_the_range(rel_epsilon: float) -> No
 def test_rel_epsilon_must_be_between_zero_and_one(solver: str, rel_epsilon: float) -> None:
     with pytest.raises(
         ValueError,
-        match=rf"Invalid rel_epsilon={named(rel_epsilon)}\. Must be a finite number >= 0\.0 and <= 1\.0",
+        match=(
+            rf"Invalid rel_epsilon={named(rel_epsilon)}\. "
+            rf"Must be a finite number >= 0\.0 and <= 1\.0"
+        ),
     ):
         SOLVERS[solver](A, 2, rel_epsilon=rel_epsilon)
 
@@ -228,7 +237,10 @@ def test_refinement_iterations_must_be_between_zero_and_a_thousand(
 ) -> None:
     with pytest.raises(
         ValueError,
-        match=rf"Invalid refinement_iterations={refinement_iterations}\. Must be an int in \[0, 1000\]",
+        match=(
+            rf"Invalid refinement_iterations={refinement_iterations}\. "
+            rf"Must be an int in \[0, 1000\]"
+        ),
     ):
         IterationControl(num_iterations=5, refinement_iterations=refinement_iterations)
 

@@ -55,8 +55,8 @@ def test_stored_schedules_are_what_the_generator_produces() -> None:
 
 @pytest.mark.parametrize("p", sorted(SCHEDULES))
 def test_every_schedule_reaches_its_target_from_the_guaranteed_interval(p: int) -> None:
-    """Applying the scalar maps to the whole interval ``[l^{1/p}, 1 + margin]`` ends within the target,
-    and every value below the interval stays below 1 (damped, never over-inverted)."""
+    """Applying the scalar maps to the whole interval ``[l^{1/p}, 1 + margin]`` ends within the
+    target, and every value below the interval stays below 1 (damped, never over-inverted)."""
     for rel_epsilon, steps in SCHEDULES[p].items():
         lower = (rel_epsilon / (1 + rel_epsilon)) ** (1 / p)
         t = torch.linspace(lower, 1.0 + MARGIN * (1 - lower), 2001, dtype=torch.float64)
@@ -200,7 +200,8 @@ def test_every_real_factor_converges_to_the_root_of_its_regularised_matrix(
         )
         ridge = result.regularization.double()
         lambda_max = torch.linalg.eigvalsh(stack.double())[:, -1]
-        # The ridge is rel_epsilon times the spectral bound, which lies in [lambda_max, 2 lambda_max].
+        # The ridge is rel_epsilon times the spectral bound, which lies in
+        # [lambda_max, 2 lambda_max].
         assert bool((ridge >= rel_epsilon * lambda_max * (1 - 1e-6)).all())
         assert bool((ridge <= (2 * rel_epsilon * lambda_max + epsilon) * (1 + 1e-6)).all())
 

@@ -50,7 +50,9 @@ BATCH_EPSILON = 1e-3
 
 
 def mixed_stack(dim: int = 16) -> torch.Tensor:
-    """Five float32 blocks: flat, i^-1, condition 1e3, half zero (epsilon decides), condition 1e6."""
+    """Five float32 blocks: flat, i^-1, condition 1e3, half zero (epsilon decides), condition
+    1e6.
+    """
     generator = torch.Generator().manual_seed(0)
     half = dim // 2
     eigenvalues = torch.stack(
@@ -189,8 +191,9 @@ def test_roots_are_symmetric_finite_and_accurate_up_to_condition_1e3(
 def test_residual_is_small_exactly_when_the_error_is_small(
     problem: tuple[torch.Tensor, float], root: int, iterations: int, solver: str
 ) -> None:
-    """For ``X = B^{-1/p} (I + G)`` (``G`` commuting with ``B``), ``residual = ||(I + G)^p - I||_F / sqrt(d)``
-    and ``error = ||B^{-1/p} G||_F / ||B^{-1/p}||_F``, so
+    """For ``X = B^{-1/p} (I + G)`` (``G`` commuting with ``B``),
+    ``residual = ||(I + G)^p - I||_F / sqrt(d)`` and
+    ``error = ||B^{-1/p} G||_F / ||B^{-1/p}||_F``, so
 
         error <= sqrt(d) * residual + rounding          (|(1 + g)^p - 1| >= |g| for p >= 1)
         residual <= 2 p kappa^{1/p} * error + rounding  (unconverged iterates have |g| <= 1)

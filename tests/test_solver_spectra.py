@@ -1,9 +1,9 @@
 """Every solver against an fp64 eigendecomposition reference, spectrum by spectrum.
 
 Each test builds ``(N, d, d)`` stacks whose blocks share one spectrum in independent random bases,
-solves them, and compares each block with ``(A + epsilon I)^{-1/p}`` computed by ``torch.linalg.eigh``
-in float64 *from the input exactly as the solver received it* (so input rounding is not an error
-of the solver). The error is the relative Frobenius error per block.
+solves them, and compares each block with ``(A + epsilon I)^{-1/p}`` computed by
+``torch.linalg.eigh`` in float64 *from the input exactly as the solver received it* (so input
+rounding is not an error of the solver). The error is the relative Frobenius error per block.
 
 Working precision follows the input: float32 stacks run fp32 products, float64 stacks fp64
 products (``u`` below is the unit roundoff of that precision). The Chebyshev solver by design
@@ -71,8 +71,8 @@ BEST_EFFORT = Promise(tolerance=0.1, converges=False)
 #: "condition_1e6" and "condition_1e8" (log-spaced eigenvalues from 1 down to 1 / kappa).
 #: Errors grow like u * kappa / p. In fp32 (u = 6e-8) that is ~3e-2 at kappa = 1e6 for every method,
 #: eigh included (a backward-stable fp32 eigh moves an eigenvalue of 1e-6 by ~u); at kappa = 1e8
-#: (u * kappa ~ 6) fp32 resolves nothing, so only BEST_EFFORT applies. In fp64 every regime converges.
-#: The Chebyshev row is the rounding floor on top of the interpolation bound
+#: (u * kappa ~ 6) fp32 resolves nothing, so only BEST_EFFORT applies. In fp64 every regime
+#: converges. The Chebyshev row is the rounding floor on top of the interpolation bound
 #: ``chebyshev_relative_bound(degree, p, delta)`` of its polynomial; its shifted target has
 #: kappa <= (1 + delta) / delta ~ 100 whatever the spectrum, hence one row for all regimes.
 TOLERANCES: dict[str, dict[str, dict[torch.dtype, Promise]]] = {

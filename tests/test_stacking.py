@@ -1,4 +1,6 @@
-"""Stack algebra: the batched Kronecker products, packing and chunking equal their per-block forms."""
+"""Stack algebra: the batched Kronecker products, packing and chunking equal their per-block
+forms.
+"""
 
 from functools import reduce
 
@@ -28,7 +30,9 @@ def per_block_gram(block: torch.Tensor, dim: int) -> torch.Tensor:
 def per_block_precondition(
     block: torch.Tensor, selector: tuple[bool, ...], factors: list[torch.Tensor]
 ) -> torch.Tensor:
-    """Shampoo's definition: contract the leading dim with each factor in turn, rotating the rest."""
+    """Shampoo's definition: contract the leading dim with each factor in turn, rotating the
+    rest.
+    """
     remaining = iter(factors)
     return reduce(
         lambda X, selected: (

@@ -1,4 +1,6 @@
-"""The framework-free trainer pieces: names to upstream configs, and checkpoint-safe param groups."""
+"""The framework-free trainer pieces: names to upstream configs, and checkpoint-safe param
+groups.
+"""
 
 import logging
 

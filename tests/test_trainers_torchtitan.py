@@ -72,7 +72,9 @@ def run_job(dump_folder: Path, report_dir: Path, *extra_args: str) -> None:
 
 
 def resume_from(step_2_checkpoint: Path, dump_folder: Path) -> None:
-    """A dump folder whose only checkpoint is ``step_2_checkpoint`` (torchtitan loads the latest)."""
+    """A dump folder whose only checkpoint is ``step_2_checkpoint`` (torchtitan loads the
+    latest).
+    """
     shutil.copytree(step_2_checkpoint, dump_folder / "checkpoint" / "step-2")
 
 
@@ -131,7 +133,9 @@ def test_control_resume_without_optimizer_state_differs(checkpoints: dict[str, A
 
 
 def test_command_line_flags_reach_the_shampoo_config() -> None:
-    """``--optimizer.<field>`` overrides parse into ``ShampooOptimizersContainer.Config`` (torchtitan's tyro CLI)."""
+    """``--optimizer.<field>`` overrides parse into ``ShampooOptimizersContainer.Config``
+    (torchtitan's tyro CLI).
+    """
     code = (
         f"import json, {JOB}\n"
         "from torchtitan.config import ConfigManager\n"
@@ -167,7 +171,8 @@ def test_an_unknown_solver_flag_is_rejected_by_name() -> None:
     code = (
         f"import {JOB}\n"
         "from torchtitan.config import ConfigManager\n"
-        f"ConfigManager().parse_args(['--module', '{JOB}', '--config', 'tiny_shampoo', '--optimizer.solver', 'bogus'])\n"
+        f"ConfigManager().parse_args(['--module', '{JOB}', '--config', 'tiny_shampoo', "
+        "'--optimizer.solver', 'bogus'])\n"
     )
     env = {
         **os.environ,

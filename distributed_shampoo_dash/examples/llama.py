@@ -21,7 +21,9 @@ Reused by ``examples/train_distributed.py``; holds only the model and the data, 
 Example::
 
     corpus = load_stdlib_corpus()
-    model = Llama(LlamaConfig(hidden_size=64, num_layers=2, num_heads=4, ffn_hidden_size=128, seq_len=64))
+    model = Llama(
+        LlamaConfig(hidden_size=64, num_layers=2, num_heads=4, ffn_hidden_size=128, seq_len=64)
+    )
     generator = torch.Generator().manual_seed(0)
     inputs, targets = split_windows(random_windows(corpus.train, 8, 64, generator))
     loss = causal_lm_loss(model(inputs), targets)
@@ -80,7 +82,8 @@ class LlamaConfig:
         rope_theta (float): Rotary base frequency. (Default: 10000.0)
         norm_eps (float): RMSNorm epsilon. (Default: 1e-5)
         init_std (float): Standard deviation of the normal initialisation; the two residual
-            output projections of each block use ``init_std / sqrt(2 * num_layers)``. (Default: 0.02)
+            output projections of each block use ``init_std / sqrt(2 * num_layers)``.
+            (Default: 0.02)
     """
 
     vocab_size: int = BYTE_VOCAB_SIZE

@@ -1,4 +1,5 @@
-"""DASH inverse-root configs for ``RootInvShampooPreconditionerConfig.amortized_computation_config``.
+"""DASH inverse-root configs for
+``RootInvShampooPreconditionerConfig.amortized_computation_config``.
 
 Both subclass upstream's ``RootInvConfig`` (through the abstract :class:`DashRootInvConfig`) and
 not any concrete upstream config, so upstream's ``match`` on config classes never mistakes them
@@ -105,8 +106,8 @@ class NewtonDBSteps(enum.Enum):
 
     ``MINIMAX``: per-step minimax polynomials for the interval the relative ridge guarantees
     (:mod:`distributed_shampoo_dash.solvers.minimax`), one stage for any root; converges every
-    block. ``NEWTON_SCHULZ``: the DASH paper's Newton-DB, ``(3I - ZY) / 2`` every step, roots ``2^k``
-    as chained square roots (:mod:`distributed_shampoo_dash.solvers.newton_db`).
+    block. ``NEWTON_SCHULZ``: the DASH paper's Newton-DB, ``(3I - ZY) / 2`` every step, roots
+    ``2^k`` as chained square roots (:mod:`distributed_shampoo_dash.solvers.newton_db`).
     """
 
     MINIMAX = "minimax"

@@ -56,6 +56,8 @@ class InverseRootCostModel(CostModel):
         return solver.products
 
     def cost(self, tensor: Tensor) -> float:
-        """``block_overhead + sum_d products(2 * ndim) * 2 d^3`` for a block of ``tensor``'s shape."""
+        """``block_overhead + sum_d products(2 * ndim) * 2 d^3`` for a block of ``tensor``'s
+        shape.
+        """
         products = self.products(2.0 * tensor.ndim)
         return self.block_overhead + sum(2.0 * products * d**3 for d in tensor.shape)

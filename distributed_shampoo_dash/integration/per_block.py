@@ -1,4 +1,5 @@
-"""The per-block solver binding DASH installs: upstream's ``matrix_inverse_root`` plus the DASH configs.
+"""The per-block solver binding DASH installs: upstream's ``matrix_inverse_root`` plus the DASH
+configs.
 
 Upstream's root-inverse lists call the module global ``matrix_inverse_root`` of
 ``distributed_shampoo.preconditioner.shampoo_preconditioner_list`` once per factor matrix, with

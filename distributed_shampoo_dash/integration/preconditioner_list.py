@@ -222,7 +222,9 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
                 )
 
     def precondition(self, masked_grad_list: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        """Upstream's ``precondition``: each block's gradient times its inverse factors, per group."""
+        """Upstream's ``precondition``: each block's gradient times its inverse factors, per
+        group.
+        """
         blocks = self._masked_kronecker_factors_unwrapped
         preconditioned: list[Tensor] = list(masked_grad_list)
         for positions in self._block_groups(masked_grad_list):
@@ -392,7 +394,9 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
         return [j for j, ok in zip(rejected, usable, strict=True) if not ok]
 
     def _write_roots(self, refs: list[FactorRef], roots: Tensor, mask: Tensor) -> None:
-        """Copies ``roots[j]`` into the inverse factor of ``refs[j]`` where ``mask[j]`` (on device)."""
+        """Copies ``roots[j]`` into the inverse factor of ``refs[j]`` where ``mask[j]`` (on
+        device).
+        """
         targets = [self._inverse_factor(ref) for ref in refs]
         new = pack_stack(roots) if self._preconditioner_config.use_symmetric_packing else roots
         selected = torch.where(mask.reshape(-1, *[1] * (new.ndim - 1)), new, torch.stack(targets))
@@ -419,7 +423,9 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
         ]
 
     def _bias_corrected_stack(self, refs: list[FactorRef]) -> Tensor:
-        """``(N, d, d)`` bias-corrected (and trace-scaled) factor matrices of ``refs`` (one ``d``)."""
+        """``(N, d, d)`` bias-corrected (and trace-scaled) factor matrices of ``refs`` (one
+        ``d``).
+        """
         blocks = self._masked_kronecker_factors_unwrapped
         return bias_corrected_factor_stack(
             blocks[refs[0][0]],

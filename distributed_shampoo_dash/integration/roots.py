@@ -107,7 +107,8 @@ def recompute_rejected(
     config: RootInvConfig, stack: Tensor, root: float, *, epsilon: float, dtype: torch.dtype
 ) -> SolvedStack | None:
     """Step 3 for the rejected blocks' ``stack``: their eigh roots, or ``None`` if ``config`` has
-    no fallback (upstream configs, or ``fallback_to_eigh=False``). ``accepted`` marks the finite ones.
+    no fallback (upstream configs, or ``fallback_to_eigh=False``). ``accepted`` marks the finite
+    ones.
     """
     if not (isinstance(config, DashRootInvConfig) and config.fallback_to_eigh):
         return None

@@ -86,7 +86,9 @@ SOLVER_WORKSPACE = {"eigh": 6, "coupled_newton": 9, "newton_db": 12, "chebyshev"
 
 
 def eigh_solver(config: RootInvConfig, root: float, epsilon: float) -> BatchedSolver:
-    """Batched eigh with upstream ``EigenConfig`` semantics (``config``'s perturbation flag if any)."""
+    """Batched eigh with upstream ``EigenConfig`` semantics (``config``'s perturbation flag if
+    any).
+    """
     perturbation = getattr(config, "rank_deficient_stability_config", PerturbationConfig())
     solve = partial(
         eigh_inverse_root,

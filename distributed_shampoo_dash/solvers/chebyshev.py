@@ -19,7 +19,8 @@ needs a higher degree. Any real root ``p > 0`` works.
 
 Evaluation. With ``S = x(B)`` (spectrum in ``[-1, 1]``), Clenshaw's backward recurrence
 
-    b_{degree+1} = b_{degree+2} = 0,   b_j = c_j I + 2 S b_{j+1} - b_{j+2},   g(B) = c_0 I + S b_1 - b_2
+    b_{degree+1} = b_{degree+2} = 0,   b_j = c_j I + 2 S b_{j+1} - b_{j+2},
+    g(B) = c_0 I + S b_1 - b_2
 
 costs ``degree - 1`` products (``b_degree`` and ``b_{degree-1}`` need none), and
 ``X = s^{-1/p} g(B) ~ (A + r I)^{-1/p}``. The residual is ``||X_s^p B - I||_F / sqrt(d)``
@@ -64,7 +65,9 @@ def check_chebyshev_rel_epsilon(rel_epsilon: object) -> float:
 
 
 def spectrum_lower_bound(rel_epsilon: float) -> float:
-    """``l = rel_epsilon / (1 + rel_epsilon)``, the smallest eigenvalue the scaled problem can have."""
+    """``l = rel_epsilon / (1 + rel_epsilon)``, the smallest eigenvalue the scaled problem can
+    have.
+    """
     return rel_epsilon / (1.0 + rel_epsilon)
 
 

@@ -100,7 +100,9 @@ def check_bool(value: object, name: str) -> bool:
 
 
 def check_instance(value: object, expected: type, name: str) -> None:
-    """Raises ``TypeError`` naming ``value`` and ``expected`` unless ``value`` is an ``expected``."""
+    """Raises ``TypeError`` naming ``value`` and ``expected`` unless ``value`` is an
+    ``expected``.
+    """
     if not isinstance(value, expected):
         raise TypeError(
             f"Invalid {name}={value!r} of type {type_name(value)}. Must be a {expected.__name__}."
@@ -173,7 +175,8 @@ def check_power_of_two_root(root: object, method: str) -> int:
 
 
 def rational_root(root: object) -> Fraction:
-    """Writes ``root`` as ``n / q`` with ``q <= MAX_ROOT_DENOMINATOR`` (for residuals of fractional roots).
+    """Writes ``root`` as ``n / q`` with ``q <= MAX_ROOT_DENOMINATOR`` (for residuals of fractional
+    roots).
 
     Raises:
         ValueError: If ``root`` is not a finite number > 0, or no such fraction is within ``1e-9``

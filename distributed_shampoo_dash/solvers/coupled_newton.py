@@ -13,11 +13,11 @@ and ``X = s^{-1/p} X_k``. With Frobenius scaling (``s = ||A_e||_F``) this is exa
 ``M_0 = z A_e``); the spectrum of ``M_0`` lies in ``(0, (p + 1) / 2]``, inside the convergence
 region ``(0, p + 1)``. Each iteration costs ``2 + floor(log2 p) + popcount(p) - 1`` products
 (4 for ``p = 4``; :func:`coupled_newton_products`). As upstream, a block stops once
-``max |M_k - I| <= tolerance``. With ``stop_at_best`` it also stops when ``||M_k - I||_F`` increases and keeps its best iterate: every
-eigenvalue ``m`` of ``M_k`` moves to ``m ((p + 1 - m) / p)^p``, closer to 1, so the Frobenius
-error decreases in exact arithmetic, while the entrywise maximum need not (it can rise in the
-first steps). The returned residual is the explicit ``||X_s^p B - I||_F / sqrt(d)`` with
-``X_s = s^{1/p} X``.
+``max |M_k - I| <= tolerance``. With ``stop_at_best`` it also stops when ``||M_k - I||_F``
+increases and keeps its best iterate: every eigenvalue ``m`` of ``M_k`` moves to
+``m ((p + 1 - m) / p)^p``, closer to 1, so the Frobenius error decreases in exact arithmetic,
+while the entrywise maximum need not (it can rise in the first steps). The returned residual is
+the explicit ``||X_s^p B - I||_F / sqrt(d)`` with ``X_s = s^{1/p} X``.
 """
 
 from torch import Tensor
@@ -47,7 +47,9 @@ _METHOD = "coupled Newton"
 
 
 def _errors(M: Tensor) -> tuple[Tensor, Tensor]:
-    """``(||M - I||_F, max_ij |M - I|_ij)`` per block: progress measure and upstream's stopping test."""
+    """``(||M - I||_F, max_ij |M - I|_ij)`` per block: progress measure and upstream's stopping
+    test.
+    """
     error = M - batched_eye(M)
     return frobenius_norm(error), error.abs().amax(dim=(-2, -1))
 
@@ -57,7 +59,9 @@ def coupled_newton_products(
     precision: MatmulPrecision = MatmulPrecision.FP32,
     iteration: IterationControl = DEFAULT_COUPLED_NEWTON_ITERATION,
 ) -> ProductCounts:
-    """Most ``d x d`` products :func:`coupled_newton_inverse_root` runs per block (fewer on early exit)."""
+    """Most ``d x d`` products :func:`coupled_newton_inverse_root` runs per block (fewer on early
+    exit).
+    """
     root = check_integer_root(root, _METHOD)
     per_step = 2 + matrix_power_products(root)
     counts = ProductCounts({precision: iteration.num_iterations * per_step})
@@ -86,7 +90,8 @@ def coupled_newton_inverse_root(
         precision (MatmulPrecision): Precision of the products. (Default: ``FP32``)
         iteration (IterationControl): Maximum iterations, tolerance on ``max |M - I|`` and
             refinement. (Default: upstream's 100 iterations and tolerance 1e-6)
-        scaling (SpectralScaling): How ``s >= lambda_max`` is found. (Default: Frobenius, as upstream)
+        scaling (SpectralScaling): How ``s >= lambda_max`` is found. (Default: Frobenius, as
+            upstream)
 
     Returns:
         result (InverseRootResult): Roots in ``A.dtype``; residual as in the module docstring.

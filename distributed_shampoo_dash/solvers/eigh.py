@@ -48,7 +48,8 @@ def eigh_inverse_root(
     Args:
         A (Tensor): ``(N, d, d)`` (or ``(d, d)``) symmetric PSD stack, float32 or float64.
         root (float): The root ``p > 0``.
-        epsilon (float): Regularisation, applied as described in the module docstring. (Default: 0.0)
+        epsilon (float): Regularisation, applied as described in the module docstring.
+            (Default: 0.0)
         perturb_before_computation (bool): Upstream's ``PerturbationConfig`` flag. (Default: True)
 
     Returns:

@@ -5,9 +5,10 @@ All blocks of a stack advance together, one batched product at a time. Each bloc
 so that an fp64 iteration is not judged at float32 resolution), and stops taking new iterates
 once it reaches the tolerance or its residual increases (a diverging block is thus frozen at its
 best iterate, never at a worse or non-finite one; a block whose residual only stalls, as when a
-tiny eigenvalue is still growing below the resolution of the residual, keeps iterating). Stopping is a
-``torch.where`` on the device, so no host synchronisation happens unless the caller asks for an
-early exit check, which costs one ``any()`` read every ``early_exit_check_interval`` iterations.
+tiny eigenvalue is still growing below the resolution of the residual, keeps iterating). Stopping
+is a ``torch.where`` on the device, so no host synchronisation happens unless the caller asks for
+an early exit check, which costs one ``any()`` read every ``early_exit_check_interval``
+iterations.
 """
 
 from dataclasses import dataclass
@@ -127,7 +128,9 @@ class BestIterateTracker:
         self.active = improved & (error > self.tolerance)
 
     def restart(self) -> None:
-        """Starts a new phase: the next offer, of the best iterates re-measured, resets the record."""
+        """Starts a new phase: the next offer, of the best iterates re-measured, resets the
+        record.
+        """
         self.best_residual = None
 
     def any_active(self) -> bool:

@@ -169,7 +169,9 @@ def _correction_step(
 
 
 def _residual(B: Tensor, X: Tensor, p: int, precision: MatmulPrecision) -> Tensor:
-    """``||W^T B W - I||_F / sqrt(d)`` with ``W = X^{p/2}`` (``||X^p B - I||_F / sqrt(d)`` for odd ``p``)."""
+    """``||W^T B W - I||_F / sqrt(d)`` with ``W = X^{p/2}`` (``||X^p B - I||_F / sqrt(d)`` for
+    odd ``p``).
+    """
     if p % 2 == 0:
         W = matrix_power(X, p // 2, precision)
         R = batched_matmul(W.mT, batched_matmul(B, W, precision), precision)

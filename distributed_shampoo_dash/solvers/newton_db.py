@@ -17,9 +17,10 @@ The inverse ``p = 2^m``-th root of ``A_e = A + epsilon I`` is then, with ``s >= 
     B = A_e / s;   B <- B^{1/2} (m - 1 times, the Y output);   X = s^{-1/p} (B)^{-1/2} (Z output)
 
 and ``p = 1`` squares the inverse square root (``A_e = A + r I`` and ``s`` as in
-:mod:`~distributed_shampoo_dash.solvers.problem`). Per block the residual ``||Z Y - I||_F / sqrt(d)``
-(free inside the iteration) picks the best iterate; the returned residual is the explicit
-``||X_s^p B_0 - I||_F / sqrt(d)`` of the scaled problem (``X_s = s^{1/p} X``, ``B_0 = A_e / s``).
+:mod:`~distributed_shampoo_dash.solvers.problem`). Per block the residual
+``||Z Y - I||_F / sqrt(d)`` (free inside the iteration) picks the best iterate; the returned
+residual is the explicit ``||X_s^p B_0 - I||_F / sqrt(d)`` of the scaled problem
+(``X_s = s^{1/p} X``, ``B_0 = A_e / s``).
 
 Products (:func:`newton_db_products`): a run of ``k`` iterations costs ``3k - 1`` (the
 closed-form first step, three per further step, one to judge the last iterate), ``r`` refinement
@@ -101,7 +102,9 @@ def newton_db_products(
     precision: MatmulPrecision = MatmulPrecision.FP32,
     iteration: IterationControl = DEFAULT_NEWTON_DB_ITERATION,
 ) -> ProductCounts:
-    """Most ``d x d`` products :func:`newton_db_inverse_root` runs per block (fewer on early exit)."""
+    """Most ``d x d`` products :func:`newton_db_inverse_root` runs per block (fewer on early
+    exit).
+    """
     root = check_power_of_two_root(root, _METHOD)
     runs = max(root.bit_length() - 1, 1)
     counts = ProductCounts({precision: runs * (3 * iteration.num_iterations - 1) + (root == 1)})

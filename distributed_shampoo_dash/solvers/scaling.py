@@ -41,7 +41,9 @@ class ScalingMethod(enum.Enum):
 
 
 def as_scaling_method(method: "ScalingMethod | str") -> ScalingMethod:
-    """Converts ``"frobenius"``-style strings to :class:`ScalingMethod` (:func:`~.checks.as_enum`)."""
+    """Converts ``"frobenius"``-style strings to :class:`ScalingMethod`
+    (:func:`~.checks.as_enum`).
+    """
     return as_enum(method, ScalingMethod, "scaling method")
 
 
@@ -54,7 +56,8 @@ def rayleigh_lambda_max(A: Tensor, num_iterations: int, num_vectors: int) -> Ten
         num_vectors (int): Start vectors ``m >= 1`` per block.
 
     Returns:
-        lambda_estimate (Tensor): ``(N,)`` lower estimate of ``lambda_max`` per block, >= 0 for PSD input.
+        lambda_estimate (Tensor): ``(N,)`` lower estimate of ``lambda_max`` per block, >= 0 for
+            PSD input.
 
     The iteration runs on ``A / max_ij |A_ij|`` (entries in ``[-1, 1]``) and scales the estimate
     back, so that no squared entry over- or underflows whatever the scale of ``A``.
@@ -108,7 +111,8 @@ class SpectralScaling:
             object.__setattr__(self, name, value)
 
     def upper_bound(self, A: Tensor) -> Tensor:
-        """Per-block scale ``s`` with ``lambda_max(A_i) <= s_i`` (exact for Frobenius, w.h.p. otherwise).
+        """Per-block scale ``s`` with ``lambda_max(A_i) <= s_i`` (exact for Frobenius, w.h.p.
+        otherwise).
 
         Args:
             A (Tensor): ``(N, d, d)`` symmetric PSD stack in its working dtype.

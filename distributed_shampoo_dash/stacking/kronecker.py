@@ -15,7 +15,8 @@ from torch import Tensor
 
 
 def mode_gram_matrices(G: Tensor, dim: int) -> Tensor:
-    """``(N, d_k, d_k)`` stack of ``G_(k) G_(k)^T``, ``G_(k)`` the mode-``k`` unfolding of each block.
+    """``(N, d_k, d_k)`` stack of ``G_(k) G_(k)^T``, ``G_(k)`` the mode-``k`` unfolding of each
+    block.
 
     Args:
         G (Tensor): ``(N, d_0, ..., d_{o-1})`` stack of blocks, ``o >= 1``.
@@ -38,7 +39,8 @@ def precondition_stack(
     Args:
         G (Tensor): ``(N, d_0, ..., d_{o-1})`` stack of gradient blocks.
         preconditioned_dims_selector (Sequence[bool]): ``o`` flags, True for preconditioned dims.
-        inverse_factors (Sequence[Tensor]): One ``(N, d_k, d_k)`` stack per preconditioned dim, in order.
+        inverse_factors (Sequence[Tensor]): One ``(N, d_k, d_k)`` stack per preconditioned dim,
+            in order.
 
     Returns:
         preconditioned (Tensor): ``(N, d_0, ..., d_{o-1})``.

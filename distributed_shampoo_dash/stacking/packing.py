@@ -25,7 +25,9 @@ def _upper_triangle(dim: int, device: torch.device) -> tuple[Tensor, Tensor]:
 
 @lru_cache(maxsize=64)
 def _unpack_index(dim: int, device: torch.device) -> Tensor:
-    """``(d, d)`` long tensor: the packed position of entry ``(i, j)``, mirrored below the diagonal."""
+    """``(d, d)`` long tensor: the packed position of entry ``(i, j)``, mirrored below the
+    diagonal.
+    """
     rows, cols = _upper_triangle(dim, device)
     index = torch.empty(dim, dim, dtype=torch.long, device=device)
     positions = torch.arange(rows.numel(), device=device)

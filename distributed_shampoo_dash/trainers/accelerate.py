@@ -53,7 +53,8 @@ __all__ = ["ReplacedParametersError", "prepare_shampoo", "register_parameter_gua
 def prepare_shampoo(
     accelerator: Accelerator, model: nn.Module, **settings: Any
 ) -> tuple[nn.Module, AcceleratedOptimizer]:
-    """Prepares ``model``, then builds and prepares ``DistributedShampoo`` + DASH over its parameters.
+    """Prepares ``model``, then builds and prepares ``DistributedShampoo`` + DASH over its
+    parameters.
 
     ``settings`` are those of :func:`distributed_shampoo_dash.trainers.optimizer.build_shampoo`
     (``lr``, ``solver``, ``max_preconditioner_dim``, ``precondition_frequency``, ``epsilon``,

@@ -84,8 +84,8 @@ def _restore_live_objects(optimizer: Optimizer, state_dict: dict[str, Any]) -> d
                 continue
             if _saved_type_name(value) != _type_name(live[key]):
                 logger.warning(
-                    "Param group %d, %r: the checkpoint was saved with a %s, the optimizer has a %s; "
-                    "keeping the optimizer's.",
+                    "Param group %d, %r: the checkpoint was saved with a %s, "
+                    "the optimizer has a %s; keeping the optimizer's.",
                     index,
                     key,
                     _saved_type_name(value),

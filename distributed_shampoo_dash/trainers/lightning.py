@@ -1,4 +1,5 @@
-"""Lightning: ``DistributedShampoo`` + DASH under ``ModelParallelStrategy`` (FSDP2), checkpoints included.
+"""Lightning: ``DistributedShampoo`` + DASH under ``ModelParallelStrategy`` (FSDP2), checkpoints
+included.
 
 With Lightning (tested: 2.6.6) ``ModelParallelStrategy``, ``configure_model`` shards the model
 with ``fully_shard`` and ``configure_optimizers`` then sees DTensor parameters, so Shampoo trains
@@ -71,8 +72,8 @@ def _check_checkpoint_layout(module: pl.LightningModule, optimizer: DistributedS
         and strategy.world_size > 1
     ):
         raise ValueError(
-            "ModelParallelStrategy(save_distributed_checkpoint=False) saves a full checkpoint from rank 0, "
-            "which holds only rank 0's DistributedShampoo blocks (each rank keeps its own as local "
-            "tensors): resuming would reset the other ranks' preconditioners. Keep the default "
-            "save_distributed_checkpoint=True."
+            "ModelParallelStrategy(save_distributed_checkpoint=False) saves a full checkpoint "
+            "from rank 0, which holds only rank 0's DistributedShampoo blocks (each rank keeps its "
+            "own as local tensors): resuming would reset the other ranks' preconditioners. Keep "
+            "the default save_distributed_checkpoint=True."
         )

@@ -68,14 +68,14 @@ def _check(optimizer: Optimizer, expected: list[list[tuple[torch.Tensor, int]]])
             else:
                 continue
             raise ReplacedParametersError(
-                f"Parameter {index} of param group {group_index} of {type(optimizer).__name__} {what} "
-                f"after the optimizer was built, so the optimizer would keep updating the old tensors "
-                f"and the model would silently never change. {_ADVICE}"
+                f"Parameter {index} of param group {group_index} of {type(optimizer).__name__} "
+                f"{what} after the optimizer was built, so the optimizer would keep updating the "
+                f"old tensors and the model would silently never change. {_ADVICE}"
             )
         if len(current) != len(recorded):
             raise ReplacedParametersError(
-                f"Param group {group_index} of {type(optimizer).__name__} had {len(recorded)} parameters "
-                f"when the optimizer was built and has {len(current)} now. {_ADVICE}"
+                f"Param group {group_index} of {type(optimizer).__name__} had {len(recorded)} "
+                f"parameters when the optimizer was built and has {len(current)} now. {_ADVICE}"
             )
 
 

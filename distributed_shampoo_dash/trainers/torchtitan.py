@@ -58,7 +58,8 @@ _TORCH_IMPLEMENTATION_KEYS = frozenset({"fused", "foreach"})
 def build_distributed_shampoo(
     param_groups: list[dict[str, Any]], **kwargs: Any
 ) -> DistributedShampoo:
-    """``DistributedShampoo`` over torchtitan's param groups (the factory behind ``OPTIMIZER_NAME``).
+    """``DistributedShampoo`` over torchtitan's param groups (the factory behind
+    ``OPTIMIZER_NAME``).
 
     ``kwargs`` are the constructor arguments; ``distributed_config`` defaults to the one matching
     the groups' parameters. The parameter guard of
@@ -190,7 +191,8 @@ class ShampooOptimizersContainer(OptimizersContainer):
 
 
 def add_missing_set_timeout() -> bool:
-    """Provides ``torch.distributed.set_timeout`` where torch lacks it (torch 2.13); returns whether.
+    """Provides ``torch.distributed.set_timeout`` where torch lacks it (torch 2.13); returns
+    whether.
 
     torchtitan 0.3.0 calls ``torch.distributed.set_timeout(timeout, group)`` after the first
     training step (to shorten the collective timeout), which torch 2.13.0 does not have, so every

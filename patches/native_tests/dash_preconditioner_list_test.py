@@ -1,4 +1,6 @@
-"""Tests of BatchedRootInvShampooPreconditionerConfig and the DASH solver configs in DistributedShampoo."""
+"""Tests of BatchedRootInvShampooPreconditionerConfig and the DASH solver configs in
+DistributedShampoo.
+"""
 
 import unittest
 

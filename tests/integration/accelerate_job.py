@@ -5,7 +5,8 @@
 DistributedShampoo + DASH, roots every step); every rank draws batch ``s`` from a generator seeded
 with ``(rank, s)``. Phases:
 
-* ``uninterrupted``: steps 1-4, ``accelerator.save_state`` after steps 2 and 4 (``D/step2``, ``D/step4``);
+* ``uninterrupted``: steps 1-4, ``accelerator.save_state`` after steps 2 and 4 (``D/step2``,
+  ``D/step4``);
 * ``resumed``: ``load_state(--resume-from)``, steps 3-4, ``save_state(D/step4)``;
 * ``control``: the same, then the optimizer is put back to the state it had when built (its state
   "not restored");

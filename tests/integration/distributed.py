@@ -55,8 +55,8 @@ class Job:
         compare (bool): Train with DASH off and on; save both models' parameters as ``compare``.
         checkpoints (tuple[tuple[bool, bool], ...]): ``(dash_when_saving, dash_when_loading)``
             pairs: train ``num_steps // 2`` steps, save with ``torch.distributed.checkpoint``,
-            load into a fresh model and optimizer, train the rest; saved as ``resumed_<on|off>_<on|off>``
-            next to ``uninterrupted_<on|off>``.
+            load into a fresh model and optimizer, train the rest; saved as
+            ``resumed_<on|off>_<on|off>`` next to ``uninterrupted_<on|off>``.
         save_checkpoint (bool): Also leave a checkpoint after ``num_steps // 2`` steps (DASH on) in
             ``<out_dir>/checkpoint`` for a run at another world size.
         load_checkpoint (str | None): Load this checkpoint (DASH on), train ``num_steps // 2``

@@ -8,9 +8,10 @@ sharded checkpoint every 2 steps. Every rank draws its own batch from a generato
 ``(rank, global_step)``, so a resumed run sees the batches an uninterrupted one does.
 
 ``--no-checkpoint-hooks`` builds the optimizer without ``register_checkpoint_hooks`` (the
-reported crash). ``--reset-optimizer`` is the tests' control: after Lightning has restored the checkpoint, the
-optimizer is put back to the state it had when it was built, as if its state had not been saved.
-Each rank writes the class of its preconditioner list to ``<report dir>/rank<r>_list.txt``.
+reported crash). ``--reset-optimizer`` is the tests' control: after Lightning has restored the
+checkpoint, the optimizer is put back to the state it had when it was built, as if its state had
+not been saved. Each rank writes the class of its preconditioner list to
+``<report dir>/rank<r>_list.txt``.
 """
 
 import argparse

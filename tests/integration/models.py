@@ -10,7 +10,8 @@ BATCH, CHANNELS, HEIGHT, VOCAB, SEQUENCE = 4, 3, 6, 11, 5
 
 
 class MixedShapeModel(nn.Module):
-    """A model whose parameters cover 1-D, 2-D (with remainder blocks), 3-D, 4-D and embedding shapes.
+    """A model whose parameters cover 1-D, 2-D (with remainder blocks), 3-D, 4-D and embedding
+    shapes.
 
     With ``max_preconditioner_dim=8``: the conv weight (5, 3, 3, 3) gives a 4-D block, the
     ``mixing`` tensor (3, 4, 7) a 3-D block, the linear weight (12, 21) gives 8x8, 8x5, 4x8 and

@@ -8,8 +8,9 @@ loop) and ``ShampooOptimizersContainer``. Everything here is test scaffolding, n
 * CPU shims: torchtitan 0.3.0 assumes an accelerator (``device_type`` falls back to ``"cuda"``)
   and imports triton kernels at import time. :func:`apply_cpu_shims` makes torch report ``"cpu"``
   as the available device type (so torchtitan picks gloo, ``torch.cpu`` and CPU tensors) and
-  replaces the accelerator memory monitor with a stub, gives ``barrier`` an integer CPU device id, and puts an inert module in place of torchtitan's expert-parallel triton kernels (nothing here
-  runs them).
+  replaces the accelerator memory monitor with a stub, gives ``barrier`` an integer CPU device
+  id, and puts an inert module in place of torchtitan's expert-parallel triton kernels (nothing
+  here runs them).
 * A tiny model without attention (embedding, two residual MLP blocks, norm, head) built from
   torchtitan's configurable modules, so no FlexAttention is needed, sharded with ``fully_shard``
   per block and at the root on torchtitan's ``fsdp`` mesh.
@@ -193,7 +194,9 @@ def parallelize_tiny(model: TinyModel, *, parallel_dims: Any, **kwargs: Any) -> 
 def report_preconditioner_list(
     optimizers: ShampooOptimizersContainer, model_parts: list[nn.Module], parallel_dims: Any
 ) -> None:
-    """Writes ``<report dir>/rank<r>_lists.txt``: the preconditioner list class of every optimizer."""
+    """Writes ``<report dir>/rank<r>_lists.txt``: the preconditioner list class of every
+    optimizer.
+    """
     from tests.integration.shampoo import preconditioner_list
 
     report_dir = Path(os.environ[REPORT_DIR_VARIABLE])
@@ -222,7 +225,9 @@ class ByteTokenizer(BaseTokenizer):
 
 
 class SyntheticDataLoader(BaseDataLoader):
-    """Batch ``i`` of rank ``r`` is drawn from a generator seeded with ``(r, i)``; resumes at ``i``."""
+    """Batch ``i`` of rank ``r`` is drawn from a generator seeded with ``(r, i)``; resumes at
+    ``i``.
+    """
 
     @dataclass(kw_only=True, slots=True)
     class Config(BaseDataLoader.Config):
@@ -254,7 +259,9 @@ class SyntheticDataLoader(BaseDataLoader):
 
 
 def tiny_shampoo() -> Trainer.Config:
-    """The config-registry function: tiny model, DistributedShampoo + DASH, checkpoints every 2 steps."""
+    """The config-registry function: tiny model, DistributedShampoo + DASH, checkpoints every 2
+    steps.
+    """
     model_spec = ModelSpec(
         name="tiny",
         flavor="mlp",
