@@ -336,7 +336,7 @@ def solver_description(solver: str, use_dash: bool) -> str:
         "coupled-newton": (
             "coupled-newton: DASH batched coupled Newton (upstream CoupledNewtonConfig)"
         ),
-        "newton-db": "newton-db: DASH batched minimax iteration (relative ridge 1e-5)",
+        "newton-db": "newton-db: DASH batched minimax iteration (relative ridge 1e-4)",
         "newton-db-paper": "newton-db-paper: DASH batched Newton-DB, the paper's 10 steps",
         "chebyshev": "chebyshev: DASH batched Chebyshev/Clenshaw",
     }[solver]

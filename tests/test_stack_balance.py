@@ -33,20 +33,20 @@ def meta(*shape: int) -> torch.Tensor:
     "shape, expected",
     [
         ((1024, 768), 24 * 2 * (1024**3 + 768**3)),  # 2-D block: two root-4 factors
-        ((1024,), 23 * 2 * 1024**3),  # 1-D block: one root-2 factor
-        ((8, 8, 8), 29 * 2 * 3 * 8**3),  # 3-D block: three root-6 factors
+        ((1024,), 19 * 2 * 1024**3),  # 1-D block: one root-2 factor
+        ((8, 8, 8), 23 * 2 * 3 * 8**3),  # 3-D block: three root-6 factors
         ((2, 2, 2, 2, 2), 61 * 2 * 5 * 2**3),  # root 10 goes to eigh: default_products
     ],
 )
 def test_cost_is_products_times_two_d_cubed_per_factor(
     shape: tuple[int, ...], expected: int
 ) -> None:
-    """The default solver, ``NewtonDBRootInvConfig()``, at its relative ridge 1e-5."""
+    """The default solver, ``NewtonDBRootInvConfig()``, at its relative ridge 1e-4."""
     assert InverseRootCostModel().cost(meta(*shape)) == expected
 
 
 def test_products_are_the_configured_solvers_own_count() -> None:
-    assert InverseRootCostModel().products(4.0) == minimax_products(4, 1e-5).total() == 24
+    assert InverseRootCostModel().products(4.0) == minimax_products(4, 1e-4).total() == 24
     paper = InverseRootCostModel(config=dash.NewtonDBRootInvConfig.paper())
     assert paper.products(4.0) == newton_db_products(4).total() == 61
     chebyshev = dash.ChebyshevRootInvConfig(degree=11)

@@ -115,7 +115,7 @@ class NewtonDBSteps(enum.Enum):
 
 
 #: Default relative ridge of :class:`NewtonDBRootInvConfig` (docs/quality.md says why).
-DEFAULT_REL_EPSILON = 1e-5
+DEFAULT_REL_EPSILON = 1e-4
 
 
 @dataclass(kw_only=True)
@@ -124,7 +124,7 @@ class NewtonDBRootInvConfig(DashRootInvConfig):
 
     By default (``steps=MINIMAX``) every block converges to the inverse root of ``A + r I``,
     ``r = max(rel_epsilon u, epsilon)``, in a fixed number of minimax-polynomial steps (root 4 at
-    ``rel_epsilon = 1e-5``: 5 steps, 24 products), for roots 1, 2, 3, 4, 6 and 8; other roots
+    ``rel_epsilon = 1e-4``: 5 steps, 24 products), for roots 1, 2, 3, 4, 6 and 8; other roots
     (inverse-exponent overrides) are computed by batched eigh. A root whose residual exceeds
     ``max_residual`` (the iteration did not converge: a spectral bound below ``lambda_max``, or
     rounding) falls back to eigh. Reduced ``precision`` applies to the last steps only; with it,
@@ -137,7 +137,7 @@ class NewtonDBRootInvConfig(DashRootInvConfig):
         steps (NewtonDBSteps): ``MINIMAX`` or ``NEWTON_SCHULZ`` (strings accepted).
             (Default: ``MINIMAX``)
         rel_epsilon (float): As in :class:`DashRootInvConfig`; ``MINIMAX`` needs it in
-            ``[1e-8, 1]``. (Default: 1e-5)
+            ``[1e-8, 1]``. (Default: 1e-4)
         max_residual (float | None): As in :class:`DashRootInvConfig`. (Default: 1e-2)
         iteration (IterationControl): ``NEWTON_SCHULZ`` only: iterations per square root,
             tolerance, fp32 refinement iterations and early-exit checks. (Default: 10 iterations)
