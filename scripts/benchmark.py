@@ -31,7 +31,7 @@ see ``scripts/peer_dashgpu.py``), its ``DashGpu`` runs on the same parameters an
 two more rows (coupled Newton fp16, Newton-DB fp32): time and peak memory only (no root errors,
 and no step costs: its Triton kernels are not aten ops).
 
-Presets (DESIGN.md section 4):
+Presets:
     gpu: hidden 1024, 8 layers, FFN 2816, vocab 32000, max_preconditioner_dim 1024
     cpu: hidden 128, 2 layers, FFN 352, vocab 512, max_preconditioner_dim 128 (about a minute)
     many-blocks: hidden 128, 4 layers, FFN 352, vocab 512, max_preconditioner_dim 32: many small
@@ -225,7 +225,7 @@ def synchronize(device: torch.device) -> None:
 def make_optimizer(
     params: list[torch.nn.Parameter], row: Row, preset: Preset, precondition_frequency: int
 ) -> DistributedShampoo:
-    """The DESIGN.md section 1 defaults (betas 0.9/0.95, Adam grafting 0.95/1e-8, epsilon 1e-10).
+    """The DASH paper's settings (betas 0.9/0.95, Adam grafting 0.95/1e-8, epsilon 1e-10).
 
     DASH is switched on or off for the row and stays so while the row's steps run.
     """
@@ -421,7 +421,7 @@ def meta_costs(row: Row, preset: Preset, precondition_frequency: int) -> dict[st
         }
 
 
-#: Matmul peaks (TFLOP/s) measured on 1 x H100 (DESIGN.md section 4; fp16 taken as bf16's).
+#: Matmul peaks (TFLOP/s) measured earlier on 1 x H100 (fp16 taken as bf16's).
 H100_PEAKS_TFLOPS = {"fp32": 51.0, "tf32": 410.0, "bf16": 739.0, "fp16": 739.0}
 
 

@@ -343,7 +343,7 @@ class Target:
     status: str
 
 
-#: Anchors measured earlier on 1 x H100 with the gpu preset (DESIGN.md section 4, the issue).
+#: Anchors measured earlier on 1 x H100 with the gpu preset, roots every step.
 UPSTREAM_STEP_S = (3.5, 3.8)
 UPSTREAM_PEAK_GB = 5.3
 DASHGPU_STEP_S = {"DashGpu coupled Newton fp16": 0.23, "DashGpu Newton-DB fp32": 0.70}

@@ -44,7 +44,7 @@ def masked_every_fourth_step(step: int) -> set[str]:
 #: Shampoo's epsilon in the comparisons with upstream, per device type. On CUDA, a batched eigh of
 #: small blocks (Jacobi) and upstream's per-block one (divide and conquer) round the near-null
 #: eigenvalues of rank-deficient factors differently, and at epsilon 1e-8 training amplifies that
-#: difference chaotically (DESIGN.md 4a); 1e-6 keeps the comparison about DASH, not rounding.
+#: difference chaotically; 1e-6 keeps the comparison about DASH, not rounding.
 COMPARISON_EPSILON = {"cpu": 1e-8, "cuda": 1e-6}
 
 

@@ -151,7 +151,7 @@ class NewtonDBRootInvConfig(DashRootInvConfig):
     @classmethod
     def paper(cls, **changes: Any) -> Self:
         """The DASH paper's Newton-DB: ten Newton-Schulz steps per square root, no relative ridge,
-        and the landed acceptance (``max_residual=1``, which accepts under-inverted roots).
+        and a lenient acceptance (``max_residual=1``, which accepts under-inverted roots).
         ``changes`` override any field, e.g. ``max_residual=None`` to accept every finite root."""
         settings: dict[str, Any] = {
             "steps": NewtonDBSteps.NEWTON_SCHULZ,

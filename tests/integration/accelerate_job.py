@@ -10,7 +10,7 @@ with ``(rank, s)``. Phases:
 * ``resumed``: ``load_state(--resume-from)``, steps 3-4, ``save_state(D/step4)``;
 * ``control``: the same, then the optimizer is put back to the state it had when built (its state
   "not restored");
-* ``prebuilt``: the issue's order, Shampoo built on the unsharded model and then
+* ``prebuilt``: the order that fails silently, Shampoo built on the unsharded model and then
   ``accelerator.prepare(model, optimizer)``; its first step must raise;
 * ``prebuilt-unguarded``: the same with a plain ``DistributedShampoo`` (no guard): trains 2 steps
   and writes to ``R/rank<r>_changed.txt`` whether any local weight changed.
