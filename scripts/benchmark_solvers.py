@@ -617,13 +617,26 @@ class RealRow:
 def real_rows() -> list[RealRow]:
     """The default minimax iteration, its variants, the paper's Newton-DB and eigh."""
 
-    def minimax(precision: MatmulPrecision, rel_epsilon: float, max_residual: float) -> RealRow:
+    def minimax(
+        precision: MatmulPrecision,
+        rel_epsilon: float,
+        max_residual: float,
+        first_step_precision: MatmulPrecision = FP32,
+    ) -> RealRow:
+        first_step = f" first step {first_step_precision.value}" * (first_step_precision != FP32)
         return RealRow(
-            f"minimax {precision.value} rel={rel_epsilon:g}",
+            f"minimax {precision.value} rel={rel_epsilon:g}{first_step}",
             lambda A, root, epsilon: minimax_inverse_root(
-                A, root, epsilon=epsilon, rel_epsilon=rel_epsilon, precision=precision
+                A,
+                root,
+                epsilon=epsilon,
+                rel_epsilon=rel_epsilon,
+                precision=precision,
+                first_step_precision=first_step_precision,
             ),
-            lambda root: minimax_products(root, rel_epsilon, precision).total(),
+            lambda root: minimax_products(
+                root, rel_epsilon, precision, first_step_precision
+            ).total(),
             max_residual,
         )
 
@@ -643,6 +656,7 @@ def real_rows() -> list[RealRow]:
         minimax(FP32, 1e-4, 1e-2),
         minimax(FP32, 1e-3, 1e-2),
         minimax(FP32, 1e-6, 5e-2),
+        minimax(FP32, 1e-6, 1e-2, MatmulPrecision.FP64),
         minimax(BF16, 1e-4, 5e-2),
         minimax(FP16, 1e-4, 5e-2),
         minimax(FP16, 1e-5, 5e-2),

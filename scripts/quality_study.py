@@ -210,6 +210,13 @@ RUNS: dict[str, RunSpec] = {
             True,
             lambda: dash.NewtonDBRootInvConfig(rel_epsilon=1e-6, max_residual=5e-2),
         ),
+        # The first step in fp64 removes that rounding: the default acceptance holds.
+        RunSpec(
+            "newton-db-rel-1e-06-fp64-first-step",
+            'NewtonDBRootInvConfig(rel_epsilon=1e-6, first_step_precision="fp64")',
+            True,
+            lambda: dash.NewtonDBRootInvConfig(rel_epsilon=1e-6, first_step_precision="fp64"),
+        ),
         RunSpec(
             "newton-db-bf16",
             "NewtonDBRootInvConfig(precision=bf16, max_residual=5e-2)",

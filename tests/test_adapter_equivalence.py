@@ -116,6 +116,7 @@ def fp64_reference_root(matrix: torch.Tensor, root: float, epsilon: float) -> to
     "solver, max_error",
     [
         (dash.NewtonDBRootInvConfig(), 1e-3),
+        (dash.NewtonDBRootInvConfig(rel_epsilon=1e-6, first_step_precision="fp64"), 1e-3),
         (
             dash.NewtonDBRootInvConfig.paper(
                 iteration=IterationControl(num_iterations=30, tolerance=1e-6), max_residual=1e-3
@@ -124,7 +125,7 @@ def fp64_reference_root(matrix: torch.Tensor, root: float, epsilon: float) -> to
         ),
         (dash.ChebyshevRootInvConfig(degree=100, rel_epsilon=1e-2, max_residual=1e-3), 1e-3),
     ],
-    ids=["newton_db", "newton_db_paper_converged", "chebyshev"],
+    ids=["newton_db", "newton_db_fp64_first_step", "newton_db_paper_converged", "chebyshev"],
 )
 def test_dash_configs_train_the_model_with_roots_of_the_promised_accuracy(
     solver: dash.NewtonDBRootInvConfig | dash.ChebyshevRootInvConfig,
@@ -251,6 +252,10 @@ def test_configs_pickle_round_trip(config: RootInvConfig) -> None:
         (
             lambda: dash.NewtonDBRootInvConfig(steps="halley"),
             r"Invalid steps 'halley'\. Must be one of 'minimax', 'newton_schulz'",
+        ),
+        (
+            lambda: dash.NewtonDBRootInvConfig(first_step_precision="bf16"),
+            r"Invalid first_step_precision=bf16\. Must be fp32 or fp64",
         ),
         (
             lambda: dash.NewtonDBRootInvConfig(rel_epsilon=1e-9),

@@ -84,8 +84,14 @@ def test_an_untabulated_ridge_uses_the_schedule_of_the_next_smaller_tabulated_on
 @pytest.mark.parametrize(
     "precision", [MatmulPrecision.FP32, MatmulPrecision.BF16], ids=lambda p: p.value
 )
+@pytest.mark.parametrize(
+    "first_step_precision", [MatmulPrecision.FP32, MatmulPrecision.FP64], ids=lambda p: p.value
+)
 def test_flops_are_the_documented_product_count(
-    root: int, precision: MatmulPrecision, device: torch.device
+    root: int,
+    precision: MatmulPrecision,
+    first_step_precision: MatmulPrecision,
+    device: torch.device,
 ) -> None:
     """``FlopCounterMode`` FLOPs = products x 2 d^3 x N plus the power iteration's
     ``(k + 1)`` products of ``(N, d, d) @ (N, d, m)``."""
@@ -93,8 +99,15 @@ def test_flops_are_the_documented_product_count(
     A = spd_stack(num_blocks, dim, condition=100.0).float().to(device)
     scaling = SpectralScaling()
     with FlopCounterMode(display=False) as counter:
-        minimax_inverse_root(A, root, rel_epsilon=1e-5, precision=precision, scaling=scaling)
-    products = minimax_products(root, 1e-5, precision).total()
+        minimax_inverse_root(
+            A,
+            root,
+            rel_epsilon=1e-5,
+            precision=precision,
+            scaling=scaling,
+            first_step_precision=first_step_precision,
+        )
+    products = minimax_products(root, 1e-5, precision, first_step_precision).total()
     power_iteration = (
         (scaling.num_iterations + 1) * 2 * dim * dim * scaling.num_vectors * num_blocks
     )
@@ -106,6 +119,16 @@ def test_products_at_the_default_ridge_are_within_the_budget() -> None:
     counts = {key: minimax_products(*key).total() for key in budgets}
     assert counts == {(4, 1e-5): 24, (2, 1e-5): 23, (4, 1e-6): 29}
     assert all(counts[key] <= budget for key, budget in budgets.items())
+
+
+@pytest.mark.parametrize(("root", "first_step"), [(1, 3), (2, 3), (3, 4), (4, 4), (6, 5), (8, 5)])
+def test_an_fp64_first_step_moves_only_the_first_steps_products(root: int, first_step: int) -> None:
+    """The first step runs ``M^2`` and ``P^p M`` (no ``X`` product yet): ``1 + P(p) + 1``."""
+    fp32 = minimax_products(root, 1e-6)
+    fp64 = minimax_products(root, 1e-6, first_step_precision=MatmulPrecision.FP64)
+    assert fp64 == collections.Counter(
+        {MatmulPrecision.FP64: first_step, MatmulPrecision.FP32: fp32.total() - first_step}
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,22 +229,36 @@ def test_every_real_factor_converges_to_the_root_of_its_regularised_matrix(
         assert bool((ridge <= (2 * rel_epsilon * lambda_max + epsilon) * (1 + 1e-6)).all())
 
 
-def test_real_factors_at_rel_epsilon_1e6_reach_the_fp32_frontier(
+@pytest.mark.parametrize(
+    ("first_step_precision", "max_error"),
+    [(MatmulPrecision.FP32, {2: 4e-3, 4: 2e-3}), (MatmulPrecision.FP64, {2: 1.5e-3, 4: 1e-3})],
+    ids=lambda value: getattr(value, "value", ""),
+)
+def test_real_factors_at_rel_epsilon_1e6_need_the_first_step_in_fp64(
     real_factors: tuple[float, dict[tuple[int, int], torch.Tensor]],
+    first_step_precision: MatmulPrecision,
+    max_error: dict[int, float],
 ) -> None:
-    """At 1e-6 the first steps' fp32 rounding (not the iteration count) limits the error: root 4
-    stays within 2e-3, root 2 within 4e-3 (measured 1.7e-3 and 3.3e-3; docs/solvers.md)."""
+    """At 1e-6 the first step's fp32 rounding (not the iteration count) limits the error: in fp32
+    root 4 stays within 2e-3, root 2 within 4e-3 (measured 1.7e-3 and 3.6e-3); with that step in
+    fp64 within 1e-3 and 1.5e-3 (measured 5.1e-4 and 1.0e-3), every residual under the default
+    ``max_residual`` (docs/solvers.md)."""
     epsilon, groups = real_factors
     for (dim, root), stack in groups.items():
-        result = minimax_inverse_root(stack, root, epsilon=epsilon, rel_epsilon=1e-6)
+        result = minimax_inverse_root(
+            stack,
+            root,
+            epsilon=epsilon,
+            rel_epsilon=1e-6,
+            first_step_precision=first_step_precision,
+        )
         errors = relative_errors(
             result.inverse_root, reference_inverse_root(stack, root, result.regularization.double())
         )
-        assert float(errors.max()) <= (2e-3 if root == 4 else 4e-3), (
-            dim,
-            root,
-            float(errors.max()),
-        )
+        assert float(errors.max()) <= max_error[root], (dim, root, float(errors.max()))
+        assert result.inverse_root.dtype == torch.float32
+        if first_step_precision is MatmulPrecision.FP64:
+            assert float(result.residual.max()) <= 1e-2, (dim, root)
 
 
 def test_a_block_gets_the_same_root_in_any_stack(
@@ -252,4 +289,8 @@ def test_arguments_are_checked_by_name() -> None:
         ValueError, match=r"Invalid root 5 for the minimax iteration\. Must be one of"
     ):
         minimax_inverse_root(A, 5)
+    with pytest.raises(
+        ValueError, match=r"Invalid first_step_precision=bf16\. Must be fp32 or fp64"
+    ):
+        minimax_inverse_root(A, 4, first_step_precision=MatmulPrecision.BF16)
     assert not math.isnan(float(minimax_inverse_root(A, 8).residual))

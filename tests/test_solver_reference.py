@@ -50,6 +50,9 @@ SOLVERS = {
         A, p, iteration=IterationControl(num_iterations=20)
     ),
     "minimax": lambda A, p: minimax_inverse_root(A, p),
+    "minimax_fp64_first_step": lambda A, p: minimax_inverse_root(
+        A, p, first_step_precision=MatmulPrecision.FP64
+    ),
 }
 
 
@@ -111,7 +114,15 @@ class _SyncCounter(TorchDispatchMode):
 
 
 @pytest.mark.parametrize(
-    "solver", ["coupled_newton", "newton_db", "chebyshev", "minimax", "minimax_bf16"]
+    "solver",
+    [
+        "coupled_newton",
+        "newton_db",
+        "chebyshev",
+        "minimax",
+        "minimax_bf16",
+        "minimax_fp64_first_step",
+    ],
 )
 def test_solvers_never_synchronise_with_the_host(solver: str) -> None:
     A = spd_stack(num_blocks=2, dim=16, condition=100.0).float()
@@ -121,6 +132,9 @@ def test_solvers_never_synchronise_with_the_host(solver: str) -> None:
         "chebyshev": lambda: chebyshev_inverse_root(A, 4),
         "minimax": lambda: minimax_inverse_root(A, 4),
         "minimax_bf16": lambda: minimax_inverse_root(A, 4, precision=MatmulPrecision.BF16),
+        "minimax_fp64_first_step": lambda: minimax_inverse_root(
+            A, 4, first_step_precision=MatmulPrecision.FP64
+        ),
     }[solver]
     with _SyncCounter() as counter:
         solve()

@@ -42,7 +42,10 @@ from distributed_shampoo_dash.solvers.checks import (
     check_instance,
     check_real,
 )
-from distributed_shampoo_dash.solvers.minimax import check_minimax_rel_epsilon
+from distributed_shampoo_dash.solvers.minimax import (
+    check_first_step_precision,
+    check_minimax_rel_epsilon,
+)
 from distributed_shampoo_dash.solvers.problem import check_rel_epsilon
 
 #: Attribute set once a config is constructed; afterwards assignments raise.
@@ -128,7 +131,8 @@ class NewtonDBRootInvConfig(DashRootInvConfig):
     (inverse-exponent overrides) are computed by batched eigh. A root whose residual exceeds
     ``max_residual`` (the iteration did not converge: a spectral bound below ``lambda_max``, or
     rounding) falls back to eigh. Reduced ``precision`` applies to the last steps only; with it,
-    raise ``max_residual`` (bf16: about 5e-2).
+    raise ``max_residual`` (bf16: about 5e-2). Below ``rel_epsilon`` of about 1e-5, fp32 rounding
+    in the first step limits the accuracy; ``first_step_precision="fp64"`` removes that limit.
 
     ``steps=NEWTON_SCHULZ`` runs the DASH paper's Newton-DB instead, ``iteration`` setting its
     steps per square root (roots ``2^k``); :meth:`paper` gives the paper's whole setting.
@@ -139,6 +143,9 @@ class NewtonDBRootInvConfig(DashRootInvConfig):
         rel_epsilon (float): As in :class:`DashRootInvConfig`; ``MINIMAX`` needs it in
             ``[1e-8, 1]``. (Default: 1e-4)
         max_residual (float | None): As in :class:`DashRootInvConfig`. (Default: 1e-2)
+        first_step_precision (MatmulPrecision): ``MINIMAX`` only: ``FP64`` runs the first step's
+            products in float64 (root 4: 4 of them), ``FP32`` at the working precision.
+            (Default: ``FP32``)
         iteration (IterationControl): ``NEWTON_SCHULZ`` only: iterations per square root,
             tolerance, fp32 refinement iterations and early-exit checks. (Default: 10 iterations)
     """
@@ -146,6 +153,7 @@ class NewtonDBRootInvConfig(DashRootInvConfig):
     steps: NewtonDBSteps = NewtonDBSteps.MINIMAX
     rel_epsilon: float = DEFAULT_REL_EPSILON
     max_residual: float | None = 1e-2
+    first_step_precision: MatmulPrecision = MatmulPrecision.FP32
     iteration: IterationControl = DEFAULT_NEWTON_DB_ITERATION
 
     @classmethod
@@ -162,7 +170,11 @@ class NewtonDBRootInvConfig(DashRootInvConfig):
 
     def _checked_fields(self) -> dict[str, Any]:
         check_instance(self.iteration, IterationControl, "iteration")
-        fields = {**super()._checked_fields(), "steps": as_enum(self.steps, NewtonDBSteps, "steps")}
+        fields = {
+            **super()._checked_fields(),
+            "steps": as_enum(self.steps, NewtonDBSteps, "steps"),
+            "first_step_precision": check_first_step_precision(self.first_step_precision),
+        }
         if fields["steps"] is NewtonDBSteps.MINIMAX:
             fields["rel_epsilon"] = check_minimax_rel_epsilon(self.rel_epsilon)
         return fields

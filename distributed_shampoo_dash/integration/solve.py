@@ -110,10 +110,12 @@ def batched_solver(config: RootInvConfig, root: float, epsilon: float) -> Batche
                 rel_epsilon=config.rel_epsilon,
                 precision=config.precision,
                 scaling=config.scaling,
+                first_step_precision=config.first_step_precision,
             )
-            return BatchedSolver(
-                "minimax", solve, minimax_products(root, config.rel_epsilon, config.precision)
+            products = minimax_products(
+                root, config.rel_epsilon, config.precision, config.first_step_precision
             )
+            return BatchedSolver("minimax", solve, products)
         case NewtonDBRootInvConfig(steps=NewtonDBSteps.NEWTON_SCHULZ) if is_power_of_two(root):
             solve = partial(
                 newton_db_inverse_root,

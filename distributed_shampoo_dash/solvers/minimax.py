@@ -40,6 +40,12 @@ scales with the distance to convergence rather than with the size of the iterate
 stay in fp32: rounding ``B`` to bf16 perturbs it by more than ``l``, and the first polynomials
 amplify that. Only powers of two use the correction form; other roots run every step in fp32.
 
+First step in fp64 (``first_step_precision=FP64``). The first step maps the whole interval
+``[l^{1/p}, 1]`` and its fp32 rounding errors, of order ``u`` relative to ``||B||``, are what the
+later steps cannot remove: on real Shampoo factors at ``rel_epsilon = 1e-6`` they leave the fp32
+iteration about ``3.6e-3`` from the root (root 2), against ``1e-3`` with the first step's few
+products (root 4: 4, root 2: 3) and iterates in fp64; everything after it runs as before.
+
 Residual. ``R = W^T B W - I``, ``W = X^{p/2}`` (``X^p B - I`` for odd ``p``), on the iterate before
 it is symmetrised: similar to ``X^p B - I`` in exact arithmetic, with a rounding floor of
 ``u kappa^{1/2}`` instead of ``u kappa``. The result reports ``||R||_F / sqrt(d)``, as every solver
@@ -50,7 +56,7 @@ import math
 
 from torch import Tensor
 
-from distributed_shampoo_dash.solvers.checks import check_integer_root, check_real
+from distributed_shampoo_dash.solvers.checks import as_enum, check_integer_root, check_real
 from distributed_shampoo_dash.solvers.linalg import (
     add_to_diagonal,
     add_to_diagonal_,
@@ -112,10 +118,28 @@ def _check_root(root: object) -> int:
     return value
 
 
+def check_first_step_precision(precision: object) -> MatmulPrecision:
+    """Checks the first step's precision: ``FP32`` or ``FP64`` (strings accepted)."""
+    value = as_enum(precision, MatmulPrecision, "first_step_precision")
+    if value not in (MatmulPrecision.FP32, MatmulPrecision.FP64):
+        raise ValueError(
+            f"Invalid first_step_precision={value.value}. Must be fp32 or fp64: the first step "
+            "maps the whole interval and needs at least fp32."
+        )
+    return value
+
+
 def _step_precision(
-    step: _Step, precision: MatmulPrecision, iteration_root: int
+    index: int,
+    step: _Step,
+    precision: MatmulPrecision,
+    first_step_precision: MatmulPrecision,
+    iteration_root: int,
 ) -> MatmulPrecision:
-    """The precision of a step: reduced once close enough to convergence (powers of two only)."""
+    """The precision of step ``index``: fp64 for the first if asked, reduced once close enough to
+    convergence (powers of two only), the working precision otherwise."""
+    if index == 0 and first_step_precision is MatmulPrecision.FP64:
+        return MatmulPrecision.FP64
     is_power_of_two = iteration_root & (iteration_root - 1) == 0
     if is_power_of_two and step[3] <= REDUCED_PRECISION_HALF_WIDTH.get(precision, 0.0):
         return precision
@@ -123,17 +147,21 @@ def _step_precision(
 
 
 def minimax_products(
-    root: float, rel_epsilon: float, precision: MatmulPrecision = MatmulPrecision.FP32
+    root: float,
+    rel_epsilon: float,
+    precision: MatmulPrecision = MatmulPrecision.FP32,
+    first_step_precision: MatmulPrecision = MatmulPrecision.FP32,
 ) -> ProductCounts:
     """``d x d`` products :func:`minimax_inverse_root` runs per block, by precision."""
     root = _check_root(root)
+    first_step_precision = check_first_step_precision(first_step_precision)
     p = 2 if root == 1 else root
     power = matrix_power_products(p)
     counts = ProductCounts()
     steps = minimax_schedule(root, check_minimax_rel_epsilon(rel_epsilon))
     for index, step in enumerate(steps):
         first, last = index == 0, index == len(steps) - 1
-        step_precision = _step_precision(step, precision, p)
+        step_precision = _step_precision(index, step, precision, first_step_precision, p)
         # q(M): M^2; X P (none at the first step); M <- P^p M (none at the last step).
         counts[step_precision] += 1 + (not first) + (0 if last else power + 1)
     residual = matrix_power_products(p // 2) + 2 if p % 2 == 0 else power + 1
@@ -189,6 +217,7 @@ def minimax_inverse_root(
     rel_epsilon: float = 1e-4,
     precision: MatmulPrecision = MatmulPrecision.FP32,
     scaling: SpectralScaling = MULTI_POWER_ITERATION_SCALING,
+    first_step_precision: MatmulPrecision = MatmulPrecision.FP32,
 ) -> InverseRootResult:
     """Computes ``(A_i + r_i I)^{-1/p}`` for every block by the minimax coupled iteration.
 
@@ -202,12 +231,15 @@ def minimax_inverse_root(
             docstring); the rest runs in the working precision. (Default: ``FP32``)
         scaling (SpectralScaling): How the bound ``u >= lambda_max`` is found; it must be an upper
             bound up to the schedule's 2% margin. (Default: multi-power iteration, safety factor 2)
+        first_step_precision (MatmulPrecision): ``FP64`` runs the first step in float64 (see the
+            module docstring), ``FP32`` at the working precision. (Default: ``FP32``)
 
     Returns:
         result (InverseRootResult): Roots in ``A.dtype``; residual as in the module docstring.
     """
     root = _check_root(root)
     rel_epsilon = check_minimax_rel_epsilon(rel_epsilon)
+    first_step_precision = check_first_step_precision(first_step_precision)
     problem = ScaledProblem.build(
         A, epsilon=epsilon, rel_epsilon=rel_epsilon, scaling=scaling, precision=precision
     )
@@ -218,8 +250,13 @@ def minimax_inverse_root(
     steps = minimax_schedule(root, rel_epsilon)
     for index, step in enumerate(steps):
         last = index == len(steps) - 1
-        step_precision = _step_precision(step, precision, p)
-        if X is None or step_precision is precision.full:
+        step_precision = _step_precision(index, step, precision, first_step_precision, p)
+        if X is None:
+            X, M = _plain_step(
+                None, M.to(step_precision.working_dtype), step, p, last, step_precision
+            )
+            X, M = X.to(B.dtype), M.to(B.dtype)
+        elif step_precision is precision.full:
             X, M = _plain_step(X, M, step, p, last, step_precision)
         else:
             X, M = _correction_step(X, M, step, p, last, step_precision)
