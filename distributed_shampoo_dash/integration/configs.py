@@ -132,7 +132,8 @@ class NewtonDBRootInvConfig(DashRootInvConfig):
     ``max_residual`` (the iteration did not converge: a spectral bound below ``lambda_max``, or
     rounding) falls back to eigh. Reduced ``precision`` applies to the last steps only; with it,
     raise ``max_residual`` (bf16: about 5e-2). Below ``rel_epsilon`` of about 1e-5, fp32 rounding
-    in the first step limits the accuracy; ``first_step_precision="fp64"`` removes that limit.
+    in the first step limits the accuracy, which ``first_step_precision="fp64"`` removes, and the
+    residual's own rounding floor nears 1e-2: raise ``max_residual`` there too (about 5e-2).
 
     ``steps=NEWTON_SCHULZ`` runs the DASH paper's Newton-DB instead, ``iteration`` setting its
     steps per square root (roots ``2^k``); :meth:`paper` gives the paper's whole setting.
