@@ -50,7 +50,6 @@ Usage:
 
 import argparse
 import gc
-import importlib.util
 import json
 import os
 import statistics
@@ -60,9 +59,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+import peer_dashgpu
+import step_costs
 import torch
 from distributed_shampoo import (
     AdamPreconditionerConfig,
@@ -76,21 +76,6 @@ from distributed_shampoo.preconditioner.matrix_functions_types import RootInvCon
 import distributed_shampoo_dash as dash
 from distributed_shampoo_dash.integration.solve import batched_solver
 from distributed_shampoo_dash.solvers import IterationControl, MatmulPrecision
-
-
-def sibling(name: str) -> ModuleType:
-    """A module of this directory, loaded by its path (``scripts/`` is not a package)."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-step_costs = sibling("step_costs")
-peer_dashgpu = sibling("peer_dashgpu")
 
 #: Ten iterations at the reduced precision, then two in fp32.
 REFINED = IterationControl(num_iterations=10, refinement_iterations=2)

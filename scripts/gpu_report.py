@@ -33,7 +33,6 @@ in the default suite, so the CUDA run differs from a tested one only in the devi
 import argparse
 import dataclasses
 import datetime
-import importlib.util
 import json
 import os
 import platform
@@ -46,7 +45,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from xml.etree import ElementTree
 
@@ -54,17 +52,6 @@ import torch
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 PARTS = ("tests", "step", "solvers")
-
-
-def sibling(name: str) -> ModuleType:
-    """A module of this directory, loaded by its path (``scripts/`` is not a package)."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,7 +242,8 @@ def tests_part(device: torch.device, plan: Plan, out: Path, budget_s: float) -> 
 
 def step_part(device: torch.device, plan: Plan, out: Path, deadline: float) -> dict[str, Any]:
     """The step benchmark's rows at each frequency of the plan, then the plots."""
-    benchmark = sibling("benchmark")
+    import benchmark  # a sibling script; imports upstream, so only when this part runs
+
     preset = benchmark.PRESETS[plan.step_preset]
     peers, peer_reason = benchmark.peer_rows()
     print(f"DashGpu: {peer_reason or 'imported'}", flush=True)
@@ -293,7 +281,8 @@ def step_part(device: torch.device, plan: Plan, out: Path, deadline: float) -> d
 
 def solvers_part(device: torch.device, plan: Plan, out: Path, deadline: float) -> dict[str, Any]:
     """The solver benchmark on the plan's preset (root 4), with the matmul peaks of the same run."""
-    solvers = sibling("benchmark_solvers")
+    import benchmark_solvers as solvers
+
     preset = solvers.PRESETS[plan.solver_preset]
     selected = [
         row

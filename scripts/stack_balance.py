@@ -30,13 +30,11 @@ Usage (CPU only, about a second; ``OMP_NUM_THREADS=1`` is enough)::
 """
 
 import argparse
-import importlib.util
 import json
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Protocol
 
 import torch
@@ -128,14 +126,11 @@ def max_over_mean(values: Sequence[float]) -> float:
 
 
 def load_presets() -> dict[str, PresetLike]:
-    """``PRESETS`` of ``scripts/benchmark.py`` (loaded from this file's directory)."""
-    spec = importlib.util.spec_from_file_location(
-        "benchmark", Path(__file__).with_name("benchmark.py")
-    )
-    assert spec is not None and spec.loader is not None
-    module: ModuleType = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.PRESETS
+    """``PRESETS`` of ``scripts/benchmark.py``, a sibling script (this directory is on
+    ``sys.path``)."""
+    import benchmark
+
+    return benchmark.PRESETS
 
 
 def meta_parameters(shapes: Sequence[Shape]) -> list[torch.nn.Parameter]:

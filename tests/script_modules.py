@@ -1,6 +1,10 @@
-"""Loads the measuring scripts of ``scripts/`` (not a package) as modules, by file path."""
+"""Imports the measuring scripts of ``scripts/`` (not a package) as modules.
 
-import importlib.util
+The scripts import their siblings by name, as Python allows when a script runs, because its
+directory is then first on ``sys.path``; the tests put it there too.
+"""
+
+import importlib
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -9,12 +13,7 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 def load_script(name: str) -> ModuleType:
-    """``scripts/<name>.py`` as the module ``name`` (once per process, shared with the scripts,
-    which load their siblings under the same names)."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    """``scripts/<name>.py`` as the module ``name``, shared with the scripts that import it."""
+    if str(SCRIPTS) not in sys.path:
+        sys.path.insert(0, str(SCRIPTS))
+    return importlib.import_module(name)

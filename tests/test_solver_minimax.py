@@ -2,10 +2,7 @@
 its accuracy on the real Shampoo factors of ``shared/data`` (skipped when they are absent)."""
 
 import collections
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,17 +17,11 @@ from distributed_shampoo_dash.solvers.minimax import (
     minimax_schedule,
 )
 from distributed_shampoo_dash.solvers.minimax_schedules import MARGIN, SCHEDULES, TARGET
+from tests.script_modules import load_script
 from tests.solver_helpers import reference_inverse_root, relative_errors, spd_stack
 from tests.test_solver_real_factors import FACTORS_PATH
 
-REPOSITORY = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location(
-    "generate_minimax_schedules", REPOSITORY / "scripts" / "generate_minimax_schedules.py"
-)
-assert spec is not None and spec.loader is not None
-generator = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = generator
-spec.loader.exec_module(generator)
+generator = load_script("generate_minimax_schedules")
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,8 +1,6 @@
 """``InverseRootCostModel`` and the DDP balance measured by ``scripts/stack_balance.py``."""
 
-import importlib.util
 import pickle
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,12 +15,9 @@ import distributed_shampoo_dash as dash
 from distributed_shampoo_dash.integration.cost_models import InverseRootCostModel
 from distributed_shampoo_dash.solvers import chebyshev_products, newton_db_products
 from distributed_shampoo_dash.solvers.minimax import minimax_products
+from tests.script_modules import load_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "stack_balance.py"
-spec = importlib.util.spec_from_file_location("stack_balance", SCRIPT)
-assert spec is not None and spec.loader is not None
-stack_balance = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(stack_balance)
+stack_balance = load_script("stack_balance")
 
 
 def meta(*shape: int) -> torch.Tensor:

@@ -8,14 +8,13 @@ without an error, must stop with ``ReplacedParametersError``.
 """
 
 import importlib.util
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.integration.launch import run_two_ranks
 from tests.integration.trainer_checks import differences, load_dcp_checkpoint, max_abs_difference
 
 pytestmark = [
@@ -27,23 +26,11 @@ pytestmark = [
     ),
 ]
 
-ROOT = Path(__file__).resolve().parents[1]
 BATCHED_LIST = "BatchedRootInvShampooPreconditionerList"
 
 
 def run_job(work: Path, phase: str, *extra_args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        "OMP_NUM_THREADS": "1",
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
+    return run_two_ranks(
         "tests.integration.accelerate_job",
         "--phase",
         phase,
@@ -52,9 +39,6 @@ def run_job(work: Path, phase: str, *extra_args: str) -> subprocess.CompletedPro
         "--report-dir",
         str(work / f"report_{phase}"),
         *extra_args,
-    ]
-    return subprocess.run(
-        command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
     )
 
 
@@ -81,7 +65,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         ("control", ("--resume-from", step_2)),
     ):
         result = run_job(work, phase, *extra_args)
-        assert result.returncode == 0, result.stderr[-6000:]
+        assert result.returncode == 0, f"{phase}: " + result.stdout[-3000:] + result.stderr[-6000:]
         results[phase] = saved_state(work, phase)
     return results
 

@@ -14,15 +14,14 @@ the hooks) and the guard against full checkpoints.
 """
 
 import importlib.util
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from tests.integration.launch import run_two_ranks
 from tests.integration.trainer_checks import differences, load_dcp_checkpoint, max_abs_difference
 
 pytestmark = [
@@ -34,33 +33,18 @@ pytestmark = [
     ),
 ]
 
-ROOT = Path(__file__).resolve().parents[1]
 BATCHED_LIST = "BatchedRootInvShampooPreconditionerList"
 
 
 def run_job(work: Path, name: str, *extra_args: str) -> subprocess.CompletedProcess[str]:
     """``torchrun --nproc_per_node=2`` of the Lightning job; checkpoints in ``work/name``."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        "OMP_NUM_THREADS": "1",
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
+    return run_two_ranks(
         "tests.integration.lightning_job",
         "--checkpoint-dir",
         str(work / name),
         "--report-dir",
         str(work / f"report_{name}"),
         *extra_args,
-    ]
-    return subprocess.run(
-        command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
     )
 
 

@@ -15,15 +15,13 @@ a resume that loses the optimizer state.
 
 import importlib.util
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.integration.launch import repository_environment, run_python, run_two_ranks
 from tests.integration.trainer_checks import differences, load_dcp_checkpoint, max_abs_difference
 
 pytestmark = [
@@ -35,7 +33,6 @@ pytestmark = [
     ),
 ]
 
-ROOT = Path(__file__).resolve().parents[1]
 JOB = "tests.integration.torchtitan_job"
 BATCHED_LIST = "BatchedRootInvShampooPreconditionerList"
 
@@ -43,19 +40,7 @@ BATCHED_LIST = "BatchedRootInvShampooPreconditionerList"
 def run_job(dump_folder: Path, report_dir: Path, *extra_args: str) -> None:
     """``torchrun --nproc_per_node=2`` of torchtitan's trainer with the test config module."""
     report_dir.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        "OMP_NUM_THREADS": "1",
-        "DASH_TEST_REPORT_DIR": str(report_dir),
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
+    result = run_two_ranks(
         JOB,
         "--module",
         JOB,
@@ -64,9 +49,7 @@ def run_job(dump_folder: Path, report_dir: Path, *extra_args: str) -> None:
         "--dump_folder",
         str(dump_folder),
         *extra_args,
-    ]
-    result = subprocess.run(
-        command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+        environment=repository_environment(DASH_TEST_REPORT_DIR=str(report_dir)),
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
 
@@ -145,19 +128,7 @@ def test_command_line_flags_reach_the_shampoo_config() -> None:
         "print(json.dumps([type(c.optimizer).__qualname__, c.optimizer.solver, "
         "c.optimizer.max_preconditioner_dim, c.optimizer.grafting]))\n"
     )
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_python(code)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == [
         "ShampooOptimizersContainer.Config",
@@ -174,18 +145,6 @@ def test_an_unknown_solver_flag_is_rejected_by_name() -> None:
         f"ConfigManager().parse_args(['--module', '{JOB}', '--config', 'tiny_shampoo', "
         "'--optimizer.solver', 'bogus'])\n"
     )
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_python(code)
     assert result.returncode != 0
     assert "Unknown solver 'bogus'" in result.stdout + result.stderr

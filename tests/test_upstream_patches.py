@@ -4,9 +4,7 @@ The generator locates upstream's hook points in the installed ``distributed_sham
 (the pinned commit of the ``upstream`` extra); the test is skipped without them.
 """
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,14 +12,10 @@ import pytest
 pytestmark = pytest.mark.upstream
 distributed_shampoo = pytest.importorskip("distributed_shampoo")
 
+from tests.script_modules import load_script
+
 REPOSITORY = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location(
-    "make_upstream_patches", REPOSITORY / "scripts" / "make_upstream_patches.py"
-)
-assert spec is not None and spec.loader is not None
-make_upstream_patches = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = make_upstream_patches
-spec.loader.exec_module(make_upstream_patches)
+make_upstream_patches = load_script("make_upstream_patches")
 
 UPSTREAM_ROOT = Path(distributed_shampoo.__file__).resolve().parents[1]
 

@@ -35,16 +35,7 @@ from torch import nn
 import distributed_shampoo_dash as dash
 from distributed_shampoo_dash.trainers.accelerate import prepare_shampoo
 from distributed_shampoo_dash.trainers.optimizer import build_shampoo, shampoo_kwargs
-from tests.integration.shampoo import preconditioner_list
-
-SETTINGS = {
-    "lr": 1e-2,
-    "epsilon": 1e-8,
-    "max_preconditioner_dim": 8,
-    "precondition_frequency": 1,
-    "start_preconditioning_step": 1,
-    "solver": "eigen",
-}
+from tests.integration.shampoo import TRAINER_SETTINGS, preconditioner_list
 
 
 def force_fsdp2(accelerator: Accelerator, plugin: FullyShardedDataParallelPlugin) -> None:
@@ -78,14 +69,14 @@ def main() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 24), nn.ReLU(), nn.Linear(24, 8))
     if args.phase == "prebuilt":
-        optimizer = build_shampoo(model.parameters(), **SETTINGS)
+        optimizer = build_shampoo(model.parameters(), **TRAINER_SETTINGS)
         model, optimizer = accelerator.prepare(model, optimizer)
     elif args.phase == "prebuilt-unguarded":
         dash.enable()
-        optimizer = DistributedShampoo(model.parameters(), **shampoo_kwargs(**SETTINGS))
+        optimizer = DistributedShampoo(model.parameters(), **shampoo_kwargs(**TRAINER_SETTINGS))
         model, optimizer = accelerator.prepare(model, optimizer)
     else:
-        model, optimizer = prepare_shampoo(accelerator, model, **SETTINGS)
+        model, optimizer = prepare_shampoo(accelerator, model, **TRAINER_SETTINGS)
     # (Taken only where it is needed: with the prebuilt optimizer even state_dict() fails.)
     initial_state = copy.deepcopy(optimizer.state_dict()) if args.phase == "control" else None
     rank = accelerator.process_index

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from distributed_shampoo_dash.trainers.lightning import configure_shampoo
 from distributed_shampoo_dash.trainers.optimizer import build_shampoo
-from tests.integration.shampoo import preconditioner_list
+from tests.integration.shampoo import TRAINER_SETTINGS, preconditioner_list
 
 NUM_STEPS = 4
 
@@ -54,18 +54,12 @@ class TinyModule(pl.LightningModule):
         fully_shard(self.model, mesh=mesh)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        settings: dict[str, Any] = {
-            "lr": 1e-2,
-            "epsilon": 1e-8,
-            "max_preconditioner_dim": 8,
-            "precondition_frequency": 1,
-            "start_preconditioning_step": 1,
-            "solver": "eigen",
-        }
         if self.checkpoint_hooks:
-            optimizer = configure_shampoo(self, **settings)
+            optimizer = configure_shampoo(self, **TRAINER_SETTINGS)
         else:  # what a user without the fix builds
-            optimizer = build_shampoo([p for p in self.parameters() if p.requires_grad], **settings)
+            optimizer = build_shampoo(
+                [p for p in self.parameters() if p.requires_grad], **TRAINER_SETTINGS
+            )
         self.initial_optimizer_state = copy.deepcopy(optimizer.state_dict())
         return optimizer
 

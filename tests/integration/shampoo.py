@@ -1,6 +1,7 @@
 """Optimizer factories and state accessors shared by the adapter tests (needs upstream)."""
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from distributed_shampoo import (
@@ -15,6 +16,17 @@ from distributed_shampoo.preconditioner.shampoo_preconditioner_list import (
 )
 
 import distributed_shampoo_dash as dash
+
+#: The trainer jobs' settings (``distributed_shampoo_dash.trainers.optimizer``): blocks of 8,
+#: roots every step from the first, batched eigh.
+TRAINER_SETTINGS: dict[str, Any] = {
+    "lr": 1e-2,
+    "epsilon": 1e-8,
+    "max_preconditioner_dim": 8,
+    "precondition_frequency": 1,
+    "start_preconditioning_step": 1,
+    "solver": "eigen",
+}
 
 
 def shampoo_factory(
