@@ -25,7 +25,12 @@ from distributed_shampoo import (
 
 import distributed_shampoo_dash as dash
 from tests.integration.models import MixedShapeModel, make_batches, run_steps, train
-from tests.integration.shampoo import kronecker_factors, max_parameter_difference, shampoo_factory
+from tests.integration.shampoo import (
+    kronecker_factors,
+    max_parameter_difference,
+    shampoo,
+    shampoo_factory,
+)
 from tests.script_modules import load_script
 
 step_costs = load_script("step_costs")
@@ -178,18 +183,12 @@ def two_group_factory(solver: object) -> Callable[[torch.nn.Module], Distributed
     def factory(model: torch.nn.Module) -> DistributedShampoo:
         linear = [model.linear.weight, model.linear.bias, model.head.weight]
         rest = [p for p in model.parameters() if all(p is not q for q in linear)]
-        return DistributedShampoo(
+        return shampoo(
             [{"params": linear}, {"params": rest}],
-            lr=0.01,
-            betas=(0.9, 0.95),
+            solver,
             epsilon=1e-6,
-            max_preconditioner_dim=8,
             precondition_frequency=2,
             start_preconditioning_step=2,
-            grafting_config=AdamPreconditionerConfig(beta2=0.95, epsilon=1e-8),
-            preconditioner_config=RootInvShampooPreconditionerConfig(
-                amortized_computation_config=solver
-            ),
         )
 
     return factory

@@ -18,14 +18,12 @@ pytestmark = pytest.mark.upstream
 pytest.importorskip("distributed_shampoo")
 
 from distributed_shampoo import (
-    AdamPreconditionerConfig,
-    DistributedShampoo,
     EigenConfig,
-    RootInvShampooPreconditionerConfig,
 )
 from distributed_shampoo.preconditioner.matrix_functions_types import RootInvConfig
 
 import distributed_shampoo_dash as dash
+from tests.integration.shampoo import shampoo
 from tests.script_modules import load_script
 
 step_costs = load_script("step_costs")
@@ -63,19 +61,15 @@ def test_a_dash_step_keeps_every_tensor_on_the_parameters_device(
         torch.nn.Parameter(torch.empty(shape, device="meta"))
         for shape in [(40, 24), (24,), (3, 4, 5)]
     ]
-    optimizer = DistributedShampoo(
+    optimizer = shampoo(
         params,
-        lr=1e-3,
-        betas=(0.9, 0.95),
+        CONFIGS[config],
         epsilon=1e-6,
+        preconditioner_kwargs={"use_symmetric_packing": use_symmetric_packing},
+        lr=1e-3,
         max_preconditioner_dim=16,
         precondition_frequency=2,
         start_preconditioning_step=2,
-        grafting_config=AdamPreconditionerConfig(beta2=0.95, epsilon=1e-8),
-        preconditioner_config=RootInvShampooPreconditionerConfig(
-            amortized_computation_config=CONFIGS[config],
-            use_symmetric_packing=use_symmetric_packing,
-        ),
     )
     for _ in range(4):
         for param in params:

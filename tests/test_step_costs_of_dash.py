@@ -11,17 +11,16 @@ pytestmark = pytest.mark.upstream
 pytest.importorskip("distributed_shampoo")
 
 from distributed_shampoo import (
-    AdamPreconditionerConfig,
     CoupledNewtonConfig,
     DistributedShampoo,
     EigenConfig,
-    RootInvShampooPreconditionerConfig,
 )
 from distributed_shampoo.preconditioner.matrix_functions_types import RootInvConfig
 
 import distributed_shampoo_dash as dash
 from distributed_shampoo_dash.integration.solve import batched_solver
 from distributed_shampoo_dash.solvers import MatmulPrecision, ScalingMethod
+from tests.integration.shampoo import shampoo
 from tests.script_modules import load_script
 
 step_costs = load_script("step_costs")
@@ -45,18 +44,14 @@ def shampoo_steps(
         torch.nn.Parameter(torch.randn(16, 16, generator=generator).to(device))
         for _ in range(num_params)
     ]
-    optimizer = DistributedShampoo(
+    optimizer = shampoo(
         params,
-        lr=1e-3,
-        betas=(0.9, 0.95),
+        solver,
         epsilon=1e-6,
+        lr=1e-3,
         max_preconditioner_dim=16,
         precondition_frequency=2,
         start_preconditioning_step=2,
-        grafting_config=AdamPreconditionerConfig(beta2=0.95, epsilon=1e-8),
-        preconditioner_config=RootInvShampooPreconditionerConfig(
-            amortized_computation_config=solver
-        ),
     )
 
     def new_gradients() -> None:

@@ -29,25 +29,46 @@ TRAINER_SETTINGS: dict[str, Any] = {
 }
 
 
+def shampoo(
+    params: Any,
+    solver: RootInvConfig,
+    *,
+    epsilon: float = 1e-8,
+    preconditioner_kwargs: dict[str, Any] | None = None,
+    **optimizer_kwargs: Any,
+) -> DistributedShampoo:
+    """``DistributedShampoo`` with Adam grafting and, unless ``optimizer_kwargs`` say otherwise,
+    blocks of at most 8 and roots every step."""
+    settings: dict[str, Any] = {
+        "lr": 0.01,
+        "betas": (0.9, 0.95),
+        "max_preconditioner_dim": 8,
+        "precondition_frequency": 1,
+        "start_preconditioning_step": 1,
+        "grafting_config": AdamPreconditionerConfig(beta2=0.95, epsilon=1e-8),
+    }
+    return DistributedShampoo(
+        params,
+        epsilon=epsilon,
+        preconditioner_config=RootInvShampooPreconditionerConfig(
+            amortized_computation_config=solver, **(preconditioner_kwargs or {})
+        ),
+        **(settings | optimizer_kwargs),
+    )
+
+
 def shampoo_factory(
     solver: RootInvConfig,
     epsilon: float = 1e-8,
-    optimizer_kwargs: dict[str, object] | None = None,
-    **preconditioner_kwargs: object,
+    optimizer_kwargs: dict[str, Any] | None = None,
+    **preconditioner_kwargs: Any,
 ) -> Callable[[torch.nn.Module], DistributedShampoo]:
-    """``DistributedShampoo`` with blocks of at most 8, roots every step, Adam grafting."""
-    return lambda model: DistributedShampoo(
+    """:func:`shampoo` of a model's parameters."""
+    return lambda model: shampoo(
         model.parameters(),
-        lr=0.01,
-        betas=(0.9, 0.95),
+        solver,
         epsilon=epsilon,
-        max_preconditioner_dim=8,
-        precondition_frequency=1,
-        start_preconditioning_step=1,
-        grafting_config=AdamPreconditionerConfig(beta2=0.95, epsilon=1e-8),
-        preconditioner_config=RootInvShampooPreconditionerConfig(
-            amortized_computation_config=solver, **preconditioner_kwargs
-        ),
+        preconditioner_kwargs=preconditioner_kwargs,
         **(optimizer_kwargs or {}),
     )
 
