@@ -1,11 +1,15 @@
-"""Test-suite wiring: the ``upstream`` marker and the count of tests skipped without upstream, and
-the ``device`` fixture of the ``cuda`` test subset.
+"""Test-suite wiring: the ``upstream`` marker and the count of tests skipped without upstream, the
+``device`` fixture of the ``cuda`` test subset, and the ``real_factor_set`` fixture.
 
 A test that takes a ``device`` argument runs once per device of ``DASH_TEST_DEVICES`` (a comma
 list, default ``cpu,cuda``); the ``cuda`` variant is skipped where torch sees no CUDA device. Such
 tests are marked ``cuda``: ``pytest -m cuda`` is the subset ``scripts/gpu_report.py`` runs on a GPU
 (with ``DASH_TEST_DEVICES=cuda``), and the default suite runs their ``cpu`` variants, so the GPU
 runs the code the CPU tests cover, on another device.
+
+A test that takes ``real_factor_set`` runs once per set of real Shampoo factors
+(:mod:`tests.real_factors`): the repository's, always, and the one in ``../shared/data`` when it
+is beside the checkout.
 """
 
 import importlib.util
@@ -13,6 +17,8 @@ import os
 
 import pytest
 import torch
+
+from tests.real_factors import FACTOR_FILES, RealFactors, load_real_factors
 
 UPSTREAM_AVAILABLE = importlib.util.find_spec("distributed_shampoo") is not None
 UPSTREAM_SKIP_REASON = (
@@ -44,6 +50,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             marks.append(pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA_REASON))
         params.append(pytest.param(torch.device(name), marks=marks, id=name))
     metafunc.parametrize("device", params)
+
+
+@pytest.fixture(scope="session", params=sorted(FACTOR_FILES, key=list(FACTOR_FILES).index))
+def real_factor_set(request: pytest.FixtureRequest) -> RealFactors:
+    """Each set of real factors that is present (see the module docstring)."""
+    path = FACTOR_FILES[request.param]
+    if not path.exists():
+        pytest.skip(f"the {request.param} set of real factors is not at {path}")
+    return load_real_factors(request.param, path)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

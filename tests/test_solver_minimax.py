@@ -1,5 +1,5 @@
 """The minimax coupled iteration: its stored schedules, its product count, its damped side, and
-its accuracy on the real Shampoo factors of ``shared/data`` (skipped when they are absent)."""
+its accuracy on real Shampoo factors (:mod:`tests.real_factors`)."""
 
 import collections
 import math
@@ -17,9 +17,9 @@ from distributed_shampoo_dash.solvers.minimax import (
     minimax_schedule,
 )
 from distributed_shampoo_dash.solvers.minimax_schedules import MARGIN, SCHEDULES, TARGET
+from tests.real_factors import RealFactors
 from tests.script_modules import load_script
 from tests.solver_helpers import reference_inverse_root, relative_errors, spd_stack
-from tests.test_solver_real_factors import FACTORS_PATH
 
 generator = load_script("generate_minimax_schedules")
 
@@ -169,18 +169,6 @@ def test_a_spectral_bound_far_below_lambda_max_is_flagged_not_used(
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def real_factors() -> tuple[float, dict[tuple[int, int], torch.Tensor]]:
-    """``(epsilon, {(d, root): stack})`` of all 195 factors (steps 10, 50 and 300)."""
-    if not FACTORS_PATH.exists():
-        pytest.skip(f"real factors not found at {FACTORS_PATH}")
-    data = torch.load(FACTORS_PATH)
-    groups: dict[tuple[int, int], list[torch.Tensor]] = collections.defaultdict(list)
-    for factor in data["factors"]:
-        groups[(factor["matrix"].shape[0], factor["root"])].append(factor["matrix"])
-    return data["epsilon"], {key: torch.stack(matrices) for key, matrices in groups.items()}
-
-
 @pytest.mark.parametrize(
     ("rel_epsilon", "precision", "max_error", "max_residual"),
     [
@@ -194,13 +182,13 @@ def real_factors() -> tuple[float, dict[tuple[int, int], torch.Tensor]]:
     ids=["fp32-1e-5", "fp32-1e-4", "fp32-1e-3", "bf16-1e-4", "fp16-1e-4", "fp16-1e-5"],
 )
 def test_every_real_factor_converges_to_the_root_of_its_regularised_matrix(
-    real_factors: tuple[float, dict[tuple[int, int], torch.Tensor]],
+    real_factor_set: RealFactors,
     rel_epsilon: float,
     precision: MatmulPrecision,
     max_error: float,
     max_residual: float,
 ) -> None:
-    epsilon, groups = real_factors
+    epsilon, groups = real_factor_set.epsilon, real_factor_set.stacks()
     for (dim, root), stack in groups.items():
         result = minimax_inverse_root(
             stack, root, epsilon=epsilon, rel_epsilon=rel_epsilon, precision=precision
@@ -226,7 +214,7 @@ def test_every_real_factor_converges_to_the_root_of_its_regularised_matrix(
     ids=lambda value: getattr(value, "value", ""),
 )
 def test_real_factors_at_rel_epsilon_1e6_need_the_first_step_in_fp64(
-    real_factors: tuple[float, dict[tuple[int, int], torch.Tensor]],
+    real_factor_set: RealFactors,
     first_step_precision: MatmulPrecision,
     max_error: dict[int, float],
 ) -> None:
@@ -234,7 +222,7 @@ def test_real_factors_at_rel_epsilon_1e6_need_the_first_step_in_fp64(
     root 4 stays within 2e-3, root 2 within 4e-3 (measured 1.7e-3 and 3.6e-3); with that step in
     fp64 within 1e-3 and 1.5e-3 (measured 5.1e-4 and 1.0e-3), every residual under the default
     ``max_residual`` (docs/solvers.md)."""
-    epsilon, groups = real_factors
+    epsilon, groups = real_factor_set.epsilon, real_factor_set.stacks()
     for (dim, root), stack in groups.items():
         result = minimax_inverse_root(
             stack,
@@ -253,11 +241,11 @@ def test_real_factors_at_rel_epsilon_1e6_need_the_first_step_in_fp64(
 
 
 def test_a_block_gets_the_same_root_in_any_stack(
-    real_factors: tuple[float, dict[tuple[int, int], torch.Tensor]],
+    real_factor_set: RealFactors,
 ) -> None:
     """Real factors mixed with Wishart, zero and huge blocks: each block's root alone equals its
     root in the stack."""
-    epsilon, groups = real_factors
+    epsilon, groups = real_factor_set.epsilon, real_factor_set.stacks()
     real = groups[(128, 4)][:6]
     wishart = torch.randn(2, 128, 256, generator=torch.Generator().manual_seed(0))
     stack = torch.cat([real, wishart @ wishart.mT / 256, torch.zeros(1, 128, 128), 1e30 * real[:1]])

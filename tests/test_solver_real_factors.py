@@ -1,13 +1,9 @@
 """Solvers on real Shampoo factor matrices: a root the residual accepts is an accurate root.
 
-The factors are those of ``shared/data/shampoo_factors_bytellama.pt`` (bias-corrected Kronecker
-factors of a small byte-level Llama trained with upstream Shampoo, epsilon 1e-10, conditions up
-to ~1e9); the tests skip when ``shared/`` is not beside the checkout. Only the factors recorded at
-step 300 are used, to keep the file fast.
+The factors are the real sets of :mod:`tests.real_factors` (bias-corrected Kronecker factors of
+small byte-level Llamas trained with upstream Shampoo, epsilon 1e-10, conditions up to ~1e10).
+Only the factors recorded at step 300 are used, to keep the file fast.
 """
-
-import collections
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,11 +14,9 @@ from distributed_shampoo_dash.solvers import (
     coupled_newton_inverse_root,
     newton_db_inverse_root,
 )
+from tests.real_factors import RealFactors
 from tests.solver_helpers import reference_inverse_root, relative_errors
 
-FACTORS_PATH = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "shampoo_factors_bytellama.pt"
-)
 STEP = 300
 #: A block is accepted when its residual is at most this (``max_residual`` of the adapter configs).
 MAX_RESIDUAL = 1e-3
@@ -44,24 +38,11 @@ SOLVERS = {
 }
 
 
-@pytest.fixture(scope="module")
-def factor_groups() -> tuple[float, dict[tuple[int, int], torch.Tensor]]:
-    """``(epsilon, {(d, root): (N, d, d) float32 stack})`` of the step-300 factors."""
-    if not FACTORS_PATH.exists():
-        pytest.skip(f"real factors not found at {FACTORS_PATH}")
-    data = torch.load(FACTORS_PATH)
-    groups: dict[tuple[int, int], list[torch.Tensor]] = collections.defaultdict(list)
-    for factor in data["factors"]:
-        if factor["step"] == STEP:
-            groups[(factor["matrix"].shape[0], factor["root"])].append(factor["matrix"])
-    return data["epsilon"], {key: torch.stack(matrices) for key, matrices in groups.items()}
-
-
 @pytest.mark.parametrize("solver", sorted(SOLVERS))
 def test_accepted_roots_of_real_factors_are_accurate(
-    solver: str, factor_groups: tuple[float, dict[tuple[int, int], torch.Tensor]]
+    solver: str, real_factor_set: RealFactors
 ) -> None:
-    epsilon, groups = factor_groups
+    epsilon, groups = real_factor_set.epsilon, real_factor_set.stacks(step=STEP)
     accepted_errors, num_blocks = [], 0
     for (dim, root), stack in groups.items():
         result: InverseRootResult = SOLVERS[solver](stack, root, epsilon)
