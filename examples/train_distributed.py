@@ -98,8 +98,7 @@ try:
     from distributed_shampoo.shampoo_types import PreconditionerValueError
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise SystemExit(
-        "This example needs Meta's distributed_shampoo: pip install -e '.[upstream,examples]' "
-        f"({error})"
+        f"This example needs Meta's distributed_shampoo: install it as README.md says ({error})"
     ) from error
 
 import distributed_shampoo_dash as dash

@@ -1,4 +1,4 @@
-"""Test-suite wiring: the ``upstream`` marker and the count of tests skipped without upstream, the
+"""Test-suite wiring: the ``upstream`` marker, the summary of tests run and skipped by reason, the
 ``device`` fixture of the ``cuda`` test subset, and the ``real_factor_set`` fixture.
 
 A test that takes a ``device`` argument runs once per device of ``DASH_TEST_DEVICES`` (a comma
@@ -12,8 +12,11 @@ A test that takes ``real_factor_set`` runs once per set of real Shampoo factors
 is beside the checkout.
 """
 
+import ast
 import importlib.util
 import os
+from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,9 +24,7 @@ import torch
 from tests.real_factors import FACTOR_FILES, RealFactors, load_real_factors
 
 UPSTREAM_AVAILABLE = importlib.util.find_spec("distributed_shampoo") is not None
-UPSTREAM_SKIP_REASON = (
-    "needs upstream distributed_shampoo (pip install 'distributed-shampoo-dash[upstream]')"
-)
+UPSTREAM_SKIP_REASON = "needs upstream distributed_shampoo (install it as README.md says)"
 
 
 #: Environment variable naming the devices of the ``device`` fixture.
@@ -70,10 +71,52 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    skipped = terminalreporter.stats.get("skipped", [])
-    upstream_skipped = sum(UPSTREAM_SKIP_REASON in str(report.longrepr) for report in skipped)
-    terminalreporter.write_line(
-        f"upstream distributed_shampoo installed: {UPSTREAM_AVAILABLE}; "
-        f"tests skipped for lack of it: {upstream_skipped} (all skipped: {len(skipped)})"
+def skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
+    """The reason a skipped test or module gives, upstream's absence under one name."""
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    if "distributed_shampoo" in reason and (
+        UPSTREAM_SKIP_REASON in reason or "could not import" in reason
+    ):
+        return UPSTREAM_SKIP_REASON
+    return reason
+
+
+def tests_defined_in(path: Path) -> int:
+    """The test functions a module defines (each parametrization counts once)."""
+    tree = ast.parse(path.read_text())
+    scopes = [tree.body] + [
+        node.body
+        for node in tree.body
+        if isinstance(node, ast.ClassDef) and node.name.startswith("Test")
+    ]
+    return sum(
+        isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith("test")
+        for scope in scopes
+        for node in scope
     )
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """How many tests ran, and how many were skipped for each reason.
+
+    A module that skips at import is one report to pytest; here it counts as the test functions
+    it defines, so a missing requirement shows its full weight.
+    """
+    stats = terminalreporter.stats
+    ran = {outcome: len(stats.get(outcome, [])) for outcome in ("passed", "failed", "error")}
+    skipped: Counter[str] = Counter()
+    for report in stats.get("skipped", []):
+        if isinstance(report, pytest.CollectReport):
+            skipped[skip_reason(report)] += tests_defined_in(Path(str(report.fspath)))
+        else:
+            skipped[skip_reason(report)] += 1
+    terminalreporter.write_sep("-", "tests run and skipped")
+    terminalreporter.write_line(
+        f"upstream distributed_shampoo installed: {UPSTREAM_AVAILABLE}; ran "
+        + ", ".join(f"{count} {outcome}" for outcome, count in ran.items())
+        + f"; skipped {sum(skipped.values())}"
+    )
+    for reason, count in skipped.most_common():
+        terminalreporter.write_line(f"  skipped {count}: {reason}")
