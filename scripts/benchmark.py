@@ -1,4 +1,4 @@
-"""Times ``DistributedShampoo.step()`` for upstream and for DASH on a Llama-shaped parameter set,
+r"""Times ``DistributedShampoo.step()`` for upstream and for DASH on a Llama-shaped parameter set,
 and counts what each step dispatches.
 
 Every row builds a fresh optimizer over the same parameters, feeds the same random gradients,
@@ -31,6 +31,16 @@ see ``scripts/peer_dashgpu.py``), its ``DashGpu`` runs on the same parameters an
 two more rows (coupled Newton fp16, Newton-DB fp32): time and peak memory only (no root errors,
 and no step costs: its Triton kernels are not aten ops).
 
+What the solvers log while a row runs (the loggers of ``distributed_shampoo_dash`` and
+``distributed_shampoo``: roots rejected and recomputed by eigh, Newton iterations that did not
+converge) is collected instead of printed: each row reports how many messages there were and a
+one-line summary by kind. A row that raises is listed as failed, in one line: the exception's type,
+the first sentence of its message and, where known, why (e.g. a non-finite inverse root, on which
+upstream raises).
+
+Writes ``<out>.json`` (every measurement) and ``<out>.png`` (median step times; needs matplotlib),
+``--out`` being a file stem.
+
 Presets:
     gpu: hidden 1024, 8 layers, FFN 2816, vocab 32000, max_preconditioner_dim 1024
     cpu: hidden 128, 2 layers, FFN 352, vocab 512, max_preconditioner_dim 128 (about a minute)
@@ -40,7 +50,7 @@ Presets:
     smoke: hidden 32, 1 layer, FFN 64, vocab 64, max_preconditioner_dim 16 (seconds)
 
 Usage:
-    python3 scripts/benchmark.py --preset cpu --out bench_out/step_cpu
+    python3 scripts/benchmark.py --preset cpu --out bench_out/step_cpu   # bench_out/step_cpu.json
     python3 scripts/benchmark.py --preset many-blocks --precondition-frequency 4 \
         --out bench_out/step_blocks
     python3 scripts/benchmark.py --preset layers --memory --steps 2 --out bench_out/step_layers
@@ -49,18 +59,23 @@ Usage:
 """
 
 import argparse
+import contextlib
 import gc
 import json
+import logging
 import os
+import re
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cli
 import peer_dashgpu
 import step_costs
 import torch
@@ -72,6 +87,7 @@ from distributed_shampoo import (
     RootInvShampooPreconditionerConfig,
 )
 from distributed_shampoo.preconditioner.matrix_functions_types import RootInvConfig
+from distributed_shampoo.shampoo_types import PreconditionerValueError
 
 import distributed_shampoo_dash as dash
 from distributed_shampoo_dash.integration.solve import batched_solver
@@ -603,37 +619,140 @@ def run_row(
     return result
 
 
+#: Loggers of the solvers' messages: the package's and upstream's (every module logs to a child).
+SOLVER_LOGGERS = ("distributed_shampoo_dash", "distributed_shampoo")
+
+
+class _MessageCollector(logging.Handler):
+    """Keeps the message of every record it handles."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def collected_solver_messages() -> Iterator[list[str]]:
+    """Collects what :data:`SOLVER_LOGGERS` log inside the block instead of printing it (they do
+    not propagate meanwhile); yields the list of messages, filled as they come."""
+    collector = _MessageCollector()
+    loggers = [logging.getLogger(name) for name in SOLVER_LOGGERS]
+    propagate = [logger.propagate for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(collector)
+        logger.propagate = False
+    try:
+        yield collector.messages
+    finally:
+        for logger, previous in zip(loggers, propagate, strict=True):
+            logger.removeHandler(collector)
+            logger.propagate = previous
+
+
+def message_kind(message: str) -> str:
+    """What a message says without its block numbers and values: its first line up to the first
+    digit or parenthesis, then ``...`` and its last clause after ``"; "`` if it has one."""
+    line = message.strip().splitlines()[0] if message.strip() else ""
+    head = re.split(r"[\d(]", line, maxsplit=1)[0].strip() or line[:60]
+    if head == line:
+        return line
+    _, semicolon, tail = line.rpartition("; ")
+    return f"{head} ..." + (f" {tail.rstrip('.')}" if semicolon and tail else "")
+
+
+def message_count(count: int) -> str:
+    """``"<count> solver message(s)"``."""
+    return f"{count} solver message{'' if count == 1 else 's'}"
+
+
+def messages_note(messages: Sequence[str]) -> str:
+    """``"<n> solver messages: <k> x '<kind>', ..."``, most frequent kind first ("" for none)."""
+    if not messages:
+        return ""
+    kinds = Counter(message_kind(message) for message in messages)
+    return f"{message_count(len(messages))}: " + ", ".join(
+        f"{count} x '{kind}'" for kind, count in kinds.most_common()
+    )
+
+
+def failure_reason(row: AnyRow, exception: Exception) -> str | None:
+    """Why a row raised, where that is known from the exception."""
+    if not isinstance(exception, PreconditionerValueError) or not isinstance(row, Row):
+        return None
+    message = str(exception)
+    if message.startswith("Encountered nan or inf values in"):  # upstream's check of a root
+        return (
+            f"{'DASH' if row.use_dash else 'upstream'}'s {type(row.solver).__name__} produced a "
+            "non-finite inverse root from this preset's factors, and upstream raises on that "
+            "(docs/usage.md, Fallback rules)"
+        )
+    if message.startswith("Encountered nan/inf values in factor matrix"):
+        return "a factor matrix is not finite (non-finite gradients or a diverged run)"
+    return None
+
+
+def failure_description(row: AnyRow, exception: Exception) -> str:
+    """One line: the exception's type, the first sentence of its first line (at most 160
+    characters) and, where known, the reason."""
+    lines = str(exception).strip().splitlines()
+    first = re.split(r"(?<=[.!?])\s", lines[0], maxsplit=1)[0] if lines else ""
+    if len(first) > 160:
+        first = first[:157] + "..."
+    reason = failure_reason(row, exception)
+    return f"{type(exception).__name__}: {first}" + (f" Reason: {reason}" if reason else "")
+
+
+def failure_row(failure: dict[str, object]) -> str:
+    """A failed or not-run row as one line of the results table."""
+    note = failure.get("solver_message_note")
+    return (
+        f"| {failure['label']} | {failure['outcome']}: {failure['error']}"
+        + (f"; {note}" if note else "")
+        + " |"
+    )
+
+
 def run_rows(
     selected: Sequence[AnyRow],
     preset: Preset,
     settings: StepSettings,
     device: torch.device,
     deadline: float | None = None,
-) -> tuple[list[dict[str, object]], list[dict[str, str]]]:
-    """Runs every row (a row that raises is a failure, not an error); rows not started before
-    ``deadline`` (a ``time.perf_counter()`` value) are failures "not run: time budget"."""
+) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """Runs every row; returns the results and the failures: rows that raised (a failure, not an
+    error) and rows not started before ``deadline`` (a ``time.perf_counter()`` value), outcome
+    "not run". Both carry the solver messages of the row (:func:`collected_solver_messages`):
+    ``solver_messages`` (their count) and ``solver_message_note`` (:func:`messages_note`)."""
     results: list[dict[str, object]] = []
-    failures: list[dict[str, str]] = []
+    failures: list[dict[str, object]] = []
     for row in selected:
         if deadline is not None and time.perf_counter() > deadline:
-            failures.append({"label": row.label, "error": "not run: time budget spent"})
-            continue
-        start = time.perf_counter()
-        try:
-            results.append(run_row(row, preset, settings, device))
-        except Exception as exception:  # noqa: BLE001 - a solver that diverges on this preset is a result too
-            print(f"{row.label}: failed with {type(exception).__name__}", flush=True)
             failures.append(
-                {"label": row.label, "error": f"{type(exception).__name__}: {str(exception)[:160]}"}
+                {"label": row.label, "outcome": "not run", "error": "time budget spent"}
             )
             continue
-        finally:
-            dash.disable()
-        print(
-            f"{row.label}: {results[-1]['median_step_s']:.4f} s/step "
-            f"({time.perf_counter() - start:.1f} s)",
-            flush=True,
+        start = time.perf_counter()
+        result: dict[str, object] | None = None
+        with collected_solver_messages() as messages:
+            try:
+                result = run_row(row, preset, settings, device)
+            except Exception as exception:  # noqa: BLE001 - a solver that diverges on this preset is a result too
+                error = failure_description(row, exception)
+            finally:
+                dash.disable()
+        summary = {"solver_messages": len(messages), "solver_message_note": messages_note(messages)}
+        elapsed = f"{time.perf_counter() - start:.1f} s" + (
+            f", {message_count(len(messages))}" if messages else ""
         )
+        if result is None:
+            failures.append({"label": row.label, "outcome": "failed", "error": error, **summary})
+            print(f"{row.label}: failed ({elapsed}): {error}", flush=True)
+        else:
+            results.append(result | summary)
+            print(f"{row.label}: {result['median_step_s']:.4f} s/step ({elapsed})", flush=True)
     return results, failures
 
 
@@ -649,9 +768,10 @@ def markdown_table(results: list[dict[str, object]]) -> str:
             "| optimizer | median step (s) | mean step (s) | "
             "median step without / with roots (s) | "
             "speedup: median / mean / without roots / with roots | peak memory (GB) | "
-            "transient step memory (MiB) | root error median / p90 / max | fallbacks | finite |"
+            "transient step memory (MiB) | root error median / p90 / max | fallbacks | finite | "
+            "solver messages |"
         ),
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for result in results:
         memory = result["peak_memory_bytes"]
@@ -687,9 +807,16 @@ def markdown_table(results: list[dict[str, object]]) -> str:
             f"| {result['label']} | {result['median_step_s']:.4f} | {result['mean_step_s']:.4f} | "
             f"{_optional(without_roots, '.4f')} / {_optional(with_roots, '.4f')} | {speedups} | "
             f"{_optional(memory, '.2f', 1e9)} | {transient_cell} | {errors} | "
-            f"{result['fallbacks'] or '-'} | {result['finite']} |"
+            f"{result['fallbacks'] or '-'} | {result['finite']} | "
+            f"{result.get('solver_message_note') or '-'} |"
         )
     return "\n".join(lines)
+
+
+def results_table(results: list[dict[str, object]], failures: list[dict[str, object]]) -> str:
+    """:func:`markdown_table` of the rows that ran, then one line per failed or not-run row."""
+    lines = [markdown_table(results)] if results else []
+    return "\n".join(lines + [failure_row(failure) for failure in failures])
 
 
 def _scaled(value: float | None, unit: float) -> float | None:
@@ -752,7 +879,9 @@ def costs_table(results: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
-def plot(results: list[dict[str, object]], path: Path) -> None:
+def plot(results: list[dict[str, object]], path: Path) -> bool:
+    """Median step time per row as bars, to ``path``; False (and nothing written) without
+    matplotlib."""
     try:
         import matplotlib
 
@@ -760,7 +889,7 @@ def plot(results: list[dict[str, object]], path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         print("matplotlib is not installed; no PNG written.")
-        return
+        return False
     labels = [str(result["label"]) for result in results]
     times = [float(result["median_step_s"]) for result in results]  # type: ignore[arg-type]
     figure, axis = plt.subplots(figsize=(8, 0.5 * len(labels) + 1.5))
@@ -770,6 +899,7 @@ def plot(results: list[dict[str, object]], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+    return True
 
 
 def device_name(device: torch.device) -> str:
@@ -780,28 +910,53 @@ def device_name(device: torch.device) -> str:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="gpu" if torch.cuda.is_available() else "cpu",
+        help="parameter set and block size, see Presets above; gpu when CUDA is available",
     )
     parser.add_argument(
-        "--preset", choices=sorted(PRESETS), default="gpu" if torch.cuda.is_available() else "cpu"
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device of the parameters and the optimizer; cuda when available",
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precondition-frequency", type=int, default=1)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument(
+        "--precondition-frequency",
+        type=int,
+        default=1,
+        metavar="N",
+        help="compute inverse roots every this many steps",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        metavar="N",
+        help="untimed steps before the timed ones, per row",
+    )
+    parser.add_argument("--steps", type=int, default=5, metavar="N", help="timed steps per row")
     parser.add_argument(
         "--only",
         nargs="*",
-        help="labels (substrings) of the rows to run; upstream Eigen always runs",
+        metavar="LABEL",
+        help="labels (substrings) of the rows to run (default: all); upstream Eigen always runs",
     )
-    parser.add_argument("--out", type=Path, default=Path("bench_out/step"))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench_out/step"),
+        help="file stem of the outputs: writes <out>.json and <out>.png",
+    )
     parser.add_argument("--no-costs", action="store_true", help="do not count step costs")
     parser.add_argument(
         "--root-error-sample",
         type=int,
-        help="measure root errors on at most this many factor matrices",
+        metavar="N",
+        help="measure root errors on at most this many factor matrices (default: all)",
     )
     parser.add_argument(
         "--memory",
@@ -816,7 +971,11 @@ def main() -> None:
             "only count the DASH rows' step costs and solver floors on the meta device (no timing)"
         ),
     )
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
 
     preset, device = PRESETS[args.preset], torch.device(args.device)
     if args.memory_of is not None:
@@ -853,6 +1012,7 @@ def main() -> None:
         args.out.with_suffix(".json").write_text(
             json.dumps({"preset": args.preset, "results": counted}, indent=2)
         )
+        print(f"\nwrote {args.out.with_suffix('.json')}")
         return
     settings = StepSettings(
         precondition_frequency=args.precondition_frequency,
@@ -877,9 +1037,7 @@ def main() -> None:
         f"roots every {args.precondition_frequency} step(s), "
         f"{results[0]['num_factors']} factor matrices\n"
     )
-    print(markdown_table(results))
-    for failure in failures:
-        print(f"| {failure['label']} | failed: {failure['error'].splitlines()[0]} |")
+    print(results_table(results, failures))
     if settings.costs:
         print(
             "\nstep costs (one step without and one with root computation; "
@@ -901,7 +1059,10 @@ def main() -> None:
             indent=2,
         )
     )
-    plot(results, args.out.with_suffix(".png"))
+    written = [args.out.with_suffix(".json")]
+    if plot(results, args.out.with_suffix(".png")):
+        written.append(args.out.with_suffix(".png"))
+    print(f"\nwrote {' and '.join(map(str, written))}")
 
 
 if __name__ == "__main__":

@@ -71,6 +71,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import cli
 import torch
 from torch import Tensor
 
@@ -849,8 +850,9 @@ def study_table(shape: Shape, results: list[StudyResult]) -> str:
     return "\n".join(lines)
 
 
-def plot(shape_results: list[ShapeResult], path: Path) -> None:
-    """Median error against time, log-log: a panel per shape, colour = row, marker = spectrum."""
+def plot(shape_results: list[ShapeResult], path: Path) -> bool:
+    """Median error against time, log-log: a panel per shape, colour = row, marker = spectrum;
+    False (and nothing written) without matplotlib."""
     try:
         import matplotlib
 
@@ -858,7 +860,7 @@ def plot(shape_results: list[ShapeResult], path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         print("matplotlib is not installed; no PNG written.")
-        return
+        return False
     names = sorted({record.name for result in shape_results for record in result.rows})
     colours = {name: plt.get_cmap("tab20")(index % 20) for index, name in enumerate(names)}
     markers = dict(zip(SPECTRA, "os^", strict=True))
@@ -893,18 +895,34 @@ def plot(shape_results: list[ShapeResult], path: Path) -> None:
     figure.legend(handles=handles, loc="center right", fontsize="small")
     figure.tight_layout(rect=(0, 0, 1 - 3 / figure.get_figwidth(), 1))
     figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="gpu" if torch.cuda.is_available() else "cpu",
+        help="stack shapes and repeats, see Presets above; gpu when CUDA is available",
     )
-    default_preset = "gpu" if torch.cuda.is_available() else "cpu"
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=default_preset)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device of the stacks; cuda when available",
+    )
     parser.add_argument("--root", type=int, default=4, help="inverse root p (4: 2-D Shampoo)")
-    parser.add_argument("--repeats", type=int, help="timed runs per row (default: the preset's)")
-    parser.add_argument("--only", nargs="*", help="substrings of row names to run (default: all)")
+    parser.add_argument(
+        "--repeats", type=int, metavar="N", help="timed runs per row (default: the preset's)"
+    )
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        metavar="NAME",
+        help="substrings of row names to run (default: all)",
+    )
     parser.add_argument("--no-scaling-study", action="store_true", help="skip the scaling study")
     parser.add_argument(
         "--real-factors",
@@ -914,9 +932,16 @@ def main() -> None:
     )
     parser.add_argument("--no-real-factors", action="store_true", help="skip the real-factor study")
     parser.add_argument(
-        "--out", type=Path, default=Path("bench_out/solvers"), help="output directory"
+        "--out",
+        type=Path,
+        default=Path("bench_out/solvers"),
+        help="output directory: writes solvers.json and solvers.png in it",
     )
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
 
     preset, device = PRESETS[args.preset], torch.device(args.device)
     repeats = args.repeats or preset.repeats
@@ -973,7 +998,10 @@ def main() -> None:
         "real_factors": None if real is None else [asdict(record) for record in real],
     }
     (args.out / "solvers.json").write_text(json.dumps(report, indent=2))
-    plot(shape_results, args.out / "solvers.png")
+    written = [args.out / "solvers.json"]
+    if plot(shape_results, args.out / "solvers.png"):
+        written.append(args.out / "solvers.png")
+    print(f"\nwrote {' and '.join(map(str, written))}")
 
 
 if __name__ == "__main__":

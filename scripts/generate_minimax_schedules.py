@@ -46,6 +46,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import cli
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 MODULE = REPOSITORY / "distributed_shampoo_dash" / "solvers" / "minimax_schedules.py"
 
@@ -274,10 +276,21 @@ def module_source() -> str:
     return "\n".join(lines) + "\n"
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: rewrite :data:`MODULE`, or only compare with it."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=cli.HelpFormatter
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="compare with the stored module only, exit 1 if it differs (without: rewrite it)",
+    )
+    return parser
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true", help="compare with the stored module only")
-    args = parser.parse_args()
+    args = build_parser().parse_args()
     source = module_source()
     if args.check:
         if MODULE.read_text() != source:

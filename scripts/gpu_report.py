@@ -18,9 +18,12 @@ Parts, in this order (``--only`` selects some; the others are kept from ``<out>/
 * ``solvers``: ``scripts/benchmark_solvers.py`` rows on its ``gpu`` preset stacks with the
   fp32/tf32/bf16/fp16 matmul peaks measured in the same run: TFLOP/s, fraction of peak, errors.
 
-Then the targets (``TARGETS``): each with its value, goal, ratio and status. Everything goes to
-``report.md`` and ``report.json`` (rewritten after every part, so an interrupted run keeps what
-it measured), plots to ``step_every<f>.png`` and ``solvers.png``. A part that fails is recorded
+Then the targets of the docs: each with its value, goal, ratio and status; a target is "not
+measured" unless every row it is computed from ran (an anchor measured elsewhere is a goal, never
+a measurement). Everything goes to ``<out>/report.md`` and ``<out>/report.json`` (rewritten after
+every part, so an interrupted run keeps what it measured), the pytest results to
+``<out>/tests.xml``, plots to ``<out>/step_every<f>.png`` and ``<out>/solvers.png`` (with
+matplotlib; the report links only the plots that were written). A part that fails is recorded
 with its error and the report is still written. Each part has a time budget (rows not started
 in time are listed as such), so the whole run fits ``--budget-s`` (default 450 s) plus the last
 started row.
@@ -48,6 +51,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
+import cli
 import torch
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -247,7 +251,8 @@ def step_part(device: torch.device, plan: Plan, out: Path, deadline: float) -> d
     preset = benchmark.PRESETS[plan.step_preset]
     peers, peer_reason = benchmark.peer_rows()
     print(f"DashGpu: {peer_reason or 'imported'}", flush=True)
-    candidates = {row.label: row for row in [*benchmark.rows(), *peers]}
+    rows: list[benchmark.AnyRow] = [*benchmark.rows(), *peers]
+    candidates = {row.label: row for row in rows}
     selected = [candidates[label] for label in plan.step_rows] + list(peers)
     runs = []
     for run in plan.step_runs:
@@ -260,15 +265,17 @@ def step_part(device: torch.device, plan: Plan, out: Path, deadline: float) -> d
         )
         print(f"-- roots every {run.precondition_frequency} step(s)", flush=True)
         results, failures = benchmark.run_rows(selected, preset, settings, device, deadline)
-        if results:
-            benchmark.plot(results, out / f"step_every{run.precondition_frequency}.png")
+        plot = out / f"step_every{run.precondition_frequency}.png"
+        plot.unlink(missing_ok=True)  # a plot of an earlier run is not this run's
+        plotted = bool(results) and benchmark.plot(results, plot)
         runs.append(
             {
                 "settings": dataclasses.asdict(settings),
                 "results": results,
                 "failures": failures,
-                "table": benchmark.markdown_table(results) if results else "",
+                "table": benchmark.results_table(results, failures),
                 "costs_table": benchmark.costs_table(results) if results and run.costs else "",
+                "plot": plot.name if plotted else None,
             }
         )
     return {
@@ -293,7 +300,9 @@ def solvers_part(device: torch.device, plan: Plan, out: Path, deadline: float) -
         solvers.run_shape(shape, selected, 4, device, plan.solver_repeats, deadline)
         for shape in preset.shapes
     ]
-    solvers.plot(results, out / "solvers.png")
+    plot = out / "solvers.png"
+    plot.unlink(missing_ok=True)  # a plot of an earlier run is not this run's
+    plotted = solvers.plot(results, plot)
     return {
         "preset": plan.solver_preset,
         "repeats": plan.solver_repeats,
@@ -306,6 +315,7 @@ def solvers_part(device: torch.device, plan: Plan, out: Path, deadline: float) -
             for result in results
         },
         "peak_table": solvers.peak_table(results),
+        "plot": plot.name if plotted else None,
     }
 
 
@@ -480,17 +490,15 @@ def evaluate_targets(parts: dict[str, Any]) -> list[Target]:
     for label, anchor_s in DASHGPU_STEP_S.items():
         peer = _result(every_step, label)
         peer_s = None if peer is None else peer["median_step_s"]
-        reference = peer_s if peer_s is not None else anchor_s
-        source = (
-            "measured in this run" if peer_s is not None else f"anchor {anchor_s} s (not run here)"
-        )
+        ratio = None if default_s is None or peer_s is None else default_s / peer_s
+        measured = "not run here" if peer_s is None else f"{_seconds(peer_s)} in this run"
         targets.append(
             Target(
                 f"{DEFAULT_ROW} over {label}, roots every step",
-                f"< 1 ({label}: {_seconds(peer_s) if peer_s is not None else '-'}, {source})",
-                "-" if default_s is None else f"{default_s / reference:.2f}x",
-                None if default_s is None else default_s / reference,
-                _status(None if default_s is None else default_s / reference, 1.0),
+                f"< 1 ({label}: {measured}; anchor {anchor_s} s on 1 x H100)",
+                "-" if ratio is None else f"{ratio:.2f}x",
+                ratio,
+                _status(ratio, 1.0),
             )
         )
     peer_peak = next(
@@ -545,16 +553,23 @@ def evaluate_targets(parts: dict[str, Any]) -> list[Target]:
     for label in DASHGPU_STEP_S:
         peer_sparse = _result(sparse, label)
         peer_without = None if peer_sparse is None else peer_sparse["median_step_without_roots_s"]
-        if peer_without is not None and default_without is not None:
-            targets.append(
-                Target(
-                    f"{DEFAULT_ROW} over {label}, step without roots (every {frequency} steps)",
-                    "< 1",
-                    f"{default_without / peer_without:.2f}x",
-                    default_without / peer_without,
-                    _status(default_without / peer_without, 1.0),
-                )
+        ratio = (
+            None
+            if peer_without is None or default_without is None
+            else default_without / peer_without
+        )
+        measured = (
+            "not run here" if peer_without is None else f"{_seconds(peer_without)} in this run"
+        )
+        targets.append(
+            Target(
+                f"{DEFAULT_ROW} over {label}, step without roots (every {frequency or '-'} steps)",
+                f"< 1 ({label}: {measured})",
+                "-" if ratio is None else f"{ratio:.2f}x",
+                ratio,
+                _status(ratio, 1.0),
             )
+        )
     return targets
 
 
@@ -597,8 +612,18 @@ def targets_table(targets: list[Target]) -> str:
     return "\n".join(lines)
 
 
-def markdown_report(report: dict[str, Any]) -> str:
-    """``report.md``: environment, elapsed per part, targets, then each part's tables."""
+#: The line of the report in place of a plot that was not written.
+NO_PLOT = "No plot: plots need matplotlib (`pip install matplotlib`)."
+
+
+def plot_link(out: Path, name: str | None, title: str) -> str:
+    """The Markdown image ``out / name`` if a part wrote it and it exists, else :data:`NO_PLOT`."""
+    return f"![{title}]({name})" if name is not None and (out / name).is_file() else NO_PLOT
+
+
+def markdown_report(report: dict[str, Any], out: Path) -> str:
+    """``report.md`` in ``out``: environment, elapsed per part, targets, then each part's tables
+    and the plots that exist."""
     info = report["environment"]
     machine = info["gpu"] or f"CPU ({info['cpu_threads']} threads)"
     lines = [
@@ -644,7 +669,6 @@ def markdown_report(report: dict[str, Any]) -> str:
             for run in step["runs"]:
                 frequency = run["settings"]["precondition_frequency"]
                 lines += ["", f"### Roots every {frequency} step(s)", "", run["table"]]
-                lines += [f"| {f['label']} | {f['error']} |" for f in run["failures"]]
                 if run["costs_table"]:
                     lines += [
                         "",
@@ -652,7 +676,8 @@ def markdown_report(report: dict[str, Any]) -> str:
                         "",
                         run["costs_table"],
                     ]
-                lines += ["", f"![step times](step_every{frequency}.png)"]
+                if run["results"]:
+                    lines += ["", plot_link(out, run.get("plot"), "step times")]
         else:
             lines += ["```", step["error"], "```"]
         lines.append("")
@@ -669,7 +694,7 @@ def markdown_report(report: dict[str, Any]) -> str:
                     table,
                     "",
                 ]
-            lines.append("![error against time](solvers.png)")
+            lines.append(plot_link(out, solvers.get("plot"), "error against time"))
         else:
             lines += ["```", solvers["error"], "```"]
         lines.append("")
@@ -679,20 +704,38 @@ def markdown_report(report: dict[str, Any]) -> str:
 def write_report(report: dict[str, Any], out: Path) -> None:
     report["targets"] = [dataclasses.asdict(t) for t in evaluate_targets(report["parts"])]
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    (out / "report.md").write_text(markdown_report(report))
+    (out / "report.md").write_text(markdown_report(report, out))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("gpu_report"),
+        help="folder of report.md, report.json, tests.xml and the plots",
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device of every part; cuda when available",
+    )
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes, a few rows and tests")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=PARTS,
+        help="parts to run, the others kept from <out>/report.json (default: all)",
+    )
+    parser.add_argument(
+        "--budget-s", type=float, default=450.0, help="seconds for all parts together"
+    )
+    return parser
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--out", type=Path, default=Path("gpu_report"))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--smoke", action="store_true", help="tiny shapes, a few rows and tests")
-    parser.add_argument(
-        "--only", nargs="+", choices=PARTS, help="parts to run (others kept from report.json)"
-    )
-    parser.add_argument("--budget-s", type=float, default=450.0, help="time for all parts together")
+    parser = build_parser()
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -730,7 +773,10 @@ def main() -> None:
     report["elapsed_s"] = time.perf_counter() - start
     write_report(report, args.out)
     print("\n" + targets_table([Target(**t) for t in report["targets"]]))
-    print(f"\nreport: {args.out / 'report.md'} ({report['elapsed_s']:.1f} s)")
+    print(
+        f"\nwrote {args.out / 'report.md'} and {args.out / 'report.json'} "
+        f"({report['elapsed_s']:.1f} s)"
+    )
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import cli
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 PATCHES = REPOSITORY / "patches"
 NATIVE_TESTS = PATCHES / "native_tests"
@@ -355,10 +357,9 @@ def check(upstream: Path, pytest_args: list[str]) -> int:
         return completed.returncode
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
     parser.add_argument(
         "--upstream", type=Path, required=True, help=f"source checkout at {PINNED_COMMIT}"
     )
@@ -372,7 +373,11 @@ def main() -> None:
     parser.add_argument(
         "pytest_args", nargs="*", help="extra pytest arguments for --check (after --)"
     )
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
 
     if args.check:
         raise SystemExit(check(args.upstream, args.pytest_args))

@@ -77,6 +77,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import cli
 import torch
 from distributed_shampoo import (
     AdamPreconditionerConfig,
@@ -276,12 +277,16 @@ RUNS: dict[str, RunSpec] = {
 # --------------------------------------------------------------------------------------------------
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=example.HelpFormatter
-    )
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (see the module docstring); :func:`parse_args` fills in the presets'."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
     parser.add_argument(
-        "--runs", nargs="+", choices=tuple(RUNS), default=list(RUNS), help="runs to train"
+        "--runs",
+        nargs="+",
+        choices=tuple(RUNS),
+        default=list(RUNS),
+        metavar="RUN",
+        help="runs to train, see Runs above",
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds per run")
     parser.add_argument("--preset", choices=tuple(PRESETS), default="cpu", help="model and length")
@@ -307,13 +312,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="Shampoo epsilon of every Shampoo run (default: 1e-10; 1e-6 for coupled-newton)",
     )
     parser.add_argument(
-        "--max-files", type=int, default=None, help="read only this many stdlib files"
+        "--max-files",
+        type=int,
+        default=None,
+        help="read only this many stdlib files (default: all)",
     )
     parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda if available"
     )
     parser.add_argument(
-        "--out", type=Path, default=Path("bench_out/quality"), help="log and report folder"
+        "--out",
+        type=Path,
+        default=Path("bench_out/quality"),
+        help="folder of the logs (<out>/<run>/seed<seed>.json), report.md and quality.png",
     )
     parser.add_argument(
         "--report", action="store_true", help="only render the report from the logs in --out"
@@ -321,6 +332,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-report", action="store_true", help="train without rendering the report"
     )
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The options, the unset ones taken from the preset (or the smoke settings)."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
     for name in ("steps", "eval_every", "eval_windows"):
@@ -834,8 +851,10 @@ def report(out: Path) -> int:
     text = markdown_report(logs)
     (out / "report.md").write_text(text)
     print(text, end="")
+    written = [out / "report.md"]
     if plot(logs, out / "quality.png"):
-        print(f"wrote {out / 'report.md'} and {out / 'quality.png'}")
+        written.append(out / "quality.png")
+    print(f"wrote {' and '.join(map(str, written))}")
     differences = equivalence(logs)
     return int(differences is not None and max(differences.values()) > EQUIVALENCE_TOLERANCE)
 

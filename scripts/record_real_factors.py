@@ -23,6 +23,7 @@ import argparse
 import time
 from pathlib import Path
 
+import cli
 import torch
 from distributed_shampoo import (
     AdamPreconditionerConfig,
@@ -53,16 +54,14 @@ MODEL = llama.LlamaConfig(
 BATCH_SIZE = 16
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="file to write")
     parser.add_argument(
         "--steps", type=int, nargs="+", default=list(DEFAULT_STEPS), help="steps to record"
     )
-    return parser.parse_args()
+    return parser
 
 
 def upper_triangle(matrix: torch.Tensor) -> torch.Tensor:
@@ -124,7 +123,7 @@ def record(steps: list[int]) -> list[dict[str, object]]:
 
 
 def main() -> None:
-    args = parse_args()
+    args = build_parser().parse_args()
     start = time.perf_counter()
     factors = record(sorted(set(args.steps)))
     description = (

@@ -31,6 +31,8 @@ from collections import Counter
 from pathlib import Path
 from xml.etree import ElementTree
 
+import cli
+
 from distributed_shampoo_dash.environment import ENVIRONMENT_VARIABLE
 
 PARTS: dict[str, tuple[list[str], list[str]]] = {
@@ -176,17 +178,31 @@ def print_comparison(part: str, results: dict[str, dict[str, str]]) -> int:
     return len(regressions)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
     parser.add_argument(
         "--upstream", type=Path, required=True, help="upstream source checkout (repository root)"
     )
-    parser.add_argument("--part", choices=sorted(PARTS), nargs="+", default=["single"])
-    parser.add_argument("--mode", choices=["both", *MODES], default="both")
+    parser.add_argument(
+        "--part",
+        choices=sorted(PARTS),
+        nargs="+",
+        default=["single"],
+        help="parts of upstream's suite to run, see Parts above",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=["both", *MODES],
+        default="both",
+        help="run with DASH off (upstream), on (dash), or both and compare",
+    )
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
 
     upstream = args.upstream.resolve()
     if not (upstream / "distributed_shampoo" / "distributed_shampoo.py").is_file():

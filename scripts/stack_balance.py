@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
+import cli
 import torch
 import torch.distributed as dist
 from distributed_shampoo.distributor.shampoo_ddp_distributor import DDPDistributor
@@ -215,16 +216,43 @@ def markdown_table(balances: Sequence[Balance]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    presets = load_presets()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", nargs="+", choices=sorted(presets), default=["gpu", "cpu"])
-    parser.add_argument("--world-sizes", nargs="+", type=int, default=[2, 4, 8])
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (see the module docstring); the presets are :func:`load_presets`'."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
     parser.add_argument(
-        "--cost-model", nargs="+", choices=list(COST_MODELS), default=list(COST_MODELS)
+        "--preset",
+        nargs="+",
+        choices=sorted(load_presets()),
+        default=["gpu", "cpu"],
+        help="parameter sets of scripts/benchmark.py",
     )
-    parser.add_argument("--out", type=Path, default=Path("bench_out/stack_balance"))
-    args = parser.parse_args()
+    parser.add_argument(
+        "--world-sizes",
+        nargs="+",
+        type=int,
+        default=[2, 4, 8],
+        metavar="W",
+        help="numbers of DDP ranks",
+    )
+    parser.add_argument(
+        "--cost-model",
+        nargs="+",
+        choices=list(COST_MODELS),
+        default=list(COST_MODELS),
+        help="load-balancing cost models, see Cost models above",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench_out/stack_balance"),
+        help="file stem of the output: writes <out>.json",
+    )
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    presets = load_presets()
 
     balances = [
         measure(name, presets[name], world_size, model)

@@ -112,3 +112,125 @@ def test_a_part_that_raises_is_recorded_not_raised() -> None:
     assert record["elapsed_s"] >= 0
     targets = gpu_report.evaluate_targets({"step": record})
     assert targets and all(t.status in ("not measured",) for t in targets)
+
+
+def step_result(label: str, step_s: float, without_roots_s: float | None = None) -> dict:
+    """A step-benchmark result of a row that ran, with the fields the targets read."""
+    return {
+        "label": label,
+        "median_step_s": step_s,
+        "median_step_without_roots_s": without_roots_s,
+        "peak_memory_bytes": None,
+        "root_error_max": 1e-5 if label.startswith("DASH") else None,
+        "floor_flops_by_precision": {},
+    }
+
+
+def step_part(every_step: list[dict], sparse: list[dict]) -> dict:
+    """A step part that ran at frequencies 1 and 10 with the given results."""
+    runs = [
+        {"settings": {"precondition_frequency": frequency}, "results": results, "failures": []}
+        for frequency, results in ((1, every_step), (10, sparse))
+    ]
+    return {"status": "ok", "runs": runs}
+
+
+def dashgpu_targets(targets: list) -> list:
+    return [t for t in targets if "over DashGpu" in t.name]
+
+
+def test_dashgpu_targets_are_not_measured_without_a_dashgpu_row() -> None:
+    every_step = [
+        step_result("upstream EigenConfig", 3.0),
+        step_result(gpu_report.DEFAULT_ROW, 0.1),  # below every DashGpu anchor
+    ]
+    sparse = [
+        step_result("upstream EigenConfig", 3.0, 0.1),
+        step_result(gpu_report.DEFAULT_ROW, 0.1, 0.01),
+    ]
+    targets = gpu_report.evaluate_targets({"step": step_part(every_step, sparse)})
+    peer = dashgpu_targets(targets)
+    assert len(peer) == 2 * len(gpu_report.DASHGPU_STEP_S)
+    assert all(t.status == "not measured" and t.ratio is None and t.value == "-" for t in peer)
+    assert all("not run here" in t.goal for t in peer)
+    default = next(
+        t for t in targets if t.name == f"{gpu_report.DEFAULT_ROW}, roots every step: median step"
+    )
+    assert default.status == "met"
+
+
+def test_dashgpu_targets_compare_with_the_dashgpu_rows_of_the_run() -> None:
+    coupled, newton_db = gpu_report.DASHGPU_STEP_S
+    every_step = [
+        step_result(gpu_report.DEFAULT_ROW, 0.1),
+        step_result(coupled, 0.05),
+        step_result(newton_db, 0.5),
+    ]
+    sparse = [step_result(gpu_report.DEFAULT_ROW, 0.1, 0.01), step_result(coupled, 0.05, 0.02)]
+    targets = gpu_report.evaluate_targets({"step": step_part(every_step, sparse)})
+    outcomes = {t.name: (t.ratio, t.status) for t in dashgpu_targets(targets)}
+    every = f"{gpu_report.DEFAULT_ROW} over {{}}, roots every step"
+    without = f"{gpu_report.DEFAULT_ROW} over {{}}, step without roots (every 10 steps)"
+    assert outcomes == {
+        every.format(coupled): (2.0, "not met"),
+        every.format(newton_db): (0.2, "met"),
+        without.format(coupled): (0.5, "met"),
+        without.format(newton_db): (None, "not measured"),  # no row without roots in the run
+    }
+
+
+def minimal_report(step_plot: str | None, solvers_plot: str | None) -> dict:
+    """A report whose step part ran one row at frequency 1 and whose solver part ran."""
+    run = {
+        "settings": {"precondition_frequency": 1},
+        "results": [step_result("upstream EigenConfig", 1.0)],
+        "failures": [],
+        "table": "| step table |",
+        "costs_table": "",
+        "plot": step_plot,
+    }
+    return {
+        "environment": {"gpu": None, "cpu_threads": 1, "torch": "t", "python": "p", "date": "d"},
+        "command": "scripts/gpu_report.py",
+        "smoke": True,
+        "parts": {
+            "step": {
+                "status": "ok",
+                "elapsed_s": 1.0,
+                "preset": "smoke",
+                "dashgpu": "-",
+                "runs": [run],
+            },
+            "solvers": {
+                "status": "ok",
+                "elapsed_s": 1.0,
+                "preset": "smoke",
+                "peak_table": "",
+                "tables": {},
+                "plot": solvers_plot,
+            },
+        },
+        "targets": [],
+    }
+
+
+def test_the_report_links_only_plots_that_were_written(tmp_path: Path) -> None:
+    report = minimal_report("step_every1.png", "solvers.png")
+    markdown = gpu_report.markdown_report(report, tmp_path)  # neither file exists
+    assert "![" not in markdown and markdown.count(gpu_report.NO_PLOT) == 2
+    (tmp_path / "step_every1.png").write_bytes(b"png")
+    markdown = gpu_report.markdown_report(report, tmp_path)
+    assert "![step times](step_every1.png)" in markdown and markdown.count(gpu_report.NO_PLOT) == 1
+    (tmp_path / "solvers.png").write_bytes(b"png")  # left from another run: not this part's plot
+    markdown = gpu_report.markdown_report(minimal_report("step_every1.png", None), tmp_path)
+    assert "solvers.png" not in markdown and markdown.count(gpu_report.NO_PLOT) == 1
+
+
+def test_without_matplotlib_the_plots_are_not_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    benchmark = load_script("benchmark")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    path = tmp_path / "step.png"
+    assert benchmark.plot([step_result("upstream EigenConfig", 1.0)], path) is False
+    assert not path.exists()
