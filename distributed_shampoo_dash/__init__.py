@@ -1,11 +1,16 @@
 """DASH for Distributed Shampoo: batched block preconditioning and matmul-only inverse roots.
 
-Importing this package changes nothing in ``distributed_shampoo``. The solvers need only torch;
-the upstream adapter (the switch ``enable``, ``disable``, ``enabled``, ``is_enabled``; the configs
-``NewtonDBRootInvConfig`` and ``ChebyshevRootInvConfig``; ``inverse_roots``, the roots of a stack
-exactly as the optimizer computes them; the diagnostics ``fallback_counts``,
-``preconditioner_lists`` and ``inverse_factors``; the DDP cost model ``InverseRootCostModel``) is
-imported on first access and needs ``distributed_shampoo`` installed.
+A param group uses DASH when its preconditioner config is a DASH form: the upstream class of the
+same name imported from here (``RootInvShampooPreconditionerConfig``,
+``RootInvKLShampooPreconditionerConfig``), or ``batched(config)`` of an upstream config. Every other
+config runs upstream's code unchanged.
+
+The solvers need only torch. The upstream adapter (the config forms, ``batched``, ``is_batched``;
+the solver configs ``MinimaxRootInvConfig``, ``NewtonDBRootInvConfig`` and
+``ChebyshevRootInvConfig`` and ``default_root_inv_config(device)``, the one DASH recommends;
+``inverse_roots``, the roots of a stack exactly as the optimizer computes them; the diagnostics
+``fallback_counts``, ``preconditioner_lists`` and ``inverse_factors``; the DDP cost model
+``InverseRootCostModel``) is imported on first access and needs ``distributed_shampoo`` installed.
 """
 
 from typing import Any
@@ -13,18 +18,21 @@ from typing import Any
 from distributed_shampoo_dash import solvers
 
 __all__ = [
+    "BATCHED_FORMS",
     "ChebyshevRootInvConfig",
     "InverseFactor",
     "InverseRootCostModel",
     "InverseRoots",
+    "MinimaxRootInvConfig",
     "NewtonDBRootInvConfig",
-    "disable",
-    "enable",
-    "enabled",
+    "RootInvKLShampooPreconditionerConfig",
+    "RootInvShampooPreconditionerConfig",
+    "batched",
+    "default_root_inv_config",
     "fallback_counts",
     "inverse_factors",
     "inverse_roots",
-    "is_enabled",
+    "is_batched",
     "preconditioner_lists",
     "solvers",
 ]

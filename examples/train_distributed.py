@@ -9,28 +9,28 @@ Python standard library's sources (each rank draws its own windows). The optimiz
 ``DistributedShampoo`` with the DASH paper's defaults: betas (0.9, 0.95), epsilon 1e-10 (1e-6 for
 ``coupled-newton``, which diverges on this model's rank-deficient early factors at 1e-10), Adam
 grafting (beta2 0.95, epsilon 1e-8), blocks of at most 1024 (64 for ``--preset tiny``), inverse
-roots every ``--precondition-frequency`` steps (default 10). ``dash.enable()`` is called first
-unless ``--no-dash``, so the optimizer uses DASH's batched preconditioner stacks; ``--solver``
-picks the inverse-root method::
+roots every ``--precondition-frequency`` steps (default 10). Its preconditioner config is DASH's
+form of ``RootInvShampooPreconditionerConfig`` unless ``--no-dash``, so the optimizer uses DASH's
+batched preconditioner stacks; ``--solver`` picks the inverse-root method::
 
     eigen           upstream EigenConfig()            (batched eigh with DASH)
     coupled-newton  upstream CoupledNewtonConfig()    (batched coupled Newton with DASH)
-    newton-db       dash.NewtonDBRootInvConfig()      (DASH only; minimax iteration)
-    newton-db-paper dash.NewtonDBRootInvConfig.paper() (DASH only; the paper's Newton-DB)
+    minimax       dash.MinimaxRootInvConfig()      (DASH only; minimax iteration)
+    newton-db dash.NewtonDBRootInvConfig() (DASH only; the paper's Newton-DB)
     chebyshev       dash.ChebyshevRootInvConfig()     (DASH only)
 
 Run it (CPU: gloo, one process per rank; GPU: nccl, one GPU per rank, ``--device auto`` picks CUDA
 when available)::
 
     torchrun --standalone --nproc_per_node=2 examples/train_distributed.py \
-        --distributed ddp --solver newton-db --steps 20
+        --distributed ddp --solver minimax --steps 20
     torchrun --standalone --nproc_per_node=2 examples/train_distributed.py \
-        --distributed fully_shard --solver newton-db --steps 20
+        --distributed fully_shard --solver minimax --steps 20
     torchrun --standalone --nproc_per_node=2 examples/train_distributed.py \
         --distributed fully_shard --solver eigen --no-dash --steps 20
     torchrun --standalone --nproc_per_node=8 examples/train_distributed.py \
         --distributed fully_shard --preset small --solver chebyshev --steps 200
-    python3 examples/train_distributed.py --solver newton-db --steps 3 \
+    python3 examples/train_distributed.py --solver minimax --steps 3 \
         --precondition-frequency 1   # world size 1, no torchrun
 
 Without torchrun's environment (``RANK``, ``WORLD_SIZE``, ...) the script starts a one-process
@@ -106,7 +106,7 @@ from distributed_shampoo_dash.trainers.optimizer import SOLVERS as SOLVER_CONFIG
 from distributed_shampoo_dash.trainers.optimizer import solver_config
 
 SOLVERS = tuple(SOLVER_CONFIGS)
-DASH_ONLY_SOLVERS = ("newton-db", "newton-db-paper", "chebyshev")
+DASH_ONLY_SOLVERS = ("minimax", "newton-db", "chebyshev")
 # --------------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------------
@@ -126,7 +126,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--solver",
         choices=SOLVERS,
-        default="newton-db",
+        default="minimax",
         help="inverse-root method of RootInvShampooPreconditionerConfig",
     )
     parser.add_argument(
@@ -335,8 +335,8 @@ def solver_description(solver: str, use_dash: bool) -> str:
         "coupled-newton": (
             "coupled-newton: DASH batched coupled Newton (upstream CoupledNewtonConfig)"
         ),
-        "newton-db": "newton-db: DASH batched minimax iteration (relative ridge 1e-4)",
-        "newton-db-paper": "newton-db-paper: DASH batched Newton-DB, the paper's 10 steps",
+        "minimax": "minimax: DASH batched minimax iteration (relative ridge 1e-4)",
+        "newton-db": "newton-db: DASH batched Newton-DB, the paper's 10 steps",
         "chebyshev": "chebyshev: DASH batched Chebyshev/Clenshaw",
     }[solver]
 
@@ -344,7 +344,13 @@ def solver_description(solver: str, use_dash: bool) -> str:
 def build_optimizer(
     model: nn.Module, args: argparse.Namespace, config: DistributedConfig
 ) -> DistributedShampoo:
-    """``DistributedShampoo`` with the DASH paper's defaults."""
+    """``DistributedShampoo`` with the DASH paper's defaults; the preconditioner config is DASH's
+    form unless ``--no-dash``."""
+    config_cls = (
+        RootInvShampooPreconditionerConfig
+        if args.no_dash
+        else dash.RootInvShampooPreconditionerConfig
+    )
     return DistributedShampoo(
         model.parameters(),
         lr=args.lr,
@@ -355,9 +361,7 @@ def build_optimizer(
         precondition_frequency=args.precondition_frequency,
         grafting_config=AdamPreconditionerConfig(beta2=0.95, epsilon=1e-8),
         distributed_config=config,
-        preconditioner_config=RootInvShampooPreconditionerConfig(
-            amortized_computation_config=solver_config(args.solver)
-        ),
+        preconditioner_config=config_cls(amortized_computation_config=solver_config(args.solver)),
     )
 
 
@@ -425,13 +429,9 @@ def fallback_counts(optimizer: DistributedShampoo, device: torch.device) -> dict
 
 def train(args: argparse.Namespace, ctx: Context) -> int:
     use_dash = not args.no_dash
-    if use_dash:
-        dash.enable()
-        if not args.show_fallback_warnings:
-            # One warning per rejected root is noisy in a training log; the counts are printed.
-            logging.getLogger("distributed_shampoo_dash").setLevel(logging.ERROR)
-    else:
-        dash.disable()  # in case an environment hook enabled it
+    if use_dash and not args.show_fallback_warnings:
+        # One warning per rejected root is noisy in a training log; the counts are printed.
+        logging.getLogger("distributed_shampoo_dash").setLevel(logging.ERROR)
 
     corpus = load_stdlib_corpus()
     config = LlamaConfig(

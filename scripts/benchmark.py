@@ -158,22 +158,22 @@ def rows() -> list[Row]:
         Row("DASH EigenConfig", True, EigenConfig()),
         Row("upstream CoupledNewtonConfig", False, CoupledNewtonConfig()),
         Row("DASH CoupledNewtonConfig", True, CoupledNewtonConfig()),
-        Row("DASH Newton-DB minimax fp32", True, dash.NewtonDBRootInvConfig()),
+        Row("DASH minimax fp32", True, dash.MinimaxRootInvConfig()),
         Row(
-            "DASH Newton-DB minimax bf16",
+            "DASH minimax bf16",
             True,
-            dash.NewtonDBRootInvConfig(precision=MatmulPrecision.BF16, max_residual=5e-2),
+            dash.MinimaxRootInvConfig(precision=MatmulPrecision.BF16, max_residual=5e-2),
         ),
         Row(
-            "DASH Newton-DB minimax fp16",
+            "DASH minimax fp16",
             True,
-            dash.NewtonDBRootInvConfig(precision=MatmulPrecision.FP16, max_residual=5e-2),
+            dash.MinimaxRootInvConfig(precision=MatmulPrecision.FP16, max_residual=5e-2),
         ),
-        Row("DASH Newton-DB paper fp32 (k=10)", True, dash.NewtonDBRootInvConfig.paper()),
+        Row("DASH Newton-DB paper fp32 (k=10)", True, dash.NewtonDBRootInvConfig()),
         Row(
             "DASH Newton-DB paper bf16 (k=10, +2 fp32)",
             True,
-            dash.NewtonDBRootInvConfig.paper(precision=MatmulPrecision.BF16, iteration=REFINED),
+            dash.NewtonDBRootInvConfig(precision=MatmulPrecision.BF16, iteration=REFINED),
         ),
         Row("DASH Chebyshev fp32 (degree 60)", True, dash.ChebyshevRootInvConfig()),
     ]
@@ -226,11 +226,11 @@ def synchronize(device: torch.device) -> None:
 def make_optimizer(
     params: list[torch.nn.Parameter], row: Row, preset: Preset, precondition_frequency: int
 ) -> DistributedShampoo:
-    """The DASH paper's settings (betas 0.9/0.95, Adam grafting 0.95/1e-8, epsilon 1e-10).
-
-    DASH is switched on or off for the row and stays so while the row's steps run.
-    """
-    dash.enable() if row.use_dash else dash.disable()
+    """The DASH paper's settings (betas 0.9/0.95, Adam grafting 0.95/1e-8, epsilon 1e-10), with
+    the DASH form of the preconditioner config for a DASH row."""
+    preconditioner_config = RootInvShampooPreconditionerConfig(
+        amortized_computation_config=row.solver
+    )
     return DistributedShampoo(
         params,
         lr=1e-3,
@@ -240,8 +240,8 @@ def make_optimizer(
         precondition_frequency=precondition_frequency,
         start_preconditioning_step=precondition_frequency,
         grafting_config=AdamPreconditionerConfig(beta2=0.95, epsilon=1e-8),
-        preconditioner_config=RootInvShampooPreconditionerConfig(
-            amortized_computation_config=row.solver
+        preconditioner_config=(
+            dash.batched(preconditioner_config) if row.use_dash else preconditioner_config
         ),
     )
 
@@ -741,8 +741,6 @@ def run_rows(
                 result = run_row(row, preset, settings, device)
             except Exception as exception:  # noqa: BLE001 - a solver that diverges on this preset is a result too
                 error = failure_description(row, exception)
-            finally:
-                dash.disable()
         summary = {"solver_messages": len(messages), "solver_message_note": messages_note(messages)}
         elapsed = f"{time.perf_counter() - start:.1f} s" + (
             f", {message_count(len(messages))}" if messages else ""
@@ -996,8 +994,6 @@ def main() -> None:
                 skipped.append(
                     f"{row.label}: not countable on meta ({str(error).splitlines()[0][:80]})"
                 )
-            finally:
-                dash.disable()
         print(
             f"preset {args.preset} on the meta device, "
             f"roots every {args.precondition_frequency} step(s)\n"

@@ -18,7 +18,7 @@ solver gets that fp32 stack): Wishart ``X X^T / n`` with ``X`` of shape ``(d, 2d
 d = 1024). Reference: fp64 ``eigh`` of the same fp32 stack,
 ``X_ref = Q diag((L + r)^{-1/p}) Q^T``, epsilon 0 for every solver, where ``r`` is the ridge the
 solver reports for the block (``regularization``): 0 except for Chebyshev and the minimax
-iteration (the default of ``NewtonDBRootInvConfig``), whose targets are the roots of
+iteration (the default of ``MinimaxRootInvConfig``), whose targets are the roots of
 ``A + delta u I`` (Chebyshev ``delta = rel_epsilon = 1e-3``, minimax the ``rel`` of its row,
 ``u`` their multi-power-iteration bound): their table errors are against that target, their
 errors against ``A^{-1/p}`` follow the table. Each
@@ -56,7 +56,7 @@ Presets:
 Usage:
     python3 scripts/benchmark_solvers.py --preset cpu
     python3 scripts/benchmark_solvers.py --preset gpu --out bench_out/solvers_h100
-    python3 scripts/benchmark_solvers.py --preset gpu --only newton-db chebyshev --repeats 20
+    python3 scripts/benchmark_solvers.py --preset gpu --only minimax chebyshev --repeats 20
     python3 scripts/benchmark_solvers.py --preset cpu --root 2 --no-scaling-study
 
 Writes ``<out>/solvers.json`` and ``<out>/solvers.png`` (median error against time, log-log).
@@ -171,7 +171,7 @@ def coupled_newton_row(precision: MatmulPrecision, iterations: int, root: int) -
 def newton_db_row(
     precision: MatmulPrecision, iterations: int, root: int, refinement: int = 0
 ) -> Row:
-    name = f"newton-db {precision.value} k={iterations}" + (
+    name = f"minimax {precision.value} k={iterations}" + (
         f" +{refinement} fp32" if refinement else ""
     )
     iteration = IterationControl(num_iterations=iterations, refinement_iterations=refinement)
@@ -210,7 +210,7 @@ def chebyshev_row(precision: MatmulPrecision, degree: int, root: int) -> Row:
 
 
 def rows(root: int) -> list[Row]:
-    """eigh, the minimax iteration (the default of ``NewtonDBRootInvConfig``), coupled Newton,
+    """eigh, the minimax iteration (the default of ``MinimaxRootInvConfig``), coupled Newton,
     the paper's Newton-DB (fp32, reduced, mixed with fp32 refinement), Chebyshev."""
     return [
         eigh_row(root),
@@ -644,7 +644,7 @@ def real_rows() -> list[RealRow]:
     def paper(iterations: int) -> RealRow:
         iteration = IterationControl(num_iterations=iterations)
         return RealRow(
-            f"newton-db paper fp32 k={iterations}",
+            f"minimax paper fp32 k={iterations}",
             lambda A, root, epsilon: newton_db_inverse_root(
                 A, root, epsilon=epsilon, iteration=iteration
             ),

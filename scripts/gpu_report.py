@@ -65,18 +65,18 @@ PARTS = ("tests", "step", "solvers")
 STEP_ROWS = (
     "upstream EigenConfig",
     "DASH EigenConfig",
-    "DASH Newton-DB minimax fp32",
-    "DASH Newton-DB minimax bf16",
-    "DASH Newton-DB minimax fp16",
+    "DASH minimax fp32",
+    "DASH minimax bf16",
+    "DASH minimax fp16",
     "DASH Newton-DB paper fp32 (k=10)",
     "DASH Chebyshev fp32 (degree 60)",
 )
-#: The row of DASH's default config (``NewtonDBRootInvConfig()``), which the targets are about.
-DEFAULT_ROW = "DASH Newton-DB minimax fp32"
+#: The row of DASH's default config (``MinimaxRootInvConfig()``), which the targets are about.
+DEFAULT_ROW = "DASH minimax fp32"
 SMOKE_STEP_ROWS = ("upstream EigenConfig", "DASH EigenConfig", DEFAULT_ROW)
 #: Tests of the smoke run (a cheap part of ``-m cuda``).
 SMOKE_TEST_SELECTION = "synchronises or root_computation_flops"
-SMOKE_SOLVER_ROWS = ("eigh", "minimax fp32", "newton-db fp32 k=10")
+SMOKE_SOLVER_ROWS = ("eigh", "minimax fp32", "minimax fp32 k=10")
 
 
 @dataclass(frozen=True)

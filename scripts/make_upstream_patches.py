@@ -8,9 +8,9 @@ The series makes DASH native in ``facebookresearch/optimizers`` at the pinned co
   layout (:data:`IMPORT_PATHS`);
 * ``0002``: lines inserted at upstream's hook points (:data:`HOOKS`), located by parsing upstream's
   files, never by copying them: the per-block solver binding of ``shampoo_preconditioner_list``
-  serves the new configs (what ``distributed_shampoo_dash.enable()`` does at run time), a
-  ``BatchedRootInvShampooPreconditionerConfig`` selects the batched list, and the package exports
-  the new configs;
+  serves the new configs (what importing ``distributed_shampoo_dash`` binds at run time), a
+  ``BatchedRootInvShampooPreconditionerConfig`` selects the batched list (the package's DASH form
+  of ``RootInvShampooPreconditionerConfig``), and the package exports the new configs;
 * ``0003``: upstream-style tests of the native modules (``patches/native_tests/``).
 
 Hunks have no context lines and no removed lines; apply with ``git apply --unidiff-zero``.
@@ -96,17 +96,26 @@ NATIVE_INIT = '''\
 
 ``solvers`` computes inverse roots of ``(N, d, d)`` stacks; ``stacking`` groups, packs and
 multiplies same-shape blocks; ``BatchedRootInvShampooPreconditionerList`` runs every stage of a
-step per group of same-shape blocks; ``NewtonDBRootInvConfig`` and ``ChebyshevRootInvConfig`` are
-the new solver configs (usable with any root-inverse Shampoo config).
+step per group of same-shape blocks; ``MinimaxRootInvConfig``, ``NewtonDBRootInvConfig`` and
+``ChebyshevRootInvConfig`` are the new solver configs (usable with any root-inverse Shampoo
+config), and ``default_root_inv_config(device)`` is the one recommended for a device.
 """
 
 from distributed_shampoo.preconditioner.dash.configs import (
     ChebyshevRootInvConfig,
     DashRootInvConfig,
+    MinimaxRootInvConfig,
     NewtonDBRootInvConfig,
+    default_root_inv_config,
 )
 
-__all__ = ["ChebyshevRootInvConfig", "DashRootInvConfig", "NewtonDBRootInvConfig"]
+__all__ = [
+    "ChebyshevRootInvConfig",
+    "DashRootInvConfig",
+    "MinimaxRootInvConfig",
+    "NewtonDBRootInvConfig",
+    "default_root_inv_config",
+]
 '''
 
 
@@ -189,7 +198,9 @@ HOOKS: tuple[Hook, ...] = (
         (
             "from distributed_shampoo.preconditioner.dash import (",
             "    ChebyshevRootInvConfig,",
+            "    MinimaxRootInvConfig,",
             "    NewtonDBRootInvConfig,",
+            "    default_root_inv_config,",
             ")",
             "from distributed_shampoo.shampoo_types import (",
             "    BatchedRootInvShampooPreconditionerConfig,",
@@ -202,8 +213,10 @@ HOOKS: tuple[Hook, ...] = (
         (
             "    # DASH.",
             '    "BatchedRootInvShampooPreconditionerConfig",',
+            '    "MinimaxRootInvConfig",',
             '    "NewtonDBRootInvConfig",',
             '    "ChebyshevRootInvConfig",',
+            '    "default_root_inv_config",',
         ),
     ),
 )
@@ -216,7 +229,8 @@ SERIES: dict[str, str] = {
     "0002-dash-hook-into-distributed-shampoo.patch": (
         "DASH: serve the new solver configs and select the batched list from the config\n\n"
         "Inserted lines only: the per-block solver binding of shampoo_preconditioner_list handles\n"
-        "NewtonDBRootInvConfig and ChebyshevRootInvConfig (and hands every other config to\n"
+        "MinimaxRootInvConfig, NewtonDBRootInvConfig and ChebyshevRootInvConfig (and hands every\n"
+        "other config to\n"
         "matrix_inverse_root), BatchedRootInvShampooPreconditionerConfig maps to\n"
         "BatchedRootInvShampooPreconditionerList, and the package exports the new configs."
     ),

@@ -31,11 +31,11 @@ Setup (docs/quality.md has the full description):
 Runs (``--runs``, default all; see :data:`RUNS`): ``adamw``, ``upstream-eigen``,
 ``upstream-eigen-every10``, ``dash-eigen``, ``upstream-eigen-perturbed`` (upstream-eigen with every
 gradient entry multiplied by ``1 + 1e-7 N(0, 1)``: the fp32-rounding noise floor of the
-dash-eigen check), ``newton-db`` (the default: minimax steps, rel_epsilon 1e-4) and
-``newton-db-rel-<r>`` (other relative ridges), ``newton-db-bf16``, ``newton-db-paper`` (the DASH
-paper's Newton-DB, eigh for residual > 1), ``newton-db-paper-accept-all`` (every finite root
-accepted), ``newton-db-paper-frobenius``, ``coupled-newton``, ``chebyshev``,
-``newton-db-paper-bf16-refined``. ``--epsilon`` replaces the epsilon of every Shampoo run
+dash-eigen check), ``minimax`` (the default: minimax steps, rel_epsilon 1e-4) and
+``minimax-rel-<r>`` (other relative ridges), ``minimax-bf16``, ``newton-db`` (the DASH
+paper's Newton-DB, eigh for residual > 1), ``newton-db-accept-all`` (every finite root
+accepted), ``newton-db-frobenius``, ``coupled-newton``, ``chebyshev``,
+``newton-db-bf16-refined``. ``--epsilon`` replaces the epsilon of every Shampoo run
 (the smoke test uses 1e-6: at 1e-10 the inverse roots of near-singular factors amplify rounding so
 much that upstream-eigen and upstream-eigen-perturbed already differ by ~3e-3 after 20 steps).
 
@@ -189,62 +189,62 @@ RUNS: dict[str, RunSpec] = {
             gradient_noise=ROUNDING_NOISE,
         ),
         RunSpec(
-            "newton-db",
-            "NewtonDBRootInvConfig(): minimax steps, rel_epsilon 1e-4",
+            "minimax",
+            "MinimaxRootInvConfig(): minimax steps, rel_epsilon 1e-4",
             True,
-            dash.NewtonDBRootInvConfig,
+            dash.MinimaxRootInvConfig,
         ),
         *(
             RunSpec(
-                f"newton-db-rel-{rel_epsilon:g}",
-                f"NewtonDBRootInvConfig(rel_epsilon={rel_epsilon:g})",
+                f"minimax-rel-{rel_epsilon:g}",
+                f"MinimaxRootInvConfig(rel_epsilon={rel_epsilon:g})",
                 True,
-                lambda rel_epsilon=rel_epsilon: dash.NewtonDBRootInvConfig(rel_epsilon=rel_epsilon),
+                lambda rel_epsilon=rel_epsilon: dash.MinimaxRootInvConfig(rel_epsilon=rel_epsilon),
             )
             for rel_epsilon in (1e-5, 3e-4, 1e-3)
         ),
         # At 1e-6 healthy fp32 roots reach residuals of 1e-2 (the rounding of the first steps,
         # docs/solvers.md), so the acceptance is loosened to keep eigh out of the comparison.
         RunSpec(
-            "newton-db-rel-1e-06",
-            "NewtonDBRootInvConfig(rel_epsilon=1e-6, max_residual=5e-2)",
+            "minimax-rel-1e-06",
+            "MinimaxRootInvConfig(rel_epsilon=1e-6, max_residual=5e-2)",
             True,
-            lambda: dash.NewtonDBRootInvConfig(rel_epsilon=1e-6, max_residual=5e-2),
+            lambda: dash.MinimaxRootInvConfig(rel_epsilon=1e-6, max_residual=5e-2),
         ),
         # The first step in fp64 removes the rounding of the root, not of the residual: on the
         # nearly rank-one factors of early steps it still reaches 1e-2.
         RunSpec(
-            "newton-db-rel-1e-06-fp64-first-step",
-            'NewtonDBRootInvConfig(rel_epsilon=1e-6, first_step_precision="fp64", '
+            "minimax-rel-1e-06-fp64-first-step",
+            'MinimaxRootInvConfig(rel_epsilon=1e-6, first_step_precision="fp64", '
             "max_residual=5e-2)",
             True,
-            lambda: dash.NewtonDBRootInvConfig(
+            lambda: dash.MinimaxRootInvConfig(
                 rel_epsilon=1e-6, first_step_precision="fp64", max_residual=5e-2
             ),
         ),
         RunSpec(
-            "newton-db-bf16",
-            "NewtonDBRootInvConfig(precision=bf16, max_residual=5e-2)",
+            "minimax-bf16",
+            "MinimaxRootInvConfig(precision=bf16, max_residual=5e-2)",
             True,
-            lambda: dash.NewtonDBRootInvConfig(precision="bf16", max_residual=5e-2),
+            lambda: dash.MinimaxRootInvConfig(precision="bf16", max_residual=5e-2),
         ),
         RunSpec(
-            "newton-db-paper",
-            "NewtonDBRootInvConfig.paper(): 10 Newton-Schulz steps, eigh for residual > 1",
+            "newton-db",
+            "NewtonDBRootInvConfig(): 10 Newton-Schulz steps, eigh for residual > 1",
             True,
-            dash.NewtonDBRootInvConfig.paper,
+            dash.NewtonDBRootInvConfig,
         ),
         RunSpec(
-            "newton-db-paper-accept-all",
-            "NewtonDBRootInvConfig.paper(max_residual=None): every finite root accepted",
+            "newton-db-accept-all",
+            "NewtonDBRootInvConfig(max_residual=None): every finite root accepted",
             True,
-            lambda: dash.NewtonDBRootInvConfig.paper(max_residual=None),
+            lambda: dash.NewtonDBRootInvConfig(max_residual=None),
         ),
         RunSpec(
-            "newton-db-paper-frobenius",
-            "NewtonDBRootInvConfig.paper(scaling=FROBENIUS_SCALING)",
+            "newton-db-frobenius",
+            "NewtonDBRootInvConfig(scaling=FROBENIUS_SCALING)",
             True,
-            lambda: dash.NewtonDBRootInvConfig.paper(scaling=FROBENIUS_SCALING),
+            lambda: dash.NewtonDBRootInvConfig(scaling=FROBENIUS_SCALING),
         ),
         RunSpec(
             "coupled-newton",
@@ -257,13 +257,10 @@ RUNS: dict[str, RunSpec] = {
             "chebyshev", "ChebyshevRootInvConfig()", True, lambda: dash.ChebyshevRootInvConfig()
         ),
         RunSpec(
-            "newton-db-paper-bf16-refined",
-            (
-                "NewtonDBRootInvConfig.paper(precision=bf16, "
-                "iteration=IterationControl(10, refinement 2))"
-            ),
+            "newton-db-bf16-refined",
+            ("NewtonDBRootInvConfig(precision=bf16, iteration=IterationControl(10, refinement 2))"),
             True,
-            lambda: dash.NewtonDBRootInvConfig.paper(
+            lambda: dash.NewtonDBRootInvConfig(
                 precision="bf16",
                 iteration=IterationControl(num_iterations=10, refinement_iterations=2),
             ),
@@ -379,15 +376,10 @@ def build_model(preset: StudyPreset, seed: int, device: torch.device) -> Llama:
 
 
 def build_optimizer(spec: RunSpec, model: nn.Module, preset: StudyPreset) -> torch.optim.Optimizer:
-    """AdamW, or ``DistributedShampoo`` with the paper defaults and the run's solver.
-
-    DASH is enabled or disabled first, so that the optimizer gets the batched list or upstream's.
-    """
+    """AdamW, or ``DistributedShampoo`` with the paper defaults and the run's solver, with the DASH
+    form of the preconditioner config for a DASH run (the batched list) or upstream's."""
     if spec.use_dash:
-        dash.enable()
         logging.getLogger("distributed_shampoo_dash").setLevel(logging.ERROR)  # counts are logged
-    else:
-        dash.disable()
     if spec.solver is None:
         return torch.optim.AdamW(
             model.parameters(),
@@ -396,6 +388,9 @@ def build_optimizer(spec: RunSpec, model: nn.Module, preset: StudyPreset) -> tor
             eps=ADAMW_EPSILON,
             weight_decay=WEIGHT_DECAY,
         )
+    preconditioner_config = RootInvShampooPreconditionerConfig(
+        amortized_computation_config=spec.solver()
+    )
     return DistributedShampoo(
         model.parameters(),
         lr=preset.lr,
@@ -405,8 +400,8 @@ def build_optimizer(spec: RunSpec, model: nn.Module, preset: StudyPreset) -> tor
         max_preconditioner_dim=preset.model.max_preconditioner_dim,
         precondition_frequency=spec.precondition_frequency,
         grafting_config=AdamPreconditionerConfig(beta2=GRAFTING_BETA2, epsilon=GRAFTING_EPSILON),
-        preconditioner_config=RootInvShampooPreconditionerConfig(
-            amortized_computation_config=spec.solver()
+        preconditioner_config=(
+            dash.batched(preconditioner_config) if spec.use_dash else preconditioner_config
         ),
     )
 
@@ -646,7 +641,6 @@ def run_study(args: argparse.Namespace) -> None:
                 f"| fallbacks {log.get('fallbacks')} | finite {log['finite']} -> {path}",
                 flush=True,
             )
-    dash.disable()
 
 
 # --------------------------------------------------------------------------------------------------

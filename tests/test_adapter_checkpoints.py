@@ -1,7 +1,7 @@
-"""Checkpoints are upstream's: saved with DASH they load without it and the other way round."""
+"""Checkpoints are upstream's: saved with the DASH form of the config they load into the upstream
+form and the other way round."""
 
 import io
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -16,23 +16,14 @@ from tests.integration.models import MixedShapeModel, make_batches, run_steps
 from tests.integration.shampoo import shampoo_factory
 
 CHECKPOINT_STEP, TOTAL_STEPS = 5, 10
-FACTORY = shampoo_factory(EigenConfig(), epsilon=1e-8)
 
 
-@pytest.fixture(autouse=True)
-def dash_disabled_afterwards() -> Iterator[None]:
-    yield
-    dash.disable()
-
-
-def set_dash(on: bool) -> None:
-    dash.enable() if on else dash.disable()
-
-
-def fresh() -> tuple[torch.nn.Module, DistributedShampoo]:
+def fresh(batched: bool) -> tuple[torch.nn.Module, DistributedShampoo]:
     torch.manual_seed(0)
     model = MixedShapeModel()
-    return model, FACTORY(model)
+    optimizer = shampoo_factory(EigenConfig(), batched=batched, epsilon=1e-8)(model)
+    assert dash.is_batched(optimizer.param_groups[0]["preconditioner_config"]) == batched
+    return model, optimizer
 
 
 def save(model: torch.nn.Module, optimizer: DistributedShampoo) -> bytes:
@@ -41,8 +32,8 @@ def save(model: torch.nn.Module, optimizer: DistributedShampoo) -> bytes:
     return buffer.getvalue()
 
 
-def resume(checkpoint: bytes) -> tuple[torch.nn.Module, DistributedShampoo]:
-    model, optimizer = fresh()
+def resume(checkpoint: bytes, batched: bool) -> tuple[torch.nn.Module, DistributedShampoo]:
+    model, optimizer = fresh(batched)
     state = torch.load(io.BytesIO(checkpoint), weights_only=False)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
@@ -59,18 +50,16 @@ def test_resuming_from_a_checkpoint_matches_not_stopping(
     saved_with_dash: bool, resumed_with_dash: bool
 ) -> None:
     batches = make_batches(TOTAL_STEPS)
-    set_dash(saved_with_dash)
-    model, optimizer = fresh()
+    model, optimizer = fresh(saved_with_dash)
     run_steps(model, optimizer, batches[:CHECKPOINT_STEP])
     checkpoint = save(model, optimizer)
 
-    set_dash(resumed_with_dash)
-    resumed_model, resumed_optimizer = resume(checkpoint)
+    resumed_model, resumed_optimizer = resume(checkpoint, resumed_with_dash)
     run_steps(
         resumed_model, resumed_optimizer, batches[CHECKPOINT_STEP:], first_step=CHECKPOINT_STEP
     )
 
-    uninterrupted_model, uninterrupted_optimizer = fresh()
+    uninterrupted_model, uninterrupted_optimizer = fresh(resumed_with_dash)
     run_steps(uninterrupted_model, uninterrupted_optimizer, batches)
 
     exact = saved_with_dash == resumed_with_dash

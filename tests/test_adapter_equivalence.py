@@ -1,10 +1,9 @@
-"""DASH on and off give the same optimizer for upstream's solvers; the switch and configs behave."""
+"""The DASH and the upstream form of a config give the same optimizer for upstream's solvers; the
+DASH solver configs behave."""
 
 import dataclasses
 import pickle
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -28,12 +27,6 @@ from tests.integration.shampoo import (
     preconditioner_list,
     shampoo_factory,
 )
-
-
-@pytest.fixture(autouse=True)
-def dash_disabled_afterwards() -> Iterator[None]:
-    yield
-    dash.disable()
 
 
 def inverse_factors(optimizer: DistributedShampoo) -> list[tuple[torch.Tensor, float]]:
@@ -77,11 +70,11 @@ def test_dash_matches_upstream_inverse_factors_and_parameters_after_20_steps(
     preconditioner_kwargs: dict[str, object],
     train_kwargs: dict[str, object],
 ) -> None:
-    factory = shampoo_factory(solver, epsilon, **preconditioner_kwargs)
-    dash.disable()
-    upstream_model, upstream_optimizer, _ = train(factory, num_steps=20, **train_kwargs)
-    dash.enable()
-    dash_model, dash_optimizer, _ = train(factory, num_steps=20, **train_kwargs)
+    def factory(batched: bool) -> Callable[[torch.nn.Module], DistributedShampoo]:
+        return shampoo_factory(solver, batched=batched, epsilon=epsilon, **preconditioner_kwargs)
+
+    upstream_model, upstream_optimizer, _ = train(factory(False), num_steps=20, **train_kwargs)
+    dash_model, dash_optimizer, _ = train(factory(True), num_steps=20, **train_kwargs)
 
     assert (
         type(preconditioner_list(dash_optimizer)).__name__
@@ -115,10 +108,10 @@ def fp64_reference_root(matrix: torch.Tensor, root: float, epsilon: float) -> to
 @pytest.mark.parametrize(
     "solver, max_error",
     [
-        (dash.NewtonDBRootInvConfig(), 1e-3),
-        (dash.NewtonDBRootInvConfig(rel_epsilon=1e-6, first_step_precision="fp64"), 1e-3),
+        (dash.MinimaxRootInvConfig(), 1e-3),
+        (dash.MinimaxRootInvConfig(rel_epsilon=1e-6, first_step_precision="fp64"), 1e-3),
         (
-            dash.NewtonDBRootInvConfig.paper(
+            dash.NewtonDBRootInvConfig(
                 iteration=IterationControl(num_iterations=30, tolerance=1e-6), max_residual=1e-3
             ),
             1e-3,
@@ -128,7 +121,7 @@ def fp64_reference_root(matrix: torch.Tensor, root: float, epsilon: float) -> to
     ids=["newton_db", "newton_db_fp64_first_step", "newton_db_paper_converged", "chebyshev"],
 )
 def test_dash_configs_train_the_model_with_roots_of_the_promised_accuracy(
-    solver: dash.NewtonDBRootInvConfig | dash.ChebyshevRootInvConfig,
+    solver: dash.MinimaxRootInvConfig | dash.ChebyshevRootInvConfig,
     max_error: float,
     device: torch.device,
 ) -> None:
@@ -139,10 +132,12 @@ def test_dash_configs_train_the_model_with_roots_of_the_promised_accuracy(
     of ``A + r I``, ``r = max(rel_epsilon u, epsilon)`` (``u`` the config's spectral bound of
     ``A + epsilon I``).
     """
-    dash.enable()
     epsilon = 1e-6
     model, optimizer, losses = train(
-        shampoo_factory(solver, epsilon), num_steps=30, fixed_batch=True, device=device
+        shampoo_factory(solver, batched=True, epsilon=epsilon),
+        num_steps=30,
+        fixed_batch=True,
+        device=device,
     )
     assert sum(losses[-5:]) < sum(losses[:5])
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
@@ -174,53 +169,9 @@ def test_state_dict_has_the_same_layout_with_and_without_dash() -> None:
             if isinstance(value, torch.Tensor)
         }
 
-    dash.disable()
-    _, upstream_optimizer, _ = train(shampoo_factory(EigenConfig()), num_steps=3)
-    dash.enable()
-    _, dash_optimizer, _ = train(shampoo_factory(EigenConfig()), num_steps=3)
+    _, upstream_optimizer, _ = train(shampoo_factory(EigenConfig(), batched=False), num_steps=3)
+    _, dash_optimizer, _ = train(shampoo_factory(EigenConfig(), batched=True), num_steps=3)
     assert layout(upstream_optimizer) == layout(dash_optimizer)
-
-
-def test_dash_config_without_dash_fails_at_construction_with_instructions() -> None:
-    dash.disable()
-    with pytest.raises(ValueError, match=r"distributed_shampoo_dash\.enable\(\)"):
-        train(shampoo_factory(dash.NewtonDBRootInvConfig()), num_steps=1)
-
-
-def test_enable_and_disable_are_idempotent_and_restore_upstream() -> None:
-    from distributed_shampoo import distributed_shampoo as optimizer_module
-    from distributed_shampoo.preconditioner import shampoo_preconditioner_list
-
-    def bindings() -> tuple[object, ...]:
-        return (
-            optimizer_module.RootInvShampooPreconditionerList,
-            optimizer_module.RootInvKLShampooPreconditionerList,
-            shampoo_preconditioner_list.matrix_inverse_root,
-        )
-
-    original = bindings()
-    dash.enable()
-    dash.enable()
-    assert dash.is_enabled()
-    assert bindings() == (
-        dash.integration.BatchedRootInvShampooPreconditionerList,
-        dash.integration.BatchedRootInvKLShampooPreconditionerList,
-        dash.integration.dash_matrix_inverse_root,
-    )
-    dash.disable()
-    dash.disable()
-    assert bindings() == original
-
-
-def test_importing_the_package_changes_nothing_upstream() -> None:
-    code = (
-        "import distributed_shampoo.distributed_shampoo as m, distributed_shampoo_dash as d;"
-        "from distributed_shampoo.preconditioner import shampoo_preconditioner_list as l, "
-        "matrix_functions as f;"
-        "assert m.RootInvShampooPreconditionerList is l.RootInvShampooPreconditionerList;"
-        "assert l.matrix_inverse_root is f.matrix_inverse_root"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 @pytest.mark.parametrize(
@@ -240,25 +191,22 @@ def test_configs_pickle_round_trip(config: RootInvConfig) -> None:
 @pytest.mark.parametrize(
     "make_config, match",
     [
-        (lambda: dash.NewtonDBRootInvConfig(precision="fp8"), "'fp8'"),
-        (lambda: dash.NewtonDBRootInvConfig(rel_epsilon=-1.0), r"Invalid rel_epsilon=-1\.0"),
-        (lambda: dash.NewtonDBRootInvConfig(max_residual=-1.0), r"Invalid max_residual=-1\.0"),
+        (lambda: dash.MinimaxRootInvConfig(precision="fp8"), "'fp8'"),
+        (lambda: dash.MinimaxRootInvConfig(rel_epsilon=-1.0), r"Invalid rel_epsilon=-1\.0"),
+        (lambda: dash.MinimaxRootInvConfig(max_residual=-1.0), r"Invalid max_residual=-1\.0"),
         (
             lambda: dash.ChebyshevRootInvConfig(degree=0),
             r"Invalid degree=0\. Must be an int in \[1, 1000\]",
         ),
         (lambda: dash.ChebyshevRootInvConfig(degree=10**9), r"Invalid degree=1000000000"),
         (lambda: dash.ChebyshevRootInvConfig(rel_epsilon=0.0), r"Invalid rel_epsilon=0\.0"),
+        (lambda: dash.NewtonDBRootInvConfig(max_residual=-1.0), r"Invalid max_residual=-1\.0"),
         (
-            lambda: dash.NewtonDBRootInvConfig(steps="halley"),
-            r"Invalid steps 'halley'\. Must be one of 'minimax', 'newton_schulz'",
-        ),
-        (
-            lambda: dash.NewtonDBRootInvConfig(first_step_precision="bf16"),
+            lambda: dash.MinimaxRootInvConfig(first_step_precision="bf16"),
             r"Invalid first_step_precision=bf16\. Must be fp32 or fp64",
         ),
         (
-            lambda: dash.NewtonDBRootInvConfig(rel_epsilon=1e-9),
+            lambda: dash.MinimaxRootInvConfig(rel_epsilon=1e-9),
             r"Invalid rel_epsilon=1e-09\. Must be a finite number >= 1e-08",
         ),
     ],
@@ -276,7 +224,7 @@ def test_configs_reject_bad_values_by_name(make_config: Callable[[], object], ma
             r"Invalid degree='60' of type str\. Must be an int",
         ),
         (
-            lambda: dash.NewtonDBRootInvConfig(fallback_to_eigh=1),
+            lambda: dash.MinimaxRootInvConfig(fallback_to_eigh=1),
             r"Invalid fallback_to_eigh=1 of type int",
         ),
         (
@@ -284,7 +232,7 @@ def test_configs_reject_bad_values_by_name(make_config: Callable[[], object], ma
             r"Invalid iteration=10 of type int\. Must be a IterationControl",
         ),
         (
-            lambda: dash.NewtonDBRootInvConfig(scaling="frobenius"),
+            lambda: dash.MinimaxRootInvConfig(scaling="frobenius"),
             r"Invalid scaling='frobenius' of type str",
         ),
     ],
@@ -298,9 +246,9 @@ def test_configs_reject_values_of_the_wrong_type_by_name(
 
 def test_config_option_objects_report_their_own_field_names() -> None:
     with pytest.raises(ValueError, match=r"Invalid num_iterations=0\."):
-        dash.NewtonDBRootInvConfig(scaling=SpectralScaling(num_iterations=0))
+        dash.MinimaxRootInvConfig(scaling=SpectralScaling(num_iterations=0))
     with pytest.raises(ValueError, match=r"Invalid num_vectors=0\."):
-        dash.NewtonDBRootInvConfig(scaling=SpectralScaling(num_vectors=0))
+        dash.MinimaxRootInvConfig(scaling=SpectralScaling(num_vectors=0))
 
 
 def test_configs_accept_numpy_scalars_and_store_python_values() -> None:
@@ -328,7 +276,7 @@ def test_configs_accept_numpy_scalars_and_store_python_values() -> None:
 
 
 def test_configs_are_immutable_and_replace_makes_a_checked_copy() -> None:
-    config = dash.NewtonDBRootInvConfig()
+    config = dash.MinimaxRootInvConfig()
     with pytest.raises(dataclasses.FrozenInstanceError, match=r"dataclasses\.replace"):
         config.max_residual = 1e-3  # type: ignore[misc]
     assert dataclasses.replace(config, max_residual=1e-3).max_residual == 1e-3

@@ -28,9 +28,9 @@ EPSILON = 1e-6
 #: Converging Newton-DB configs that accept any finite root, so only injected failures are
 #: rejected, and the solver function of each (the one the tests corrupt).
 NEWTON_DB_CONFIGS = {
-    "minimax": (dash.NewtonDBRootInvConfig(max_residual=None), "minimax_inverse_root"),
+    "minimax": (dash.MinimaxRootInvConfig(max_residual=None), "minimax_inverse_root"),
     "paper": (
-        dash.NewtonDBRootInvConfig.paper(
+        dash.NewtonDBRootInvConfig(
             iteration=IterationControl(num_iterations=30, tolerance=1e-6), max_residual=None
         ),
         "newton_db_inverse_root",
@@ -39,12 +39,6 @@ NEWTON_DB_CONFIGS = {
 NEWTON_DB = pytest.mark.parametrize("variant", sorted(NEWTON_DB_CONFIGS))
 #: Factor dimension whose Newton-DB roots the tests corrupt (the linear layer's 5-column blocks).
 CORRUPTED_DIM = 5
-
-
-@pytest.fixture(autouse=True)
-def dash_disabled_afterwards() -> Iterator[None]:
-    yield
-    dash.disable()
 
 
 def fresh_model_and_optimizer(
@@ -62,7 +56,7 @@ def failure_counters(optimizer: DistributedShampoo) -> list[int]:
 
 
 def run_failure_sequence(
-    failing_steps: set[int], num_steps: int, monkeypatch: pytest.MonkeyPatch
+    failing_steps: set[int], num_steps: int, monkeypatch: pytest.MonkeyPatch, batched: bool
 ) -> list[object]:
     """Steps with every ``eigh`` failing at ``failing_steps``; records outcome and counters per
     step.
@@ -76,7 +70,9 @@ def run_failure_sequence(
         return original_eigh(*args, **kwargs)
 
     monkeypatch.setattr(torch.linalg, "eigh", scheduled_eigh)
-    model, optimizer = fresh_model_and_optimizer(shampoo_factory(EigenConfig(), EPSILON))
+    model, optimizer = fresh_model_and_optimizer(
+        shampoo_factory(EigenConfig(), batched=batched, epsilon=EPSILON)
+    )
     record: list[object] = []
     for current_step, batch in enumerate(make_batches(num_steps)):
         try:
@@ -96,10 +92,8 @@ def test_failure_tolerance_sequence_is_upstreams(monkeypatch: pytest.MonkeyPatch
     raises.
     """
     failing_steps = {2, 3, 4, 6, 7, 8, 9}
-    dash.disable()
-    upstream = run_failure_sequence(failing_steps, num_steps=12, monkeypatch=monkeypatch)
-    dash.enable()
-    with_dash = run_failure_sequence(failing_steps, num_steps=12, monkeypatch=monkeypatch)
+    upstream = run_failure_sequence(failing_steps, 12, monkeypatch, batched=False)
+    with_dash = run_failure_sequence(failing_steps, 12, monkeypatch, batched=True)
 
     assert len(upstream) == len(with_dash) == 10
     assert upstream[-1] == with_dash[-1]
@@ -115,8 +109,10 @@ def test_failure_tolerance_sequence_is_upstreams(monkeypatch: pytest.MonkeyPatch
 
 
 def test_non_finite_factor_raises_upstreams_error() -> None:
-    def run() -> None:
-        model, optimizer = fresh_model_and_optimizer(shampoo_factory(EigenConfig(), EPSILON))
+    def run(batched: bool) -> None:
+        model, optimizer = fresh_model_and_optimizer(
+            shampoo_factory(EigenConfig(), batched=batched, epsilon=EPSILON)
+        )
         run_steps(model, optimizer, make_batches(1))
         images, tokens, targets = make_batches(1)[0]
         optimizer.zero_grad()
@@ -124,16 +120,14 @@ def test_non_finite_factor_raises_upstreams_error() -> None:
         model.linear.weight.grad[0, 0] = float("inf")
         optimizer.step()
 
-    dash.disable()
     with pytest.raises(
         PreconditionerValueError, match="Encountered nan/inf values in factor matrix"
     ) as upstream:
-        run()
-    dash.enable()
+        run(batched=False)
     with pytest.raises(
         PreconditionerValueError, match="Encountered nan/inf values in factor matrix"
     ) as with_dash:
-        run()
+        run(batched=True)
     assert str(with_dash.value).split("!")[0] == str(upstream.value).split("!")[0]
 
 
@@ -169,7 +163,7 @@ def factor_matrices_and_inverses(
 
 
 def twin_runs(
-    config: dash.NewtonDBRootInvConfig,
+    config: dash.MinimaxRootInvConfig,
     solver: str,
     monkeypatch: pytest.MonkeyPatch,
     clean_steps: int,
@@ -181,11 +175,11 @@ def twin_runs(
     steps), the corrupted run's optimizer and model, and its unpacked inverse factors as they
     were before the corruption.
     """
-    dash.enable()
     batches = make_batches(clean_steps + corrupted_steps)
-    clean_model, clean_optimizer = fresh_model_and_optimizer(shampoo_factory(config, EPSILON))
+    factory = shampoo_factory(config, batched=True, epsilon=EPSILON)
+    clean_model, clean_optimizer = fresh_model_and_optimizer(factory)
     run_steps(clean_model, clean_optimizer, batches)
-    model, optimizer = fresh_model_and_optimizer(shampoo_factory(config, EPSILON))
+    model, optimizer = fresh_model_and_optimizer(factory)
     run_steps(model, optimizer, batches[:clean_steps])
     before = [inverse.clone() for _, _, inverse, _ in factor_matrices_and_inverses(optimizer)]
     corrupt_roots_of_dim(CORRUPTED_DIM, solver, monkeypatch)

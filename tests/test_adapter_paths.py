@@ -1,6 +1,6 @@
 """What DASH batches and what it leaves to upstream's per-block path, unchanged."""
 
-from collections.abc import Iterator
+from functools import partial
 from unittest import mock
 
 import pytest
@@ -26,12 +26,6 @@ from tests.integration.shampoo import max_parameter_difference, preconditioner_l
 NUM_STEPS = 6
 
 
-@pytest.fixture(autouse=True)
-def dash_disabled_afterwards() -> Iterator[None]:
-    yield
-    dash.disable()
-
-
 @pytest.mark.parametrize(
     "solver, epsilon",
     [
@@ -43,11 +37,13 @@ def dash_disabled_afterwards() -> Iterator[None]:
 def test_configs_dash_does_not_batch_take_upstreams_per_block_path(
     solver: RootInvConfig, epsilon: float
 ) -> None:
-    dash.disable()
-    upstream_model, _, _ = train(shampoo_factory(solver, epsilon), num_steps=NUM_STEPS)
-    dash.enable()
+    upstream_model, _, _ = train(
+        shampoo_factory(solver, batched=False, epsilon=epsilon), num_steps=NUM_STEPS
+    )
     with mock.patch.object(roots, "batched_solver", wraps=roots.batched_solver) as batched_solver:
-        dash_model, dash_optimizer, _ = train(shampoo_factory(solver, epsilon), num_steps=NUM_STEPS)
+        dash_model, dash_optimizer, _ = train(
+            shampoo_factory(solver, batched=True, epsilon=epsilon), num_steps=NUM_STEPS
+        )
 
     batched_solver.assert_not_called()
     assert dash.fallback_counts(dash_optimizer)["replayed"] > 0
@@ -55,24 +51,21 @@ def test_configs_dash_does_not_batch_take_upstreams_per_block_path(
 
 
 def test_a_mocked_matrix_inverse_root_is_called_per_factor_as_upstream_does() -> None:
-    def count_calls() -> int:
+    def count_calls(batched: bool) -> int:
         with mock.patch.object(
             shampoo_preconditioner_list,
             "matrix_inverse_root",
             wraps=shampoo_preconditioner_list.matrix_inverse_root,
         ) as mocked:
-            train(shampoo_factory(EigenConfig()), num_steps=2)
+            train(shampoo_factory(EigenConfig(), batched=batched), num_steps=2)
         return mocked.call_count
 
-    dash.disable()
-    upstream_calls = count_calls()
-    dash.enable()
-    assert count_calls() == upstream_calls > 0
+    assert count_calls(batched=True) == count_calls(batched=False) > 0
 
 
 @pytest.mark.parametrize(
     "config, root",
-    [(dash.NewtonDBRootInvConfig(), 2.5), (dash.NewtonDBRootInvConfig.paper(), 6.0)],
+    [(dash.MinimaxRootInvConfig(), 2.5), (dash.NewtonDBRootInvConfig(), 6.0)],
     ids=["minimax_fractional_root", "paper_root_6"],
 )
 def test_newton_db_hands_roots_it_cannot_reach_to_batched_eigh(
@@ -87,11 +80,12 @@ def test_newton_db_hands_roots_it_cannot_reach_to_batched_eigh(
 
 
 def test_newton_db_trains_a_3d_parameter_whose_blocks_need_root_6() -> None:
-    dash.enable()
     torch.manual_seed(0)
     weight = torch.nn.Parameter(torch.randn(4, 5, 6))
     target = torch.randn(4, 5, 6)
-    optimizer = shampoo_factory(dash.NewtonDBRootInvConfig())(torch.nn.ParameterList([weight]))
+    optimizer = shampoo_factory(dash.MinimaxRootInvConfig(), batched=True)(
+        torch.nn.ParameterList([weight])
+    )
     losses = []
     for _ in range(10):
         optimizer.zero_grad()
@@ -104,7 +98,14 @@ def test_newton_db_trains_a_3d_parameter_whose_blocks_need_root_6() -> None:
     assert losses[-1] < losses[0] and bool(torch.isfinite(weight).all())
 
 
-def kl_shampoo_factory(model: torch.nn.Module) -> distributed_shampoo.DistributedShampoo:
+def kl_shampoo_factory(
+    model: torch.nn.Module, batched: bool
+) -> distributed_shampoo.DistributedShampoo:
+    config_cls = (
+        dash.RootInvKLShampooPreconditionerConfig
+        if batched
+        else distributed_shampoo.RootInvKLShampooPreconditionerConfig
+    )
     return distributed_shampoo.DistributedShampoo(
         model.parameters(),
         lr=0.01,
@@ -113,25 +114,23 @@ def kl_shampoo_factory(model: torch.nn.Module) -> distributed_shampoo.Distribute
         max_preconditioner_dim=8,
         precondition_frequency=1,
         start_preconditioning_step=1,
-        preconditioner_config=distributed_shampoo.RootInvKLShampooPreconditionerConfig(
-            amortized_computation_config=EigenConfig()
-        ),
+        preconditioner_config=config_cls(amortized_computation_config=EigenConfig()),
     )
 
 
 def test_kl_shampoo_keeps_its_outer_products_and_batches_its_roots() -> None:
     """KL-Shampoo's list overrides upstream's ``_compute_outer_product_list`` hook: with DASH its
     factor update still goes through the hook, so the optimizer is upstream's."""
-    dash.disable()
-    upstream_model, _, _ = train(kl_shampoo_factory, num_steps=NUM_STEPS)
-    dash.enable()
+    upstream_model, _, _ = train(partial(kl_shampoo_factory, batched=False), num_steps=NUM_STEPS)
     with mock.patch.object(
         dash.integration.BatchedRootInvKLShampooPreconditionerList,
         "_compute_outer_product_list",
         autospec=True,
         side_effect=shampoo_preconditioner_list.RootInvKLShampooPreconditionerList._compute_outer_product_list,
     ) as hook:
-        dash_model, dash_optimizer, _ = train(kl_shampoo_factory, num_steps=NUM_STEPS)
+        dash_model, dash_optimizer, _ = train(
+            partial(kl_shampoo_factory, batched=True), num_steps=NUM_STEPS
+        )
 
     assert isinstance(
         preconditioner_list(dash_optimizer),

@@ -6,6 +6,7 @@ import copy
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 
 import pytest
 import torch
@@ -19,27 +20,22 @@ from distributed_shampoo import (
     AdamPreconditionerConfig,
     DistributedShampoo,
     EigenConfig,
-    RootInvShampooPreconditionerConfig,
     ShampooPT2CompileConfig,
 )
+from distributed_shampoo.preconditioner.matrix_functions_types import RootInvConfig
 
 import distributed_shampoo_dash as dash
 from tests.integration.models import MixedShapeModel, make_batches, run_steps, train
 from tests.integration.shampoo import (
     kronecker_factors,
     max_parameter_difference,
+    root_inv_config,
     shampoo,
     shampoo_factory,
 )
 from tests.script_modules import load_script
 
 step_costs = load_script("step_costs")
-
-
-@pytest.fixture(autouse=True)
-def dash_disabled_afterwards() -> Iterator[None]:
-    yield
-    dash.disable()
 
 
 def masked_every_fourth_step(step: int) -> set[str]:
@@ -61,7 +57,7 @@ COMPARISON_EPSILON = {"cpu": 1e-8, "cuda": 1e-6}
 def test_dash_step_matches_upstream_over_50_steps_with_masked_blocks(
     use_symmetric_packing: bool, precondition_frequency: int, device: torch.device
 ) -> None:
-    def factory(model: torch.nn.Module) -> DistributedShampoo:
+    def factory(model: torch.nn.Module, batched: bool) -> DistributedShampoo:
         return DistributedShampoo(
             model.parameters(),
             lr=0.01,
@@ -71,19 +67,18 @@ def test_dash_step_matches_upstream_over_50_steps_with_masked_blocks(
             precondition_frequency=precondition_frequency,
             start_preconditioning_step=1 if precondition_frequency == 1 else 10,
             grafting_config=AdamPreconditionerConfig(beta2=0.95, epsilon=1e-8),
-            preconditioner_config=RootInvShampooPreconditionerConfig(
+            preconditioner_config=root_inv_config(
+                batched,
                 amortized_computation_config=EigenConfig(),
                 use_symmetric_packing=use_symmetric_packing,
             ),
         )
 
-    dash.disable()
     upstream_model, upstream_optimizer, _ = train(
-        factory, 50, skip_gradients=masked_every_fourth_step, device=device
+        partial(factory, batched=False), 50, skip_gradients=masked_every_fourth_step, device=device
     )
-    dash.enable()
     dash_model, dash_optimizer, _ = train(
-        factory, 50, skip_gradients=masked_every_fourth_step, device=device
+        partial(factory, batched=True), 50, skip_gradients=masked_every_fourth_step, device=device
     )
 
     orders = {len(factors.factor_matrices) for factors in kronecker_factors(dash_optimizer)}
@@ -113,13 +108,17 @@ class SyncCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def syncs_per_step(max_preconditioner_dim: int) -> tuple[int, int]:
+def syncs_per_step(max_preconditioner_dim: int, batched: bool) -> tuple[int, int]:
     """(blocks, host syncs of one step with a root computation) for the mixed-shape model."""
-    return syncs_of_a_root_step(max_preconditioner_dim)[:2]
+    return syncs_of_a_root_step(max_preconditioner_dim, batched)[:2]
 
 
-def syncs_of_a_root_step(max_preconditioner_dim: int) -> tuple[int, int, torch.nn.Module]:
-    """(blocks, host syncs of one step with a root computation, model) for the mixed-shape model."""
+def syncs_of_a_root_step(
+    max_preconditioner_dim: int, batched: bool, max_stack_bytes: int | None = None
+) -> tuple[int, int, torch.nn.Module]:
+    """(blocks, host syncs of one step with a root computation, model) for the mixed-shape model;
+    ``max_stack_bytes`` is the DASH form's setting (``batched`` only)."""
+    settings = {"max_stack_bytes": max_stack_bytes} if batched else {}
     torch.manual_seed(0)
     model = MixedShapeModel()
     optimizer = DistributedShampoo(
@@ -131,8 +130,8 @@ def syncs_of_a_root_step(max_preconditioner_dim: int) -> tuple[int, int, torch.n
         precondition_frequency=1,
         start_preconditioning_step=1,
         grafting_config=AdamPreconditionerConfig(beta2=0.95, epsilon=1e-8),
-        preconditioner_config=RootInvShampooPreconditionerConfig(
-            amortized_computation_config=EigenConfig()
+        preconditioner_config=root_inv_config(
+            batched, amortized_computation_config=EigenConfig(), **settings
         ),
     )
     batches = make_batches(2)
@@ -143,10 +142,9 @@ def syncs_of_a_root_step(max_preconditioner_dim: int) -> tuple[int, int, torch.n
 
 
 def test_host_syncs_per_step_do_not_grow_with_the_number_of_blocks() -> None:
-    dash.disable()
-    (few_blocks, upstream_few), (many_blocks, upstream_many) = syncs_per_step(8), syncs_per_step(3)
-    dash.enable()
-    (_, dash_few), (_, dash_many) = syncs_per_step(8), syncs_per_step(3)
+    (few_blocks, upstream_few) = syncs_per_step(8, batched=False)
+    (many_blocks, upstream_many) = syncs_per_step(3, batched=False)
+    (_, dash_few), (_, dash_many) = syncs_per_step(8, batched=True), syncs_per_step(3, batched=True)
 
     assert many_blocks > 2 * few_blocks
     assert upstream_many > upstream_few  # upstream reads flags once per factor
@@ -177,7 +175,9 @@ def counting_host_syncs(device: torch.device) -> Iterator[Callable[[], int]]:
             yield lambda: counter.count
 
 
-def two_group_factory(solver: object) -> Callable[[torch.nn.Module], DistributedShampoo]:
+def two_group_factory(
+    solver: RootInvConfig, batched: bool
+) -> Callable[[torch.nn.Module], DistributedShampoo]:
     """Two param groups (the linear layers; everything else), roots every second step."""
 
     def factory(model: torch.nn.Module) -> DistributedShampoo:
@@ -186,6 +186,7 @@ def two_group_factory(solver: object) -> Callable[[torch.nn.Module], Distributed
         return shampoo(
             [{"params": linear}, {"params": rest}],
             solver,
+            batched=batched,
             epsilon=1e-6,
             precondition_frequency=2,
             start_preconditioning_step=2,
@@ -195,12 +196,11 @@ def two_group_factory(solver: object) -> Callable[[torch.nn.Module], Distributed
 
 
 def syncs_without_and_with_roots(
-    use_dash: bool, solver: object, device: torch.device
+    batched: bool, solver: RootInvConfig, device: torch.device
 ) -> tuple[int, int]:
     """Host synchronisations of a step without root computation (step 5) and of one with (step 6),
     after four steps of warm-up."""
-    dash.enable() if use_dash else dash.disable()
-    model, optimizer, _ = train(two_group_factory(solver), 4, device=device)
+    model, optimizer, _ = train(two_group_factory(solver, batched), 4, device=device)
     counts = []
     for batch in make_batches(2, seed=1):
         with counting_host_syncs(device) as syncs:
@@ -219,35 +219,22 @@ def test_a_dash_step_synchronises_once_per_param_group_and_root_computation(
     upstream's own step (the loss read of the training loop is in both)."""
     upstream_without, _ = syncs_without_and_with_roots(False, EigenConfig(), device)
     without_roots, with_roots = syncs_without_and_with_roots(
-        True, dash.NewtonDBRootInvConfig(), device
+        True, dash.MinimaxRootInvConfig(), device
     )
     assert with_roots - without_roots == 2  # two param groups
     assert without_roots == upstream_without
 
 
-@pytest.fixture
-def one_block_per_chunk() -> Iterator[None]:
-    """Every batched operation gets a budget of one byte: each chunk holds a single block."""
-    list_class = dash.integration.BatchedRootInvShampooPreconditionerList
-    list_class.max_stack_bytes = 1
-    yield
-    list_class.max_stack_bytes = None
-
-
-def test_chunks_of_one_block_give_the_same_step_with_the_same_host_syncs(
-    one_block_per_chunk: None,
-) -> None:
-    dash.enable()
-    _, chunked_syncs, chunked_model = syncs_of_a_root_step(3)
-    dash.integration.BatchedRootInvShampooPreconditionerList.max_stack_bytes = None
-    _, syncs, model = syncs_of_a_root_step(3)
+def test_chunks_of_one_block_give_the_same_step_with_the_same_host_syncs() -> None:
+    """A budget of one byte for every batched operation: each chunk holds a single block."""
+    _, chunked_syncs, chunked_model = syncs_of_a_root_step(3, batched=True, max_stack_bytes=1)
+    _, syncs, model = syncs_of_a_root_step(3, batched=True)
     assert chunked_syncs == syncs
     assert max_parameter_difference(chunked_model, model) < 1e-6
 
 
 def test_automatic_stack_budget_is_half_the_gradient_bytes_and_at_least_4_mib() -> None:
-    dash.enable()
-    _, optimizer, _ = train(shampoo_factory(EigenConfig()), num_steps=1)
+    _, optimizer, _ = train(shampoo_factory(EigenConfig(), batched=True), num_steps=1)
     preconditioner_list = dash.preconditioner_lists(optimizer)[0]
     assert isinstance(preconditioner_list, dash.integration.BatchedRootInvShampooPreconditionerList)
     small = (torch.zeros(100),)
@@ -262,8 +249,7 @@ def test_loading_into_a_running_optimizer_leaves_no_stale_state(
     """``load_state_dict`` and a bare ``dcp.load`` into a running optimizer, then steps: as
     fresh.
     """
-    dash.enable()
-    factory = shampoo_factory(EigenConfig())
+    factory = shampoo_factory(EigenConfig(), batched=True)
     batches = make_batches(12)
 
     source_model, source_optimizer, _ = train(factory, 4)
@@ -296,10 +282,11 @@ def test_loading_into_a_running_optimizer_leaves_no_stale_state(
 
 def test_pt2_compiled_step_works_with_dash() -> None:
     compiled = shampoo_factory(
-        EigenConfig(), optimizer_kwargs={"shampoo_pt2_compile_config": ShampooPT2CompileConfig()}
+        EigenConfig(),
+        batched=True,
+        optimizer_kwargs={"shampoo_pt2_compile_config": ShampooPT2CompileConfig()},
     )
-    dash.enable()
-    eager_model, _, _ = train(shampoo_factory(EigenConfig()), 4)
+    eager_model, _, _ = train(shampoo_factory(EigenConfig(), batched=True), 4)
     compiled_model, _, losses = train(compiled, 4)
     assert all(torch.isfinite(torch.tensor(losses)))
     assert max_parameter_difference(eager_model, compiled_model) < 1e-4

@@ -28,10 +28,10 @@ def test_messages_of_both_packages_are_collected_not_passed_on(
     package = logging.getLogger("distributed_shampoo_dash.integration.preconditioner_list")
     upstream = logging.getLogger("distributed_shampoo.preconditioner.matrix_functions")
     with benchmark.collected_solver_messages() as messages:
-        package.warning("NewtonDBRootInvConfig rejected the roots of (block, factor) (0, 1).")
+        package.warning("MinimaxRootInvConfig rejected the roots of (block, factor) (0, 1).")
         upstream.warning("Newton did not converge and reached maximum number of iterations!")
     assert messages == [
-        "NewtonDBRootInvConfig rejected the roots of (block, factor) (0, 1).",
+        "MinimaxRootInvConfig rejected the roots of (block, factor) (0, 1).",
         "Newton did not converge and reached maximum number of iterations!",
     ]
     assert caplog.records == []  # the root logger's handlers (pytest's here) saw nothing
@@ -43,17 +43,17 @@ def test_messages_of_both_packages_are_collected_not_passed_on(
 def test_the_note_counts_messages_by_kind() -> None:
     messages = [
         (
-            "NewtonDBRootInvConfig rejected the roots of (block, factor) (0, 0) (residual "
+            "MinimaxRootInvConfig rejected the roots of (block, factor) (0, 0) (residual "
             "1.02e+00), (2, 1) (residual 1.16e+00) and 30 more; recomputing by eigh."
         ),
         (
-            "NewtonDBRootInvConfig rejected the roots of (block, factor) (51, 0) (residual "
+            "MinimaxRootInvConfig rejected the roots of (block, factor) (51, 0) (residual "
             "1.07e+00); recomputing by eigh."
         ),
         "Newton did not converge and reached maximum number of iterations!",
     ]
     assert benchmark.messages_note(messages) == (
-        "3 solver messages: 2 x 'NewtonDBRootInvConfig rejected the roots of ... recomputing by "
+        "3 solver messages: 2 x 'MinimaxRootInvConfig rejected the roots of ... recomputing by "
         "eigh', 1 x 'Newton did not converge and reached maximum number of iterations!'"
     )
     assert benchmark.messages_note(messages[2:]).startswith("1 solver message: 1 x 'Newton")

@@ -31,18 +31,16 @@ step_costs = load_script("step_costs")
 
 @pytest.fixture
 def meta_scaffolding() -> Iterator[None]:
-    """``scripts/step_costs.py``'s ``meta_scaffolding`` (see the module docstring), DASH on."""
-    dash.enable()
+    """``scripts/step_costs.py``'s ``meta_scaffolding`` (see the module docstring)."""
     with step_costs.meta_scaffolding():
         yield
-    dash.disable()
 
 
 CONFIGS: dict[str, RootInvConfig] = {
     "eigh": EigenConfig(),
-    "minimax_fp32": dash.NewtonDBRootInvConfig(),
-    "minimax_bf16": dash.NewtonDBRootInvConfig(precision="bf16", max_residual=5e-2),
-    "newton_db_paper": dash.NewtonDBRootInvConfig.paper(),
+    "minimax_fp32": dash.MinimaxRootInvConfig(),
+    "minimax_bf16": dash.MinimaxRootInvConfig(precision="bf16", max_residual=5e-2),
+    "newton_db_paper": dash.NewtonDBRootInvConfig(),
     "chebyshev": dash.ChebyshevRootInvConfig(),
 }
 
@@ -64,6 +62,7 @@ def test_a_dash_step_keeps_every_tensor_on_the_parameters_device(
     optimizer = shampoo(
         params,
         CONFIGS[config],
+        batched=True,
         epsilon=1e-6,
         preconditioner_kwargs={"use_symmetric_packing": use_symmetric_packing},
         lr=1e-3,

@@ -21,7 +21,6 @@ pytest.importorskip("distributed_shampoo")
 
 from distributed_shampoo import EigenConfig
 
-import distributed_shampoo_dash as dash
 from tests.integration.distributed import Job, load, run_worker
 from tests.integration.models import MixedShapeModel, make_batches, run_steps
 from tests.integration.shampoo import shampoo_factory
@@ -47,14 +46,11 @@ def max_difference(first: dict[str, torch.Tensor], second: dict[str, torch.Tenso
 
 def single_process_parameters(use_dash: bool = False) -> dict[str, torch.Tensor]:
     """The same training without a distributor."""
-    dash.enable() if use_dash else dash.disable()
-    try:
-        torch.manual_seed(0)
-        model = MixedShapeModel()
-        run_steps(model, shampoo_factory(EigenConfig())(model), make_batches(NUM_STEPS))
-        return {name: p.detach().clone() for name, p in model.named_parameters()}
-    finally:
-        dash.disable()
+    torch.manual_seed(0)
+    model = MixedShapeModel()
+    optimizer = shampoo_factory(EigenConfig(), batched=use_dash)(model)
+    run_steps(model, optimizer, make_batches(NUM_STEPS))
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +95,7 @@ def test_fully_shard_with_dash_matches_upstream(
 
 
 @pytest.mark.parametrize(("save_dash", "load_dash"), [(True, False), (False, True)])
-def test_fully_shard_checkpoint_resumes_across_the_switch(
+def test_fully_shard_checkpoint_resumes_across_the_dash_and_upstream_forms(
     fully_shard_results: dict[str, object], save_dash: bool, load_dash: bool
 ) -> None:
     label = {True: "on", False: "off"}
@@ -112,17 +108,13 @@ def test_ddp_checkpoint_from_two_ranks_resumes_in_a_single_process(
     ddp_results: tuple[dict[str, object], Path],
 ) -> None:
     results, out_dir = ddp_results
-    dash.enable()
-    try:
-        torch.manual_seed(0)
-        model = MixedShapeModel()
-        optimizer = shampoo_factory(EigenConfig())(model)
-        load(model, optimizer, out_dir / "checkpoint")
-        run_steps(
-            model, optimizer, make_batches(NUM_STEPS)[NUM_STEPS // 2 :], first_step=NUM_STEPS // 2
-        )
-    finally:
-        dash.disable()
+    torch.manual_seed(0)
+    model = MixedShapeModel()
+    optimizer = shampoo_factory(EigenConfig(), batched=True)(model)
+    load(model, optimizer, out_dir / "checkpoint")
+    run_steps(
+        model, optimizer, make_batches(NUM_STEPS)[NUM_STEPS // 2 :], first_step=NUM_STEPS // 2
+    )
     resumed = {name: p.detach() for name, p in model.named_parameters()}
     assert max_difference(resumed, results["compare"]["on"]) < TOLERANCE
 

@@ -35,7 +35,7 @@ def test_train_distributed_runs_one_process_with_dash_newton_db() -> None:
     command = [
         sys.executable, str(SCRIPT),
         "--preset", "tiny", "--steps", "3", "--precondition-frequency", "1",
-        "--solver", "newton-db", "--distributed", "ddp", "--device", "cpu",
+        "--solver", "minimax", "--distributed", "ddp", "--device", "cpu",
         "--eval-batches", "1", "--log-every", "1",
     ]  # fmt: skip
     result = subprocess.run(

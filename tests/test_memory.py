@@ -26,7 +26,7 @@ ENVIRONMENT = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "
 MIB = 2**20
 
 UPSTREAM = "upstream EigenConfig"
-DASH_ROWS = ["DASH EigenConfig", "DASH Newton-DB minimax fp32", "DASH Chebyshev fp32 (degree 60)"]
+DASH_ROWS = ["DASH EigenConfig", "DASH minimax fp32", "DASH Chebyshev fp32 (degree 60)"]
 
 
 def transient_memory(label: str, preset: str) -> int:
@@ -66,11 +66,11 @@ def status(field):
 config = {
     "eigh": EigenConfig(),
     "coupled_newton": CoupledNewtonConfig(),
-    "newton_db": dash.NewtonDBRootInvConfig.paper(),
+    "newton_db": dash.NewtonDBRootInvConfig(),
     "chebyshev": dash.ChebyshevRootInvConfig(),
-    "minimax": dash.NewtonDBRootInvConfig(),
-    "minimax_bf16": dash.NewtonDBRootInvConfig(precision="bf16"),
-    "minimax_fp64_first_step": dash.NewtonDBRootInvConfig(first_step_precision="fp64"),
+    "minimax": dash.MinimaxRootInvConfig(),
+    "minimax_bf16": dash.MinimaxRootInvConfig(precision="bf16"),
+    "minimax_fp64_first_step": dash.MinimaxRootInvConfig(first_step_precision="fp64"),
 }[sys.argv[1]]
 solver = batched_solver(config, 4.0, 1e-6)
 samples = torch.randn(64, 256, 512, generator=torch.Generator().manual_seed(0))

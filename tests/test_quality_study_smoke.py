@@ -1,9 +1,9 @@
 """Smoke test of ``scripts/quality_study.py``: three runs, one seed, a few steps, then the report.
 
-Runs the script as a subprocess (so ``dash.enable()`` does not leak into this process) on the
-first 200 stdlib files for 8 steps of the cpu preset with ``upstream-eigen``, ``dash-eigen`` and
-``newton-db``, and checks the JSON logs, the report files, finite losses and that
-dash-eigen's validation losses equal upstream-eigen's within 1e-3 at every logged point.
+Runs the script as a subprocess on the first 200 stdlib files for 8 steps of the cpu preset with
+``upstream-eigen``, ``dash-eigen`` and ``minimax``, and checks the JSON logs, the report files,
+finite losses and that dash-eigen's validation losses equal upstream-eigen's within 1e-3 at every
+logged point.
 Epsilon is 1e-6 here, not the study's 1e-10: at 1e-10 the inverse roots of this model's
 near-singular early factors amplify fp32 rounding so much that upstream-eigen run against itself
 with 1e-7 relative gradient noise already moves the validation loss by ~3e-3 (docs/quality.md),
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.upstream
 pytest.importorskip("distributed_shampoo")
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "quality_study.py"
-RUNS = ("upstream-eigen", "dash-eigen", "newton-db")
+RUNS = ("upstream-eigen", "dash-eigen", "minimax")
 STEPS, EVAL_EVERY = 8, 2
 
 
@@ -62,7 +62,7 @@ def test_quality_study_smoke_logs_finite_losses_and_dash_eigen_matches_upstream(
     assert logs["upstream-eigen"]["config"]["preconditioner_lists"] == [
         "RootInvShampooPreconditionerList"
     ]
-    assert set(logs["newton-db"]["fallbacks"]) == {"eigh", "replayed"}
+    assert set(logs["minimax"]["fallbacks"]) == {"eigh", "replayed"}
 
     upstream = [point["val_loss"] for point in logs["upstream-eigen"]["points"]]
     dash = [point["val_loss"] for point in logs["dash-eigen"]["points"]]
@@ -70,5 +70,5 @@ def test_quality_study_smoke_logs_finite_losses_and_dash_eigen_matches_upstream(
 
     report = (tmp_path / "report.md").read_text()
     assert "within 0.001 at every logged point: PASS" in report, report
-    assert "| newton-db | 0 |" in report
+    assert "| minimax | 0 |" in report
     assert (tmp_path / "quality.png").is_file() or "matplotlib is not installed" in output

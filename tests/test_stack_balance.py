@@ -36,13 +36,13 @@ def meta(*shape: int) -> torch.Tensor:
 def test_cost_is_products_times_two_d_cubed_per_factor(
     shape: tuple[int, ...], expected: int
 ) -> None:
-    """The default solver, ``NewtonDBRootInvConfig()``, at its relative ridge 1e-4."""
+    """The default solver, ``MinimaxRootInvConfig()``, at its relative ridge 1e-4."""
     assert InverseRootCostModel().cost(meta(*shape)) == expected
 
 
 def test_products_are_the_configured_solvers_own_count() -> None:
     assert InverseRootCostModel().products(4.0) == minimax_products(4, 1e-4).total() == 24
-    paper = InverseRootCostModel(config=dash.NewtonDBRootInvConfig.paper())
+    paper = InverseRootCostModel(config=dash.NewtonDBRootInvConfig())
     assert paper.products(4.0) == newton_db_products(4).total() == 61
     chebyshev = dash.ChebyshevRootInvConfig(degree=11)
     assert (

@@ -2,7 +2,7 @@
 launches does not grow with the number of same-shape blocks, and the FLOPs of a root computation
 are exactly each solver's documented product count (``BatchedSolver.product_counts``)."""
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -26,19 +26,12 @@ from tests.script_modules import load_script
 step_costs = load_script("step_costs")
 
 
-@pytest.fixture(autouse=True)
-def dash_disabled_afterwards() -> Iterator[None]:
-    yield
-    dash.disable()
-
-
 def shampoo_steps(
     num_params: int, solver: RootInvConfig, use_dash: bool, device: torch.device
 ) -> tuple[Callable[[], None], DistributedShampoo]:
     """``DistributedShampoo`` over ``num_params`` weights of 16 x 16 (one block each), roots every
     second step, after two steps of warm-up (the next step computes no roots), and the function
     that draws new gradients."""
-    dash.enable() if use_dash else dash.disable()
     generator = torch.Generator().manual_seed(0)
     params = [
         torch.nn.Parameter(torch.randn(16, 16, generator=generator).to(device))
@@ -47,6 +40,7 @@ def shampoo_steps(
     optimizer = shampoo(
         params,
         solver,
+        batched=use_dash,
         epsilon=1e-6,
         lr=1e-3,
         max_preconditioner_dim=16,
@@ -84,7 +78,7 @@ def test_the_work_a_dash_step_launches_does_not_grow_with_the_number_of_same_sha
     """8 and 64 blocks of 16 x 16 (one chunk): the same ops launch work, with and without roots;
     only views, which launch nothing, add a few ops per block (upstream splits every parameter
     into blocks and lists them). Upstream's launches grow with the blocks."""
-    solver = EigenConfig() if solver_name == "eigen" else dash.NewtonDBRootInvConfig()
+    solver = EigenConfig() if solver_name == "eigen" else dash.MinimaxRootInvConfig()
     few = costs_without_and_with_roots(8, solver, True, device)
     many = costs_without_and_with_roots(64, solver, True, device)
     for few_costs, many_costs in zip(few[:2], many[:2], strict=True):
@@ -104,11 +98,11 @@ def dash_solver_configs() -> dict[str, RootInvConfig]:
     return {
         "eigh": EigenConfig(),
         "coupled_newton": CoupledNewtonConfig(max_iterations=6, tolerance=0.0),
-        "minimax_fp32": dash.NewtonDBRootInvConfig(),
-        "minimax_bf16": dash.NewtonDBRootInvConfig(
+        "minimax_fp32": dash.MinimaxRootInvConfig(),
+        "minimax_bf16": dash.MinimaxRootInvConfig(
             precision=MatmulPrecision.BF16, max_residual=None
         ),
-        "newton_db_paper": dash.NewtonDBRootInvConfig.paper(max_residual=None),
+        "newton_db_paper": dash.NewtonDBRootInvConfig(max_residual=None),
         "chebyshev": dash.ChebyshevRootInvConfig(max_residual=None),
     }
 
@@ -143,7 +137,7 @@ def test_root_computation_flops_are_the_solvers_documented_product_count(
 
 
 @pytest.mark.parametrize(
-    "label", ["DASH EigenConfig", "DASH Newton-DB minimax fp32", "DASH Chebyshev fp32 (degree 60)"]
+    "label", ["DASH EigenConfig", "DASH minimax fp32", "DASH Chebyshev fp32 (degree 60)"]
 )
 def test_counting_on_the_meta_device_gives_the_counts_of_a_real_run(label: str) -> None:
     """``scripts/benchmark.py --on-meta`` counts presets too large to run here: on the ``smoke``

@@ -28,22 +28,25 @@ from distributed_shampoo_dash.trainers.optimizer import (
     distributed_config_for,
     grafting_config,
     solver_config,
+    solver_names,
 )
 from distributed_shampoo_dash.trainers.parameter_guard import ReplacedParametersError
 
 
-@pytest.fixture(autouse=True)
-def dash_disabled_afterwards():
-    yield
-    dash.disable()
-
-
 def test_every_solver_name_gives_its_config() -> None:
     assert isinstance(solver_config("eigen"), EigenConfig)
-    assert isinstance(solver_config("newton-db"), dash.NewtonDBRootInvConfig)
+    assert isinstance(solver_config("minimax"), dash.MinimaxRootInvConfig)
     assert isinstance(solver_config("chebyshev"), dash.ChebyshevRootInvConfig)
-    assert set(SOLVERS) == {"eigen", "coupled-newton", "newton-db", "newton-db-paper", "chebyshev"}
-    assert solver_config("newton-db-paper") == dash.NewtonDBRootInvConfig.paper()
+    assert set(SOLVERS) == {"eigen", "coupled-newton", "minimax", "newton-db", "chebyshev"}
+    assert solver_config("newton-db") == dash.NewtonDBRootInvConfig()
+
+
+def test_the_default_solver_is_the_one_dash_recommends_for_the_device() -> None:
+    assert solver_names()[0] == "default"
+    assert solver_config("default", "cuda") == dash.default_root_inv_config("cuda")
+    assert isinstance(solver_config("default", torch.device("cpu")), EigenConfig)
+    config = trained_shampoo(True, solver="default").param_groups[0]["preconditioner_config"]
+    assert isinstance(config.amortized_computation_config, EigenConfig)  # CPU parameters
 
 
 def test_unknown_names_are_rejected_with_the_choices() -> None:
@@ -67,13 +70,13 @@ def model() -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Linear(5, 3))
 
 
-def trained_shampoo(use_dash: bool) -> DistributedShampoo:
+def trained_shampoo(use_dash: bool, solver: str = "eigen") -> DistributedShampoo:
     net = model()
     optimizer = build_shampoo(
         net.parameters(),
         use_dash=use_dash,
         precondition_frequency=1,
-        solver="eigen",
+        solver=solver,
         epsilon=1e-8,
         max_preconditioner_dim=4,
     )

@@ -123,7 +123,7 @@ def test_command_line_flags_reach_the_shampoo_config() -> None:
         f"import json, {JOB}\n"
         "from torchtitan.config import ConfigManager\n"
         f"c = ConfigManager().parse_args(['--module', '{JOB}', '--config', 'tiny_shampoo', "
-        "'--optimizer.solver', 'newton-db', '--optimizer.max_preconditioner_dim', '32', "
+        "'--optimizer.solver', 'minimax', '--optimizer.max_preconditioner_dim', '32', "
         "'--optimizer.grafting', 'adagrad'])\n"
         "print(json.dumps([type(c.optimizer).__qualname__, c.optimizer.solver, "
         "c.optimizer.max_preconditioner_dim, c.optimizer.grafting]))\n"
@@ -132,7 +132,7 @@ def test_command_line_flags_reach_the_shampoo_config() -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == [
         "ShampooOptimizersContainer.Config",
-        "newton-db",
+        "minimax",
         32,
         "adagrad",
     ]

@@ -1,15 +1,17 @@
-"""The upstream adapter: DASH configs, the switch that routes ``DistributedShampoo`` to DASH, the
-inverse roots exactly as the optimizer computes them, and diagnostics.
+"""The upstream adapter: the DASH forms of upstream's preconditioner configs and the batched
+lists they select, DASH's solver configs, the inverse roots exactly as the optimizer computes
+them, and diagnostics.
 
-This is the only part of the package that imports ``distributed_shampoo``. Importing it (which any
-access to a DASH config does) installs the check that makes ``DistributedShampoo`` refuse a DASH
-config while DASH is disabled; importing the top-level package alone changes nothing.
+Importing it (which any access to a DASH config does) calls :func:`~.install.install`, once: a
+param group with a DASH config form gets the batched list, every other group upstream's.
 """
 
 from distributed_shampoo_dash.integration.configs import (
     ChebyshevRootInvConfig,
     DashRootInvConfig,
+    MinimaxRootInvConfig,
     NewtonDBRootInvConfig,
+    default_root_inv_config,
 )
 from distributed_shampoo_dash.integration.cost_models import InverseRootCostModel
 from distributed_shampoo_dash.integration.diagnostics import (
@@ -19,37 +21,48 @@ from distributed_shampoo_dash.integration.diagnostics import (
     preconditioner_lists,
 )
 from distributed_shampoo_dash.integration.install import (
-    disable,
-    enable,
-    enabled,
-    install_construction_check,
-    is_enabled,
+    BATCHED_FORMS,
+    BatchedForm,
+    batched,
+    install,
+    is_batched,
 )
 from distributed_shampoo_dash.integration.per_block import dash_matrix_inverse_root
+from distributed_shampoo_dash.integration.preconditioner_configs import (
+    BatchedSettings,
+    RootInvKLShampooPreconditionerConfig,
+    RootInvShampooPreconditionerConfig,
+)
 from distributed_shampoo_dash.integration.preconditioner_list import (
     BatchedRootInvKLShampooPreconditionerList,
     BatchedRootInvShampooPreconditionerList,
 )
 from distributed_shampoo_dash.integration.roots import InverseRoots, inverse_roots
 
-install_construction_check()
+install()
 
 __all__ = [
+    "BATCHED_FORMS",
+    "BatchedForm",
     "BatchedRootInvKLShampooPreconditionerList",
     "BatchedRootInvShampooPreconditionerList",
+    "BatchedSettings",
     "ChebyshevRootInvConfig",
     "DashRootInvConfig",
     "InverseFactor",
     "InverseRootCostModel",
     "InverseRoots",
+    "MinimaxRootInvConfig",
     "NewtonDBRootInvConfig",
+    "RootInvKLShampooPreconditionerConfig",
+    "RootInvShampooPreconditionerConfig",
+    "batched",
     "dash_matrix_inverse_root",
-    "disable",
-    "enable",
-    "enabled",
+    "default_root_inv_config",
     "fallback_counts",
+    "install",
     "inverse_factors",
     "inverse_roots",
-    "is_enabled",
+    "is_batched",
     "preconditioner_lists",
 ]

@@ -1,7 +1,7 @@
 """DASH inverse-root configs for
 ``RootInvShampooPreconditionerConfig.amortized_computation_config``.
 
-Both subclass upstream's ``RootInvConfig`` (through the abstract :class:`DashRootInvConfig`) and
+They subclass upstream's ``RootInvConfig`` (through the abstract :class:`DashRootInvConfig`) and
 not any concrete upstream config, so upstream's ``match`` on config classes never mistakes them
 for its own. They are keyword-only dataclasses whose fields carry the names of the solver
 arguments they become (``precision``, ``rel_epsilon``, ``scaling``, ``iteration``, ``degree``);
@@ -21,11 +21,11 @@ and counts one failed amortized computation, exactly as an upstream solver excep
 """
 
 import dataclasses
-import enum
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 
-from distributed_shampoo.preconditioner.matrix_functions_types import RootInvConfig
+import torch
+from distributed_shampoo.preconditioner.matrix_functions_types import EigenConfig, RootInvConfig
 
 from distributed_shampoo_dash.solvers import (
     DEFAULT_NEWTON_DB_ITERATION,
@@ -37,7 +37,6 @@ from distributed_shampoo_dash.solvers import (
 )
 from distributed_shampoo_dash.solvers.chebyshev import check_chebyshev_rel_epsilon, check_degree
 from distributed_shampoo_dash.solvers.checks import (
-    as_enum,
     check_bool,
     check_instance,
     check_real,
@@ -103,82 +102,67 @@ class DashRootInvConfig(RootInvConfig):
         super().__setattr__(name, value)
 
 
-@enum.unique
-class NewtonDBSteps(enum.Enum):
-    """The polynomial steps of the coupled inverse-root iteration.
-
-    ``MINIMAX``: per-step minimax polynomials for the interval the relative ridge guarantees
-    (:mod:`distributed_shampoo_dash.solvers.minimax`), one stage for any root; converges every
-    block. ``NEWTON_SCHULZ``: the DASH paper's Newton-DB, ``(3I - ZY) / 2`` every step, roots
-    ``2^k`` as chained square roots (:mod:`distributed_shampoo_dash.solvers.newton_db`).
-    """
-
-    MINIMAX = "minimax"
-    NEWTON_SCHULZ = "newton_schulz"
-
-
-#: Default relative ridge of :class:`NewtonDBRootInvConfig` (docs/quality.md says why).
+#: Default relative ridge of :class:`MinimaxRootInvConfig` (docs/quality.md says why).
 DEFAULT_REL_EPSILON = 1e-4
 
 
 @dataclass(kw_only=True)
-class NewtonDBRootInvConfig(DashRootInvConfig):
-    """Inverse roots by a coupled, inverse-free Newton iteration, batched.
+class MinimaxRootInvConfig(DashRootInvConfig):
+    """Inverse roots by a coupled, inverse-free iteration with per-step minimax polynomials,
+    batched: DASH's default matmul-only solver.
 
-    By default (``steps=MINIMAX``) every block converges to the inverse root of ``A + r I``,
-    ``r = max(rel_epsilon u, epsilon)``, in a fixed number of minimax-polynomial steps (root 4 at
-    ``rel_epsilon = 1e-4``: 5 steps, 24 products), for roots 1, 2, 3, 4, 6 and 8; other roots
-    (inverse-exponent overrides) are computed by batched eigh. A root whose residual exceeds
+    Every block converges to the inverse root of ``A + r I``, ``r = max(rel_epsilon u, epsilon)``,
+    in a fixed number of minimax-polynomial steps for the interval the relative ridge guarantees
+    (root 4 at ``rel_epsilon = 1e-4``: 5 steps, 24 products), for roots 1, 2, 3, 4, 6 and 8; other
+    roots (inverse-exponent overrides) are computed by batched eigh. A root whose residual exceeds
     ``max_residual`` (the iteration did not converge: a spectral bound below ``lambda_max``, or
     rounding) falls back to eigh. Reduced ``precision`` applies to the last steps only; with it,
     raise ``max_residual`` (bf16: about 5e-2). Below ``rel_epsilon`` of about 1e-5, fp32 rounding
     in the first step limits the accuracy, which ``first_step_precision="fp64"`` removes, and the
     residual's own rounding floor nears 1e-2: raise ``max_residual`` there too (about 5e-2).
 
-    ``steps=NEWTON_SCHULZ`` runs the DASH paper's Newton-DB instead, ``iteration`` setting its
-    steps per square root (roots ``2^k``); :meth:`paper` gives the paper's whole setting.
-
     Attributes:
-        steps (NewtonDBSteps): ``MINIMAX`` or ``NEWTON_SCHULZ`` (strings accepted).
-            (Default: ``MINIMAX``)
-        rel_epsilon (float): As in :class:`DashRootInvConfig`; ``MINIMAX`` needs it in
-            ``[1e-8, 1]``. (Default: 1e-4)
+        rel_epsilon (float): As in :class:`DashRootInvConfig`, in ``[1e-8, 1]``. (Default: 1e-4)
         max_residual (float | None): As in :class:`DashRootInvConfig`. (Default: 1e-2)
-        first_step_precision (MatmulPrecision): ``MINIMAX`` only: ``FP64`` runs the first step's
-            products in float64 (root 4: 4 of them), ``FP32`` at the working precision.
-            (Default: ``FP32``)
-        iteration (IterationControl): ``NEWTON_SCHULZ`` only: iterations per square root,
-            tolerance, fp32 refinement iterations and early-exit checks. (Default: 10 iterations)
+        first_step_precision (MatmulPrecision): ``FP64`` runs the first step's products in float64
+            (root 4: 4 of them), ``FP32`` at the working precision. (Default: ``FP32``)
     """
 
-    steps: NewtonDBSteps = NewtonDBSteps.MINIMAX
     rel_epsilon: float = DEFAULT_REL_EPSILON
     max_residual: float | None = 1e-2
     first_step_precision: MatmulPrecision = MatmulPrecision.FP32
-    iteration: IterationControl = DEFAULT_NEWTON_DB_ITERATION
 
-    @classmethod
-    def paper(cls, **changes: Any) -> Self:
-        """The DASH paper's Newton-DB: ten Newton-Schulz steps per square root, no relative ridge,
-        and a lenient acceptance (``max_residual=1``, which accepts under-inverted roots).
-        ``changes`` override any field, e.g. ``max_residual=None`` to accept every finite root."""
-        settings: dict[str, Any] = {
-            "steps": NewtonDBSteps.NEWTON_SCHULZ,
-            "rel_epsilon": 0.0,
-            "max_residual": 1.0,
+    def _checked_fields(self) -> dict[str, Any]:
+        return {
+            **super()._checked_fields(),
+            "rel_epsilon": check_minimax_rel_epsilon(self.rel_epsilon),
+            "first_step_precision": check_first_step_precision(self.first_step_precision),
         }
-        return cls(**(settings | changes))
+
+
+@dataclass(kw_only=True)
+class NewtonDBRootInvConfig(DashRootInvConfig):
+    """Inverse roots by the DASH paper's Newton-DB, batched: coupled Newton-Schulz steps
+    ``(3I - ZY) / 2``, roots ``2^k`` as chained square roots
+    (:mod:`distributed_shampoo_dash.solvers.newton_db`); other roots are computed by batched eigh.
+
+    The defaults are the paper's setting: ten steps per square root, no relative ridge, and a
+    lenient acceptance (``max_residual=1``, which accepts under-inverted roots; ``None`` accepts
+    every finite root).
+
+    Attributes:
+        rel_epsilon (float): As in :class:`DashRootInvConfig`. (Default: 0.0)
+        max_residual (float | None): As in :class:`DashRootInvConfig`. (Default: 1.0)
+        iteration (IterationControl): Iterations per square root, tolerance, fp32 refinement
+            iterations and early-exit checks. (Default: 10 iterations)
+    """
+
+    max_residual: float | None = 1.0
+    iteration: IterationControl = DEFAULT_NEWTON_DB_ITERATION
 
     def _checked_fields(self) -> dict[str, Any]:
         check_instance(self.iteration, IterationControl, "iteration")
-        fields = {
-            **super()._checked_fields(),
-            "steps": as_enum(self.steps, NewtonDBSteps, "steps"),
-            "first_step_precision": check_first_step_precision(self.first_step_precision),
-        }
-        if fields["steps"] is NewtonDBSteps.MINIMAX:
-            fields["rel_epsilon"] = check_minimax_rel_epsilon(self.rel_epsilon)
-        return fields
+        return {**super()._checked_fields(), "iteration": self.iteration}
 
 
 @dataclass(kw_only=True)
@@ -203,3 +187,32 @@ class ChebyshevRootInvConfig(DashRootInvConfig):
             "rel_epsilon": check_chebyshev_rel_epsilon(self.rel_epsilon),
             "degree": check_degree(self.degree),
         }
+
+
+def default_root_inv_config(device: str | torch.device) -> RootInvConfig:
+    """The ``amortized_computation_config`` DASH recommends for a device.
+
+    On an accelerator (``"cuda"``, any non-CPU ``torch.device``), :class:`MinimaxRootInvConfig`:
+    matrix products only, no eigendecomposition (whose GPU kernels are slow for many small blocks
+    and read error codes on the host), every block converged to its regularised root. On a CPU,
+    upstream's ``EigenConfig`` (batched by the DASH form of the preconditioner config): LAPACK's
+    eigh is exact and, measured in ``docs/usage.md``, faster there than the minimax iteration's
+    products.
+
+    Args:
+        device (str | torch.device): ``"cpu"``, ``"cuda"``, ``"cuda:1"``, or a ``torch.device``.
+
+    Returns:
+        config (RootInvConfig): A new config with default settings.
+
+    Raises:
+        ValueError: If ``device`` does not name a device.
+    """
+    try:
+        device_type = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"Invalid device={device!r}. Must be a torch.device or a device string such as "
+            "'cpu' or 'cuda'."
+        ) from None
+    return EigenConfig() if device_type == "cpu" else MinimaxRootInvConfig()

@@ -27,7 +27,7 @@ from distributed_shampoo.preconditioner.matrix_functions_types import RootInvCon
 from distributed_shampoo.utils.load_balancing_utils import CostModel
 from torch import Tensor
 
-from distributed_shampoo_dash.integration.configs import NewtonDBRootInvConfig
+from distributed_shampoo_dash.integration.configs import MinimaxRootInvConfig
 from distributed_shampoo_dash.integration.solve import batched_solver
 
 
@@ -37,14 +37,14 @@ class InverseRootCostModel(CostModel):
 
     Attributes:
         config (RootInvConfig): The solver whose product count prices a root.
-            (Default: ``NewtonDBRootInvConfig()``)
+            (Default: ``MinimaxRootInvConfig()``)
         default_products (int): Product-equivalent of a root ``config`` computes by eigh or does
             not batch. (Default: 61)
         block_overhead (float): FLOP-equivalent constant added per block, e.g. to model per-block
             launch latency. (Default: 0.0)
     """
 
-    config: RootInvConfig = field(default_factory=NewtonDBRootInvConfig)
+    config: RootInvConfig = field(default_factory=MinimaxRootInvConfig)
     default_products: int = 61
     block_overhead: float = 0.0
 

@@ -1,136 +1,161 @@
-"""Turning DASH on and off for ``distributed_shampoo.DistributedShampoo``.
+"""How ``DistributedShampoo`` finds DASH: its config forms, mapped to the batched lists.
 
-``enable()`` rebinds three upstream module globals, the only hook points upstream offers:
+Upstream builds a param group's preconditioner list in
+``DistributedShampoo._preconditioner_config_to_list_cls``, which looks the list class up by the
+config's exact type (``preconditioner_config_to_list_cls[type(preconditioner_config)]``), so a
+subclass of an upstream config is not found there. :func:`install` extends that method, once:
+for a DASH config form (:data:`BATCHED_FORMS`) it builds the batched list with the arguments
+upstream gives its own list, and every other config goes to upstream's method unchanged. It also
+binds the per-block solver name upstream's root-inverse lists call,
+``shampoo_preconditioner_list.matrix_inverse_root``, to
+:func:`~.per_block.dash_matrix_inverse_root`, which serves DASH's solver configs and passes every
+other config to upstream's ``matrix_inverse_root`` unchanged.
 
-* ``distributed_shampoo.distributed_shampoo.RootInvShampooPreconditionerList`` and
-  ``RootInvKLShampooPreconditionerList``, the classes ``DistributedShampoo`` instantiates for a
-  ``RootInvShampooPreconditionerConfig`` and a ``RootInvKLShampooPreconditionerConfig``, become
-  the batched lists (for optimizers created afterwards);
-* ``distributed_shampoo.preconditioner.shampoo_preconditioner_list.matrix_inverse_root``, the
-  per-block solver binding, becomes :func:`~.per_block.dash_matrix_inverse_root`, which serves the
-  DASH configs and hands every other config to upstream's function.
-
-``disable()`` puts upstream's objects back. Both are idempotent and act on the whole process
-(module globals): switch DASH before creating optimizers and before starting threads that create
-them, not concurrently with another thread doing so. Importing this package changes nothing;
-importing the adapter (``distributed_shampoo_dash.integration``, which every access to a DASH
-config does) wraps, once, the method ``DistributedShampoo`` uses to build its preconditioner
-lists, so that an optimizer with a DASH config
-
-* is refused at construction while DASH is disabled (upstream alone would silently keep identity
-  preconditioners for a few steps and then fail), and
-* gets a step pre-hook that refuses to step while DASH is disabled, before the step changes any
-  state (a DASH config needs DASH's per-block binding whenever a block is replayed).
+Importing :mod:`distributed_shampoo_dash.integration` (which any DASH config's import does) calls
+:func:`install`; nothing is left to switch, and optimizers without a DASH config behave exactly as
+upstream's.
 """
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import dataclasses
 from functools import wraps
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
+import torch
 from distributed_shampoo import distributed_shampoo as distributed_shampoo_module
+from distributed_shampoo import shampoo_types
 from distributed_shampoo.preconditioner import shampoo_preconditioner_list
-from distributed_shampoo.shampoo_types import BaseShampooPreconditionerConfig
-
-from distributed_shampoo_dash.integration.configs import DashRootInvConfig
-from distributed_shampoo_dash.integration.per_block import (
-    dash_matrix_inverse_root,
-    upstream_matrix_inverse_root,
+from distributed_shampoo.preconditioner.shampoo_preconditioner_list import PreconditionerList
+from distributed_shampoo.shampoo_types import (
+    BETAS,
+    DISTRIBUTOR,
+    EPSILON,
+    USE_BIAS_CORRECTION,
+    PreconditionerConfig,
 )
+
+from distributed_shampoo_dash.integration import preconditioner_configs
+from distributed_shampoo_dash.integration.per_block import dash_matrix_inverse_root
 from distributed_shampoo_dash.integration.preconditioner_list import (
     BatchedRootInvKLShampooPreconditionerList,
     BatchedRootInvShampooPreconditionerList,
 )
 
-#: Upstream list classes DASH replaces, by their module global name, and their batched versions.
-_LISTS: dict[str, tuple[type, type]] = {
-    "RootInvShampooPreconditionerList": (
-        shampoo_preconditioner_list.RootInvShampooPreconditionerList,
+_Config = TypeVar("_Config", bound=PreconditionerConfig)
+
+
+class BatchedForm(NamedTuple):
+    """An upstream preconditioner config DASH batches.
+
+    Attributes:
+        upstream (type): Upstream's config class.
+        dash (type): Its DASH form (a subclass with :class:`~.BatchedSettings`).
+        list_cls (type): The batched preconditioner list a DASH-form param group gets.
+    """
+
+    upstream: type[PreconditionerConfig]
+    dash: type[PreconditionerConfig]
+    list_cls: type[PreconditionerList]
+
+
+#: Every upstream preconditioner config DASH batches, with its DASH form and batched list.
+BATCHED_FORMS: tuple[BatchedForm, ...] = (
+    BatchedForm(
+        shampoo_types.RootInvShampooPreconditionerConfig,
+        preconditioner_configs.RootInvShampooPreconditionerConfig,
         BatchedRootInvShampooPreconditionerList,
     ),
-    "RootInvKLShampooPreconditionerList": (
-        shampoo_preconditioner_list.RootInvKLShampooPreconditionerList,
+    BatchedForm(
+        shampoo_types.RootInvKLShampooPreconditionerConfig,
+        preconditioner_configs.RootInvKLShampooPreconditionerConfig,
         BatchedRootInvKLShampooPreconditionerList,
     ),
-}
-_PRECONDITIONER_CONFIG = "preconditioner_config"
+)
+_BY_UPSTREAM = {form.upstream: form for form in BATCHED_FORMS}
+_BY_DASH = {form.dash: form for form in BATCHED_FORMS}
+_BATCHED_TYPES = tuple(_BY_DASH)
 
 
-def enable() -> None:
-    """Routes every ``DistributedShampoo`` created from now on through DASH (idempotent)."""
-    for name, (_, batched) in _LISTS.items():
-        setattr(distributed_shampoo_module, name, batched)
-    shampoo_preconditioner_list.matrix_inverse_root = dash_matrix_inverse_root  # type: ignore[assignment]
+def is_batched(preconditioner_config: object) -> bool:
+    """Whether ``preconditioner_config`` is a DASH form, i.e. its param group runs DASH."""
+    return type(preconditioner_config) in _BY_DASH
 
 
-def disable() -> None:
-    """Restores upstream's list classes and solver binding (idempotent)."""
-    for name, (upstream, _) in _LISTS.items():
-        setattr(distributed_shampoo_module, name, upstream)
-    shampoo_preconditioner_list.matrix_inverse_root = upstream_matrix_inverse_root
+def batched(preconditioner_config: _Config, **settings: Any) -> _Config:
+    """The DASH form of an upstream preconditioner config: the same field values, batched.
+
+    Args:
+        preconditioner_config (PreconditionerConfig): An upstream config of a class in
+            :data:`BATCHED_FORMS`, or a DASH form (returned with ``settings`` applied).
+        **settings: :class:`~.BatchedSettings` fields, e.g. ``max_stack_bytes``.
+
+    Returns:
+        config (PreconditionerConfig): The DASH form; ``preconditioner_config`` is not changed.
+
+    Raises:
+        TypeError: If DASH does not batch the config's class (the message names it and lists
+            what DASH batches).
+    """
+    config_type = type(preconditioner_config)
+    form = _BY_DASH.get(config_type) or _BY_UPSTREAM.get(config_type)
+    if form is None:
+        supported = ", ".join(form.upstream.__name__ for form in BATCHED_FORMS)
+        raise TypeError(
+            f"DASH does not batch {config_type.__module__}.{config_type.__qualname__}; it batches "
+            f"{supported} (from distributed_shampoo). Use that config as it is for upstream's "
+            "preconditioner."
+        )
+    values = {
+        field.name: getattr(preconditioner_config, field.name)
+        for field in dataclasses.fields(preconditioner_config)  # type: ignore[arg-type]
+        if field.init
+    }
+    return form.dash(**(values | settings))  # type: ignore[return-value]
 
 
-def is_enabled() -> bool:
-    """Whether optimizers created now use DASH."""
-    return (
-        distributed_shampoo_module.RootInvShampooPreconditionerList
-        is BatchedRootInvShampooPreconditionerList
+def batched_list(
+    optimizer: Any,
+    state_lists: dict[str, Any],
+    group: dict[str, Any],
+    preconditioner_config: shampoo_types.RootInvShampooPreconditionerConfig,
+) -> PreconditionerList:
+    """The batched list of a DASH-form param group, built with the arguments upstream's
+    ``_preconditioner_config_to_list_cls`` gives the upstream list of that config."""
+    beta2 = group[BETAS][1]
+    drop_weighting = preconditioner_config.drop_weighting_factor_on_gsquare
+    return _BY_DASH[type(preconditioner_config)].list_cls(  # type: ignore[call-arg]
+        block_list=state_lists[DISTRIBUTOR].local_blocked_params,
+        preconditioner_config=preconditioner_config,
+        state=optimizer.state,
+        block_info_list=state_lists[DISTRIBUTOR].local_block_info_list,
+        beta2=beta2,
+        weighting_factor=1.0 if drop_weighting or beta2 == 1.0 else 1 - beta2,
+        epsilon=group[EPSILON],
+        use_bias_correction=group[USE_BIAS_CORRECTION],
     )
 
 
-@contextmanager
-def enabled() -> Iterator[None]:
-    """DASH on inside the block, restored to its previous state afterwards.
-
-    Optimizers created inside keep their batched list afterwards, but DASH configs need DASH
-    enabled at every step: use this for scoped experiments and tests, :func:`enable` for training.
-    """
-    was_enabled = is_enabled()
-    enable()
-    try:
-        yield
-    finally:
-        if not was_enabled:
-            disable()
-
-
-def _dash_config_groups(optimizer: Any) -> list[tuple[int, DashRootInvConfig]]:
-    """``(index, config)`` of the param groups whose preconditioner uses a DASH config."""
-    found = []
-    for index, group in enumerate(optimizer.param_groups):
-        preconditioner_config = group.get(_PRECONDITIONER_CONFIG)
-        if isinstance(preconditioner_config, BaseShampooPreconditionerConfig):
-            amortized_config = preconditioner_config.amortized_computation_config
-            if isinstance(amortized_config, DashRootInvConfig):
-                found.append((index, amortized_config))
-    return found
-
-
-def _check_dash_is_enabled(optimizer: Any, *_: object) -> None:
-    """Raises if a param group uses a DASH config while DASH is disabled."""
-    if is_enabled():
+def install() -> None:
+    """Makes ``DistributedShampoo`` build the batched list for DASH config forms and binds the
+    per-block solver name to DASH's (idempotent; called when the adapter is imported)."""
+    shampoo_preconditioner_list.matrix_inverse_root = dash_matrix_inverse_root  # type: ignore[assignment]
+    cls = distributed_shampoo_module.DistributedShampoo
+    to_list_cls = cls._preconditioner_config_to_list_cls
+    if getattr(to_list_cls, "__dash_installed__", False):
         return
-    for index, config in _dash_config_groups(optimizer):
-        raise ValueError(
-            f"param_groups[{index}] uses {type(config).__name__}, which needs DASH. "
-            "Call distributed_shampoo_dash.enable() before creating DistributedShampoo and keep "
-            "it enabled while the optimizer steps."
+
+    @wraps(to_list_cls)
+    @torch.no_grad()
+    def config_to_list_cls(
+        self: Any,
+        state_lists: dict[str, Any],
+        group: dict[str, Any],
+        preconditioner_config: PreconditionerConfig,
+    ) -> PreconditionerList | None:
+        if isinstance(preconditioner_config, _BATCHED_TYPES) and is_batched(preconditioner_config):
+            return batched_list(self, state_lists, group, preconditioner_config)
+        return to_list_cls(
+            self, state_lists=state_lists, group=group, preconditioner_config=preconditioner_config
         )
 
-
-def install_construction_check() -> None:
-    """Makes ``DistributedShampoo`` reject DASH configs while DASH is off (idempotent)."""
-    cls = distributed_shampoo_module.DistributedShampoo
-    instantiate = cls._instantiate_shampoo_preconditioner_list
-    if getattr(instantiate, "__dash_checked__", False):
-        return
-
-    @wraps(instantiate)
-    def checked(self: Any) -> None:
-        _check_dash_is_enabled(self)
-        instantiate(self)
-        if _dash_config_groups(self):
-            self.register_step_pre_hook(_check_dash_is_enabled)
-
-    checked.__dash_checked__ = True  # type: ignore[attr-defined]
-    cls._instantiate_shampoo_preconditioner_list = checked  # type: ignore[method-assign]
+    config_to_list_cls.__dash_installed__ = True  # type: ignore[attr-defined]
+    cls._preconditioner_config_to_list_cls = config_to_list_cls  # type: ignore[method-assign]

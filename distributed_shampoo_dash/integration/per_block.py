@@ -3,9 +3,10 @@ configs.
 
 Upstream's root-inverse lists call the module global ``matrix_inverse_root`` of
 ``distributed_shampoo.preconditioner.shampoo_preconditioner_list`` once per factor matrix, with
-the bias-corrected matrix, and cast the result to the inverse factor's dtype. ``enable()`` binds
-that name to :func:`dash_matrix_inverse_root`, which serves the DASH configs with the policy of
-:mod:`.roots` on a stack of one and hands every other config to upstream's function unchanged.
+the bias-corrected matrix, and cast the result to the inverse factor's dtype.
+:func:`~.install.install` binds that name to :func:`dash_matrix_inverse_root`, which serves the
+DASH solver configs with the policy of :mod:`.roots` on a stack of one and hands every other
+config to upstream's function unchanged.
 """
 
 import logging

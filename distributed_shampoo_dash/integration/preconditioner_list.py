@@ -143,14 +143,13 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
 
     Attributes:
         max_stack_bytes (int | None): Memory, in bytes, one batched operation may allocate for its
-            stacks, work space and results; ``None`` sizes it from the gradients
-            (:meth:`stack_budget`). A class attribute: set it before creating the optimizer, or on
-            the list. (Default: None)
+            stacks, work space and results, from the config's
+            :attr:`~.BatchedSettings.max_stack_bytes` (an upstream config has none); ``None``
+            sizes it from the gradients (:meth:`stack_budget`).
         fallback_counts (Counter[str]): Roots recomputed by ``"eigh"`` and blocks ``"replayed"``
             through upstream's per-block path since construction.
     """
 
-    max_stack_bytes: int | None = None
     #: Automatic budget: this fraction of the param group's gradient bytes, but at least
     #: :attr:`min_stack_bytes`.
     stack_budget_fraction: float = 0.5
@@ -158,6 +157,9 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.max_stack_bytes: int | None = getattr(
+            self._preconditioner_config, "max_stack_bytes", None
+        )
         self.fallback_counts: Counter[str] = Counter()
 
     # Factor update and preconditioning.

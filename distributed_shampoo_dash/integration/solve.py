@@ -4,7 +4,8 @@
 call for a stack and the ``d x d`` products it runs per precision, or ``None`` for what stays on
 upstream's per-block ``matrix_inverse_root``. Batched: upstream ``EigenConfig`` (with a
 ``PerturbationConfig`` and no offload device), upstream ``CoupledNewtonConfig`` (integer roots),
-and the DASH configs (any root; Newton-DB hands roots its steps cannot reach to batched eigh).
+and the DASH configs (any root; minimax and Newton-DB hand roots their steps cannot reach to
+batched eigh).
 Per block: ``PseudoInverseConfig``, ``CoupledHigherOrderConfig``, fractional roots for coupled
 Newton, eigendecomposition offload.
 """
@@ -23,8 +24,8 @@ from torch import Tensor
 
 from distributed_shampoo_dash.integration.configs import (
     ChebyshevRootInvConfig,
+    MinimaxRootInvConfig,
     NewtonDBRootInvConfig,
-    NewtonDBSteps,
 )
 from distributed_shampoo_dash.solvers import (
     EIGH_PRODUCTS,
@@ -102,7 +103,7 @@ def eigh_solver(config: RootInvConfig, root: float, epsilon: float) -> BatchedSo
 def batched_solver(config: RootInvConfig, root: float, epsilon: float) -> BatchedSolver | None:
     """The batched solver for ``config`` at ``root``, or ``None`` for upstream's per-block path."""
     match config:
-        case NewtonDBRootInvConfig(steps=NewtonDBSteps.MINIMAX) if root in MINIMAX_ROOTS:
+        case MinimaxRootInvConfig() if root in MINIMAX_ROOTS:
             solve = partial(
                 minimax_inverse_root,
                 root=int(root),
@@ -116,7 +117,7 @@ def batched_solver(config: RootInvConfig, root: float, epsilon: float) -> Batche
                 root, config.rel_epsilon, config.precision, config.first_step_precision
             )
             return BatchedSolver("minimax", solve, products)
-        case NewtonDBRootInvConfig(steps=NewtonDBSteps.NEWTON_SCHULZ) if is_power_of_two(root):
+        case NewtonDBRootInvConfig() if is_power_of_two(root):
             solve = partial(
                 newton_db_inverse_root,
                 root=int(root),
@@ -129,7 +130,7 @@ def batched_solver(config: RootInvConfig, root: float, epsilon: float) -> Batche
             return BatchedSolver(
                 "newton_db", solve, newton_db_products(root, config.precision, config.iteration)
             )
-        case NewtonDBRootInvConfig():
+        case MinimaxRootInvConfig() | NewtonDBRootInvConfig():
             return eigh_solver(config, root, epsilon)
         case ChebyshevRootInvConfig():
             solve = partial(

@@ -11,7 +11,7 @@ The recipe (accelerate tested: 1.15.0) is to prepare the model first and build t
 from the prepared model's parameters, which :func:`prepare_shampoo` does::
 
     accelerator = Accelerator(fsdp_plugin=FullyShardedDataParallelPlugin(fsdp_version=2))
-    model, optimizer = prepare_shampoo(accelerator, model, lr=1e-3, solver="newton-db")
+    model, optimizer = prepare_shampoo(accelerator, model, lr=1e-3, solver="minimax")
     dataloader, scheduler = accelerator.prepare(dataloader, scheduler)
 
 accelerate's FSDP2 path shards a model only inside ``prepare(model, optimizer)`` (it refuses

@@ -16,7 +16,7 @@ optimizer with it registered::
             fully_shard(self.model, mesh=self.device_mesh["data_parallel"])
 
         def configure_optimizers(self):
-            return configure_shampoo(self, lr=1e-3, solver="newton-db")
+            return configure_shampoo(self, lr=1e-3, solver="minimax")
 
 Use the strategy's default sharded checkpoints (``save_distributed_checkpoint=True``): upstream's
 FSDP distributors keep each rank's blocks as plain local tensors, so a full checkpoint

@@ -31,19 +31,25 @@ from torch.distributed.tensor import DTensor, Replicate, Shard
 
 from distributed_shampoo_dash.integration import (
     ChebyshevRootInvConfig,
+    MinimaxRootInvConfig,
     NewtonDBRootInvConfig,
-    disable,
-    enable,
+    batched,
+    default_root_inv_config,
 )
 from distributed_shampoo_dash.trainers.parameter_guard import register_parameter_guard
 
-#: Solver name -> factory of its ``amortized_computation_config`` (default settings). Add an entry
-#: to offer another solver (or a variant, e.g. ``"newton-db-converged"``) to every trainer.
+#: Name of the solver DASH recommends for the parameters' device
+#: (:func:`~distributed_shampoo_dash.default_root_inv_config`).
+DEFAULT_SOLVER = "default"
+
+#: Solver name -> factory of its ``amortized_computation_config`` (default settings), besides
+#: :data:`DEFAULT_SOLVER`. Add an entry to offer another solver (or a variant, e.g.
+#: ``"minimax-fp64-first-step"``) to every trainer.
 SOLVERS: dict[str, Callable[[], RootInvConfig]] = {
     "eigen": EigenConfig,
     "coupled-newton": CoupledNewtonConfig,
+    "minimax": MinimaxRootInvConfig,
     "newton-db": NewtonDBRootInvConfig,
-    "newton-db-paper": NewtonDBRootInvConfig.paper,
     "chebyshev": ChebyshevRootInvConfig,
 }
 
@@ -51,12 +57,20 @@ SOLVERS: dict[str, Callable[[], RootInvConfig]] = {
 GRAFTINGS = ("adam", "rmsprop", "adagrad", "sgd", "none")
 
 
-def solver_config(name: str) -> RootInvConfig:
-    """The ``amortized_computation_config`` named ``name`` (a key of :data:`SOLVERS`)."""
+def solver_names() -> list[str]:
+    """Every name :func:`solver_config` accepts."""
+    return [DEFAULT_SOLVER, *SOLVERS]
+
+
+def solver_config(name: str, device: str | torch.device = "cuda") -> RootInvConfig:
+    """The ``amortized_computation_config`` named ``name``: :data:`DEFAULT_SOLVER` (the one DASH
+    recommends for ``device``) or a key of :data:`SOLVERS`."""
+    if name == DEFAULT_SOLVER:
+        return default_root_inv_config(device)
     try:
         return SOLVERS[name]()
     except KeyError:
-        raise ValueError(f"Unknown solver {name!r}; expected one of {sorted(SOLVERS)}.") from None
+        raise ValueError(f"Unknown solver {name!r}; expected one of {solver_names()}.") from None
 
 
 def grafting_config(name: str, beta2: float, epsilon: float) -> PreconditionerConfig | None:
@@ -125,18 +139,25 @@ def shampoo_kwargs(
     max_preconditioner_dim: int = 1024,
     precondition_frequency: int = 10,
     start_preconditioning_step: int = -1,
-    solver: str = "newton-db",
+    solver: str = DEFAULT_SOLVER,
     grafting: str = "adam",
     grafting_beta2: float = 0.95,
     grafting_epsilon: float = 1e-8,
+    use_dash: bool = True,
+    device: str | torch.device = "cuda",
 ) -> dict[str, Any]:
     """``DistributedShampoo`` constructor arguments (all but params and distributed config).
 
     The defaults are the DASH paper's (Llama-953M on C4): ``betas=(0.9, 0.95)``, epsilon 1e-10,
-    Adam grafting with ``beta2=0.95`` and epsilon 1e-8, blocks of 1024, roots every 10 steps, and
-    the Newton-DB solver. ``solver`` is a key of :data:`SOLVERS`, ``grafting`` one of
-    :data:`GRAFTINGS`.
+    Adam grafting with ``beta2=0.95`` and epsilon 1e-8, blocks of 1024, roots every 10 steps; the
+    solver is the one DASH recommends for ``device`` (the parameters'). ``solver`` is one of
+    :func:`solver_names`, ``grafting`` one of :data:`GRAFTINGS`. ``use_dash`` gives the
+    preconditioner config in its DASH form (:func:`~distributed_shampoo_dash.batched`), else
+    upstream's.
     """
+    preconditioner_config = RootInvShampooPreconditionerConfig(
+        amortized_computation_config=solver_config(solver, device)
+    )
     return {
         "lr": lr,
         "betas": (betas[0], betas[1]),
@@ -146,8 +167,8 @@ def shampoo_kwargs(
         "precondition_frequency": precondition_frequency,
         "start_preconditioning_step": start_preconditioning_step,
         "grafting_config": grafting_config(grafting, grafting_beta2, grafting_epsilon),
-        "preconditioner_config": RootInvShampooPreconditionerConfig(
-            amortized_computation_config=solver_config(solver)
+        "preconditioner_config": (
+            batched(preconditioner_config) if use_dash else preconditioner_config
         ),
     }
 
@@ -164,23 +185,19 @@ def build_shampoo(
 
     ``settings`` are :func:`shampoo_kwargs`'s; ``distributed_config`` defaults to
     :func:`distributed_config_for` the parameters (so build the optimizer after the model is
-    sharded); ``extra_kwargs`` go to the constructor as they are. ``use_dash`` calls
-    :func:`distributed_shampoo_dash.enable` (or ``disable``) first. The optimizer raises
+    sharded); ``extra_kwargs`` go to the constructor as they are. ``use_dash`` chooses the DASH
+    form of the preconditioner config (this optimizer only). The optimizer raises
     :class:`~distributed_shampoo_dash.trainers.parameter_guard.ReplacedParametersError` at its
     next step if a wrapper replaces its parameters afterwards.
     """
     groups: list[Any] = list(params)
-    if use_dash:
-        enable()
-    else:
-        disable()
+    tensors = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
     if distributed_config is None:
-        tensors = (p for g in groups for p in (g["params"] if isinstance(g, dict) else [g]))
         distributed_config = distributed_config_for(tensors)
     optimizer = DistributedShampoo(
         groups,
         distributed_config=distributed_config,
-        **shampoo_kwargs(**settings),
+        **shampoo_kwargs(use_dash=use_dash, device=tensors[0].device, **settings),
         **(extra_kwargs or {}),
     )
     register_parameter_guard(optimizer)

@@ -6,7 +6,7 @@ module adds :class:`ShampooOptimizersContainer`, whose nested ``Config`` carries
 as flat fields (solver, block size, frequency, epsilon, grafting, ...), so a config-registry
 function sets::
 
-    config.optimizer = ShampooOptimizersContainer.Config(lr=3e-4, solver="newton-db")
+    config.optimizer = ShampooOptimizersContainer.Config(lr=3e-4, solver="minimax")
 
 and every field can be overridden on the command line (``--optimizer.solver eigen``,
 ``--optimizer.max_preconditioner_dim 512``). What the container does on top of torchtitan's own:
@@ -19,7 +19,7 @@ and every field can be overridden on the command line (``--optimizer.solver eige
 * passes the ``distributed_config`` that matches the parameters torchtitan hands over: torchtitan
   builds the optimizer after ``fully_shard``, so they are FSDP2 DTensors (see
   :func:`distributed_shampoo_dash.trainers.optimizer.distributed_config_for`);
-* enables DASH (``use_dash``) before the optimizer is built.
+* gives the preconditioner config in its DASH form (``use_dash``).
 
 torchtitan's checkpointer then saves and loads the whole Shampoo state with DCP unchanged.
 ``docs/trainers.md`` has the torchrun command and the known incompatibilities of torchtitan 0.3.0
@@ -31,18 +31,19 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
+import torch
 import torch.distributed as dist
 from distributed_shampoo import DistributedShampoo
 from torch import nn
 from torch.optim import Optimizer
 from torchtitan.components.optimizer import OptimizersContainer, ParamGroupConfig
 
-import distributed_shampoo_dash as dash
 from distributed_shampoo_dash.trainers.optimizer import (
+    DEFAULT_SOLVER,
     GRAFTINGS,
-    SOLVERS,
     distributed_config_for,
     shampoo_kwargs,
+    solver_names,
 )
 from distributed_shampoo_dash.trainers.parameter_guard import register_parameter_guard
 
@@ -112,9 +113,11 @@ class ShampooOptimizersContainer(OptimizersContainer):
         start_preconditioning_step: int = -1
         """First step that uses Shampoo's direction (-1: ``precondition_frequency``)."""
 
-        solver: str = "newton-db"
-        """Inverse-root solver, a key of ``distributed_shampoo_dash.trainers.optimizer.SOLVERS``:
-        'eigen', 'coupled-newton' (upstream's, batched by DASH), 'newton-db', 'chebyshev' (DASH)."""
+        solver: str = DEFAULT_SOLVER
+        """Inverse-root solver: 'default' (the one DASH recommends for the parameters' device:
+        'minimax' on a GPU, 'eigen' on a CPU), 'eigen', 'coupled-newton' (upstream's, batched by
+        DASH), 'minimax' (DASH's minimax iteration), 'newton-db' (the DASH paper's Newton-DB),
+        'chebyshev'."""
 
         grafting: str = "adam"
         """Grafting (per-block step size): 'adam', 'rmsprop', 'adagrad', 'sgd' or 'none'."""
@@ -126,12 +129,12 @@ class ShampooOptimizersContainer(OptimizersContainer):
         """Epsilon of the grafting preconditioner."""
 
         use_dash: bool = True
-        """Enable DASH before building (False: upstream alone; DASH solvers then refuse)."""
+        """The DASH form of the preconditioner config (False: upstream's; this optimizer only)."""
 
         def __post_init__(self) -> None:
-            if self.solver not in SOLVERS:
+            if self.solver not in solver_names():
                 raise ValueError(
-                    f"Unknown solver {self.solver!r}; expected one of {sorted(SOLVERS)}."
+                    f"Unknown solver {self.solver!r}; expected one of {solver_names()}."
                 )
             if self.grafting not in GRAFTINGS:
                 raise ValueError(
@@ -146,8 +149,9 @@ class ShampooOptimizersContainer(OptimizersContainer):
                     f"Invalid precondition_frequency={self.precondition_frequency}. Must be >= 1."
                 )
 
-        def shampoo_kwargs(self) -> dict[str, Any]:
-            """``DistributedShampoo`` constructor arguments from the fields (no params)."""
+        def shampoo_kwargs(self, device: str | torch.device = "cuda") -> dict[str, Any]:
+            """``DistributedShampoo`` constructor arguments from the fields (no params), for
+            parameters on ``device``."""
             return shampoo_kwargs(
                 lr=self.lr,
                 betas=self.betas,
@@ -160,19 +164,17 @@ class ShampooOptimizersContainer(OptimizersContainer):
                 grafting=self.grafting,
                 grafting_beta2=self.grafting_beta2,
                 grafting_epsilon=self.grafting_epsilon,
+                use_dash=self.use_dash,
+                device=device,
             )
 
     def __init__(self, config: Config, *, model_parts: list[nn.Module]) -> None:
-        if config.use_dash:
-            dash.enable()
-        else:
-            dash.disable()
         param_groups = config.param_groups or [
             ParamGroupConfig(pattern=r".*", optimizer_name=OPTIMIZER_NAME)
         ]
         factory_kwargs = dict(config.optimizer_factory_kwargs_by_name)
         factory_kwargs[OPTIMIZER_NAME] = {
-            **config.shampoo_kwargs(),
+            **config.shampoo_kwargs(next(model_parts[0].parameters()).device),
             **factory_kwargs.get(OPTIMIZER_NAME, {}),
         }
         # Fields of torchtitan's base Config (untyped for mypy, hence the dict).

@@ -11,7 +11,7 @@ from distributed_shampoo import (
     CoupledNewtonConfig,
     DistributedShampoo,
     EigenConfig,
-    NewtonDBRootInvConfig,
+    MinimaxRootInvConfig,
     RootInvShampooPreconditionerConfig,
 )
 from distributed_shampoo.preconditioner.dash.preconditioner_list import (
@@ -99,7 +99,7 @@ class BatchedRootInvShampooPreconditionerConfigTest(unittest.TestCase):
             per_block_optimizer.state_dict()["state"].keys(),
         )
 
-    @parametrize("solver", (NewtonDBRootInvConfig(), ChebyshevRootInvConfig()))
+    @parametrize("solver", (MinimaxRootInvConfig(), ChebyshevRootInvConfig()))
     @parametrize("batched", (False, True))
     def test_dash_solver_configs_train(self, solver: RootInvConfig, batched: bool) -> None:
         config_class = (

@@ -34,7 +34,6 @@ from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 from distributed_shampoo import DistributedShampoo
 from torch import nn
 
-import distributed_shampoo_dash as dash
 from distributed_shampoo_dash.trainers.accelerate import prepare_shampoo
 from distributed_shampoo_dash.trainers.optimizer import build_shampoo, shampoo_kwargs
 from tests.integration.shampoo import TRAINER_SETTINGS, preconditioner_list
@@ -88,7 +87,6 @@ def run_phase(args: argparse.Namespace, accelerator: Accelerator) -> None:
         optimizer = build_shampoo(model.parameters(), **TRAINER_SETTINGS)
         model, optimizer = accelerator.prepare(model, optimizer)
     elif args.phase == "prebuilt-unguarded":
-        dash.enable()
         optimizer = DistributedShampoo(model.parameters(), **shampoo_kwargs(**TRAINER_SETTINGS))
         model, optimizer = accelerator.prepare(model, optimizer)
     else:

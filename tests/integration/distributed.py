@@ -34,7 +34,6 @@ from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
-import distributed_shampoo_dash as dash
 from distributed_shampoo_dash.integration.preconditioner_list import (
     BatchedRootInvShampooPreconditionerList,
 )
@@ -94,12 +93,14 @@ def _wrap(model: nn.Module, distributor: str) -> tuple[nn.Module, object]:
 
 
 def _build(distributor: str, use_dash: bool) -> tuple[nn.Module, DistributedShampoo]:
-    """A seeded model under ``distributor`` and its optimizer, built with DASH on or off."""
-    dash.enable() if use_dash else dash.disable()
+    """A seeded model under ``distributor`` and its optimizer, with the DASH or the upstream form
+    of the config."""
     torch.manual_seed(0)
     model, distributed_config = _wrap(MixedShapeModel(), distributor)
     make_optimizer: Callable[[nn.Module], DistributedShampoo] = shampoo_factory(
-        EigenConfig(), optimizer_kwargs={"distributed_config": distributed_config}
+        EigenConfig(),
+        batched=use_dash,
+        optimizer_kwargs={"distributed_config": distributed_config},
     )
     optimizer = make_optimizer(model)
     batched = isinstance(preconditioner_list(optimizer), BatchedRootInvShampooPreconditionerList)
@@ -196,5 +197,4 @@ def run_worker(rank: int, world_size: int, port: int, job: Job, out_dir: str) ->
             torch.save(results, Path(out_dir) / "results.pt")
         dist.barrier()
     finally:
-        dash.disable()
         dist.destroy_process_group()

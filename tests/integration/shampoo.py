@@ -29,16 +29,27 @@ TRAINER_SETTINGS: dict[str, Any] = {
 }
 
 
+def root_inv_config(batched: bool, **fields: Any) -> RootInvShampooPreconditionerConfig:
+    """``RootInvShampooPreconditionerConfig(**fields)``: DASH's form if ``batched``, else
+    upstream's."""
+    if batched:
+        return dash.RootInvShampooPreconditionerConfig(**fields)
+    return RootInvShampooPreconditionerConfig(**fields)
+
+
 def shampoo(
     params: Any,
     solver: RootInvConfig,
     *,
+    batched: bool,
     epsilon: float = 1e-8,
     preconditioner_kwargs: dict[str, Any] | None = None,
     **optimizer_kwargs: Any,
 ) -> DistributedShampoo:
     """``DistributedShampoo`` with Adam grafting and, unless ``optimizer_kwargs`` say otherwise,
-    blocks of at most 8 and roots every step."""
+    blocks of at most 8 and roots every step; ``batched`` chooses the DASH form of the
+    preconditioner config (``preconditioner_kwargs`` may hold its DASH settings), else
+    upstream's."""
     settings: dict[str, Any] = {
         "lr": 0.01,
         "betas": (0.9, 0.95),
@@ -50,8 +61,8 @@ def shampoo(
     return DistributedShampoo(
         params,
         epsilon=epsilon,
-        preconditioner_config=RootInvShampooPreconditionerConfig(
-            amortized_computation_config=solver, **(preconditioner_kwargs or {})
+        preconditioner_config=root_inv_config(
+            batched, amortized_computation_config=solver, **(preconditioner_kwargs or {})
         ),
         **(settings | optimizer_kwargs),
     )
@@ -59,6 +70,8 @@ def shampoo(
 
 def shampoo_factory(
     solver: RootInvConfig,
+    *,
+    batched: bool,
     epsilon: float = 1e-8,
     optimizer_kwargs: dict[str, Any] | None = None,
     **preconditioner_kwargs: Any,
@@ -67,6 +80,7 @@ def shampoo_factory(
     return lambda model: shampoo(
         model.parameters(),
         solver,
+        batched=batched,
         epsilon=epsilon,
         preconditioner_kwargs=preconditioner_kwargs,
         **(optimizer_kwargs or {}),
