@@ -60,6 +60,7 @@ MODULES: dict[str, str] = {
             "newton_db",
             "precision",
             "problem",
+            "registry",
             "result",
             "scaling",
         )

@@ -16,24 +16,28 @@ from distributed_shampoo import DistributedShampoo, EigenConfig
 from distributed_shampoo.shampoo_types import PreconditionerValueError
 
 import distributed_shampoo_dash as dash
-from distributed_shampoo_dash.integration import solve
 from distributed_shampoo_dash.integration.preconditioner_list import (
     bias_corrected_factor_stack,
 )
-from distributed_shampoo_dash.solvers import InverseRootResult, IterationControl, eigh_inverse_root
+from distributed_shampoo_dash.solvers import (
+    SOLVERS,
+    InverseRootResult,
+    IterationControl,
+    eigh_inverse_root,
+)
 from tests.integration.models import MixedShapeModel, make_batches, run_steps
 from tests.integration.shampoo import kronecker_factors, preconditioner_list, shampoo_factory
 
 EPSILON = 1e-6
 #: Converging Newton-DB configs that accept any finite root, so only injected failures are
-#: rejected, and the solver function of each (the one the tests corrupt).
+#: rejected, and the registry's solver of each (the one the tests corrupt).
 NEWTON_DB_CONFIGS = {
-    "minimax": (dash.MinimaxRootInvConfig(max_residual=None), "minimax_inverse_root"),
+    "minimax": (dash.MinimaxRootInvConfig(max_residual=None), "minimax"),
     "paper": (
         dash.NewtonDBRootInvConfig(
             iteration=IterationControl(num_iterations=30, tolerance=1e-6), max_residual=None
         ),
-        "newton_db_inverse_root",
+        "newton_db",
     ),
 }
 NEWTON_DB = pytest.mark.parametrize("variant", sorted(NEWTON_DB_CONFIGS))
@@ -132,9 +136,9 @@ def test_non_finite_factor_raises_upstreams_error() -> None:
 
 
 def corrupt_roots_of_dim(dim: int, solver: str, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Makes ``solve.<solver>`` return non-finite roots for every ``(dim, dim)`` factor; counts its
-    calls on them."""
-    original = getattr(solve, solver)
+    """Makes the registry's ``solver`` return non-finite roots for every ``(dim, dim)`` factor;
+    counts its calls on them."""
+    original = SOLVERS[solver].inverse_root
     corrupted_calls = [0]
 
     def corrupting(A: torch.Tensor, *args: object, **kwargs: object) -> InverseRootResult:
@@ -145,7 +149,9 @@ def corrupt_roots_of_dim(dim: int, solver: str, monkeypatch: pytest.MonkeyPatch)
         nan = torch.full_like(result.inverse_root, float("nan"))
         return result._replace(inverse_root=nan, is_finite=torch.zeros_like(result.is_finite))
 
-    monkeypatch.setattr(solve, solver, corrupting)
+    monkeypatch.setitem(
+        SOLVERS, solver, dataclasses.replace(SOLVERS[solver], inverse_root=corrupting)
+    )
     return corrupted_calls
 
 

@@ -18,7 +18,7 @@ import pytest
 pytestmark = pytest.mark.upstream
 pytest.importorskip("distributed_shampoo")
 
-from distributed_shampoo_dash.integration.solve import SOLVER_WORKSPACE
+from distributed_shampoo_dash.solvers import SOLVERS
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 BENCHMARK = REPOSITORY / "scripts" / "benchmark.py"
@@ -88,7 +88,7 @@ print(json.dumps({"stacks": (status("VmHWM") - before) / stack.nbytes}))
 VARIANTS = {"minimax_bf16": "minimax", "minimax_fp64_first_step": "minimax"}
 
 
-@pytest.mark.parametrize("call", [*sorted(SOLVER_WORKSPACE), *VARIANTS])
+@pytest.mark.parametrize("call", [*SOLVERS, *VARIANTS])
 def test_solver_allocates_at_most_its_documented_work_space(call: str) -> None:
     completed = subprocess.run(
         [sys.executable, "-c", SOLVER_CALL, call],
@@ -98,4 +98,4 @@ def test_solver_allocates_at_most_its_documented_work_space(call: str) -> None:
         check=True,
     )
     stacks = json.loads(completed.stdout.strip().splitlines()[-1])["stacks"]
-    assert stacks <= SOLVER_WORKSPACE[VARIANTS.get(call, call)] + 0.1, stacks
+    assert stacks <= SOLVERS[VARIANTS.get(call, call)].workspace + 0.1, stacks

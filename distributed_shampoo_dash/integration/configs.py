@@ -22,7 +22,7 @@ and counts one failed amortized computation, exactly as an upstream solver excep
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from distributed_shampoo.preconditioner.matrix_functions_types import EigenConfig, RootInvConfig
@@ -67,7 +67,11 @@ class DashRootInvConfig(RootInvConfig):
             (Default: 1.0)
         fallback_to_eigh (bool): Recompute rejected blocks by eigh (upstream ``EigenConfig``
             semantics) instead of keeping their previous inverse factor. (Default: True)
+        solver (ClassVar[str]): The solver of :data:`~distributed_shampoo_dash.solvers.SOLVERS`
+            the config runs; its fields carry that solver's option names.
     """
+
+    solver: ClassVar[str]
 
     precision: MatmulPrecision = MatmulPrecision.FP32
     rel_epsilon: float = 0.0
@@ -128,6 +132,7 @@ class MinimaxRootInvConfig(DashRootInvConfig):
             (root 4: 4 of them), ``FP32`` at the working precision. (Default: ``FP32``)
     """
 
+    solver: ClassVar[str] = "minimax"
     rel_epsilon: float = DEFAULT_REL_EPSILON
     max_residual: float | None = 1e-2
     first_step_precision: MatmulPrecision = MatmulPrecision.FP32
@@ -157,6 +162,7 @@ class NewtonDBRootInvConfig(DashRootInvConfig):
             iterations and early-exit checks. (Default: 10 iterations)
     """
 
+    solver: ClassVar[str] = "newton_db"
     max_residual: float | None = 1.0
     iteration: IterationControl = DEFAULT_NEWTON_DB_ITERATION
 
@@ -178,6 +184,7 @@ class ChebyshevRootInvConfig(DashRootInvConfig):
         degree (int): Polynomial degree, ``1 .. 1000``; ``degree - 1`` products. (Default: 60)
     """
 
+    solver: ClassVar[str] = "chebyshev"
     rel_epsilon: float = 1e-3
     degree: int = 60
 

@@ -11,7 +11,6 @@ Newton, eigendecomposition offload.
 """
 
 from collections.abc import Callable
-from functools import partial
 from typing import NamedTuple
 
 from distributed_shampoo.preconditioner.matrix_functions_types import (
@@ -22,31 +21,14 @@ from distributed_shampoo.preconditioner.matrix_functions_types import (
 )
 from torch import Tensor
 
-from distributed_shampoo_dash.integration.configs import (
-    ChebyshevRootInvConfig,
-    MinimaxRootInvConfig,
-    NewtonDBRootInvConfig,
-)
+from distributed_shampoo_dash.integration.configs import DashRootInvConfig
 from distributed_shampoo_dash.solvers import (
-    EIGH_PRODUCTS,
     FROBENIUS_SCALING,
+    SOLVERS,
     InverseRootResult,
     IterationControl,
     MatmulPrecision,
     ProductCounts,
-    chebyshev_inverse_root,
-    chebyshev_products,
-    coupled_newton_inverse_root,
-    coupled_newton_products,
-    eigh_inverse_root,
-    newton_db_inverse_root,
-    newton_db_products,
-)
-from distributed_shampoo_dash.solvers.checks import is_power_of_two
-from distributed_shampoo_dash.solvers.minimax import (
-    MINIMAX_ROOTS,
-    minimax_inverse_root,
-    minimax_products,
 )
 
 #: Iterations between host checks of "any block still iterating" for upstream's coupled Newton,
@@ -55,17 +37,18 @@ COUPLED_NEWTON_EARLY_EXIT_CHECK_INTERVAL = 4
 
 
 class BatchedSolver(NamedTuple):
-    """A solver bound to a config, a root and an epsilon.
+    """A solver of :data:`~distributed_shampoo_dash.solvers.SOLVERS` bound to a config, a root
+    and an epsilon.
 
     Attributes:
-        name (str): The solver: ``"eigh"``, ``"minimax"``, ``"newton_db"``, ``"chebyshev"`` or
-            ``"coupled_newton"``.
+        name (str): The solver's registry key: ``"eigh"``, ``"minimax"``, ``"newton_db"``,
+            ``"chebyshev"`` or ``"coupled_newton"``.
         solve (Callable[[Tensor], InverseRootResult]): Inverse roots of an ``(N, d, d)`` stack.
         product_counts (ProductCounts): ``d x d`` matrix products it runs per block, by precision
             (at most; ``eigh`` itself is not a product), as the solver's ``*_products`` counts them.
         products (int): All precisions together.
         workspace (int): Stacks of the input's size the solver allocates at its peak, its result
-            included (:data:`SOLVER_WORKSPACE`).
+            included (the registry's).
     """
 
     name: str
@@ -78,12 +61,13 @@ class BatchedSolver(NamedTuple):
 
     @property
     def workspace(self) -> int:
-        return SOLVER_WORKSPACE[self.name]
+        return SOLVERS[self.name].workspace
 
 
-#: Peak allocation of each solver in stacks of its input's size (float32, result included), as
-#: measured by ``tests/test_memory.py`` (peak resident memory of one call in a fresh process).
-SOLVER_WORKSPACE = {"eigh": 6, "coupled_newton": 9, "newton_db": 12, "chebyshev": 6, "minimax": 10}
+def bound_solver(name: str, root: float, epsilon: float, **options: object) -> BatchedSolver:
+    """The registry's solver ``name`` bound to ``root``, ``epsilon`` and ``options``."""
+    solve, product_counts = SOLVERS[name].bind(root, epsilon, **options)
+    return BatchedSolver(name, solve, product_counts)
 
 
 def eigh_solver(config: RootInvConfig, root: float, epsilon: float) -> BatchedSolver:
@@ -91,83 +75,44 @@ def eigh_solver(config: RootInvConfig, root: float, epsilon: float) -> BatchedSo
     any).
     """
     perturbation = getattr(config, "rank_deficient_stability_config", PerturbationConfig())
-    solve = partial(
-        eigh_inverse_root,
-        root=root,
-        epsilon=epsilon,
-        perturb_before_computation=perturbation.perturb_before_computation,
+    return bound_solver(
+        "eigh", root, epsilon, perturb_before_computation=perturbation.perturb_before_computation
     )
-    return BatchedSolver("eigh", solve, ProductCounts({MatmulPrecision.FP32: EIGH_PRODUCTS}))
 
 
 def batched_solver(config: RootInvConfig, root: float, epsilon: float) -> BatchedSolver | None:
-    """The batched solver for ``config`` at ``root``, or ``None`` for upstream's per-block path."""
+    """The batched solver for ``config`` at ``root``, or ``None`` for upstream's per-block path.
+
+    A DASH config names its solver (``config.solver``) and carries its options as fields; a root
+    that solver does not compute goes to batched eigh.
+    """
     match config:
-        case MinimaxRootInvConfig() if root in MINIMAX_ROOTS:
-            solve = partial(
-                minimax_inverse_root,
-                root=int(root),
-                epsilon=epsilon,
-                rel_epsilon=config.rel_epsilon,
-                precision=config.precision,
-                scaling=config.scaling,
-                first_step_precision=config.first_step_precision,
-            )
-            products = minimax_products(
-                root, config.rel_epsilon, config.precision, config.first_step_precision
-            )
-            return BatchedSolver("minimax", solve, products)
-        case NewtonDBRootInvConfig() if is_power_of_two(root):
-            solve = partial(
-                newton_db_inverse_root,
-                root=int(root),
-                epsilon=epsilon,
-                rel_epsilon=config.rel_epsilon,
-                precision=config.precision,
-                iteration=config.iteration,
-                scaling=config.scaling,
-            )
-            return BatchedSolver(
-                "newton_db", solve, newton_db_products(root, config.precision, config.iteration)
-            )
-        case MinimaxRootInvConfig() | NewtonDBRootInvConfig():
-            return eigh_solver(config, root, epsilon)
-        case ChebyshevRootInvConfig():
-            solve = partial(
-                chebyshev_inverse_root,
-                root=root,
-                epsilon=epsilon,
-                rel_epsilon=config.rel_epsilon,
-                precision=config.precision,
-                degree=config.degree,
-                scaling=config.scaling,
-            )
-            return BatchedSolver(
-                "chebyshev", solve, chebyshev_products(root, config.precision, config.degree)
-            )
+        case DashRootInvConfig():
+            solver = SOLVERS[config.solver]
+            if not solver.supports_root(root):
+                return eigh_solver(config, root, epsilon)
+            options = {name: getattr(config, name) for name in solver.options}
+            return bound_solver(solver.name, root, epsilon, **options)
         case EigenConfig() if (
             isinstance(config.rank_deficient_stability_config, PerturbationConfig)
             and config.eigendecomposition_offload_device == ""
         ):
             return eigh_solver(config, root, epsilon)
-        case CoupledNewtonConfig() if float(root).is_integer():
+        case CoupledNewtonConfig() if SOLVERS["coupled_newton"].supports_root(root):
             iteration = IterationControl(
                 num_iterations=config.max_iterations,
                 tolerance=config.tolerance,
                 early_exit_check_interval=COUPLED_NEWTON_EARLY_EXIT_CHECK_INTERVAL,
                 stop_at_best=False,
             )
-            solve = partial(
-                coupled_newton_inverse_root,
-                root=int(root),
-                epsilon=epsilon,
+            return bound_solver(
+                "coupled_newton",
+                root,
+                epsilon,
+                rel_epsilon=0.0,
+                precision=MatmulPrecision.FP32,
                 iteration=iteration,
                 scaling=FROBENIUS_SCALING,
-            )
-            return BatchedSolver(
-                "coupled_newton",
-                solve,
-                coupled_newton_products(root, MatmulPrecision.FP32, iteration),
             )
         case _:
             return None

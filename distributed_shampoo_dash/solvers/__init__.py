@@ -7,6 +7,8 @@ keyword-only, the same kinds of options the same way: ``epsilon``, and for the i
 (:class:`IterationControl`, a degree). Each returns an :class:`InverseRootResult` with the
 ``(N, d, d)`` roots and ``(N,)`` per-block diagnostics, without reading any tensor value on the
 host, and has a ``*_products`` function next to it that counts the ``d x d`` products it runs.
+:data:`SOLVERS` lists every solver with its products, roots, work space and options
+(:mod:`~distributed_shampoo_dash.solvers.registry`); :data:`DEFAULT_SOLVER` is DASH's default.
 Only ``torch`` is needed.
 """
 
@@ -20,7 +22,7 @@ from distributed_shampoo_dash.solvers.coupled_newton import (
     coupled_newton_inverse_root,
     coupled_newton_products,
 )
-from distributed_shampoo_dash.solvers.eigh import EIGH_PRODUCTS, eigh_inverse_root
+from distributed_shampoo_dash.solvers.eigh import EIGH_PRODUCTS, eigh_inverse_root, eigh_products
 from distributed_shampoo_dash.solvers.iteration import IterationControl
 from distributed_shampoo_dash.solvers.newton_db import (
     DEFAULT_NEWTON_DB_ITERATION,
@@ -33,6 +35,7 @@ from distributed_shampoo_dash.solvers.precision import (
     ProductCounts,
     as_matmul_precision,
 )
+from distributed_shampoo_dash.solvers.registry import DEFAULT_SOLVER, SOLVERS, Solver
 from distributed_shampoo_dash.solvers.result import (
     InverseRootResult,
     inverse_root_residual,
@@ -48,14 +51,17 @@ from distributed_shampoo_dash.solvers.scaling import (
 __all__ = [
     "DEFAULT_COUPLED_NEWTON_ITERATION",
     "DEFAULT_NEWTON_DB_ITERATION",
+    "DEFAULT_SOLVER",
     "EIGH_PRODUCTS",
     "FROBENIUS_SCALING",
     "MULTI_POWER_ITERATION_SCALING",
+    "SOLVERS",
     "InverseRootResult",
     "IterationControl",
     "MatmulPrecision",
     "ProductCounts",
     "ScalingMethod",
+    "Solver",
     "SpectralScaling",
     "as_matmul_precision",
     "chebyshev_coefficients",
@@ -64,6 +70,7 @@ __all__ = [
     "coupled_newton_inverse_root",
     "coupled_newton_products",
     "eigh_inverse_root",
+    "eigh_products",
     "inverse_root_residual",
     "newton_db_inverse_root",
     "newton_db_products",

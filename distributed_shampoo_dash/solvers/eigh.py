@@ -29,11 +29,19 @@ from distributed_shampoo_dash.solvers.linalg import (
     frobenius_norm,
     stable_power,
 )
+from distributed_shampoo_dash.solvers.precision import MatmulPrecision, ProductCounts
 from distributed_shampoo_dash.solvers.result import InverseRootResult
 
 #: ``d x d`` products of :func:`eigh_inverse_root` besides ``eigh``: the reconstruction
 #: ``Q diag(L^{-1/p}) Q^T`` and the decomposition residual ``A_e Q``.
 EIGH_PRODUCTS = 2
+
+
+def eigh_products(root: float) -> ProductCounts:
+    """``d x d`` products of :func:`eigh_inverse_root` per block (any root): :data:`EIGH_PRODUCTS`
+    in fp32 (the decomposition itself is not a product)."""
+    check_positive_root(root)
+    return ProductCounts({MatmulPrecision.FP32: EIGH_PRODUCTS})
 
 
 def eigh_inverse_root(
