@@ -249,8 +249,23 @@ def rewrite_imports(source: str) -> str:
     return source
 
 
+#: The copyright header every new Python file of the series starts with: upstream's words, as
+#: comments so that the module's own docstring stays its docstring.
+COPYRIGHT_HEADER = """\
+# Copyright (c) Meta Platforms, Inc. and affiliates.
+# All rights reserved.
+#
+# This source code is licensed under the BSD-style license found in the
+# LICENSE file in the root directory of this source tree.
+
+"""
+
+
 def new_file_diff(path: str, text: str) -> str:
-    """A ``git diff`` creating ``path`` with ``text``."""
+    """A ``git diff`` creating ``path`` with ``text``, behind :data:`COPYRIGHT_HEADER` for a
+    Python file."""
+    if path.endswith(".py"):
+        text = COPYRIGHT_HEADER + text
     lines = text.splitlines()
     body = "".join(f"+{line}\n" for line in lines)
     return (

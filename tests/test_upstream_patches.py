@@ -42,3 +42,22 @@ def test_series_only_adds_lines(series: dict[str, str]) -> None:
                     assert re.fullmatch(r"@@ -\d+,0 \+\d+,\d+ @@", line), (name, line)
                 continue
             assert line.startswith("+"), (name, line)
+
+
+def test_every_new_python_file_of_the_series_carries_upstreams_copyright_header(
+    series: dict[str, str],
+) -> None:
+    header = make_upstream_patches.COPYRIGHT_HEADER.splitlines()
+    new_files = 0
+    for text in series.values():
+        for diff in text.split("diff --git ")[1:]:
+            if "new file mode" not in diff or not diff.split()[0].endswith(".py"):
+                continue
+            new_files += 1
+            added = [
+                line[1:]
+                for line in diff.splitlines()
+                if line.startswith("+") and not line.startswith("+++")
+            ]
+            assert added[: len(header)] == header, diff.split()[0]
+    assert new_files > 20
