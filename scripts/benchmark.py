@@ -90,6 +90,7 @@ from distributed_shampoo.preconditioner.matrix_functions_types import RootInvCon
 from distributed_shampoo.shampoo_types import PreconditionerValueError
 
 import distributed_shampoo_dash as dash
+from distributed_shampoo_dash.examples.training import synchronize
 from distributed_shampoo_dash.integration.solve import batched_solver
 from distributed_shampoo_dash.solvers import IterationControl, MatmulPrecision
 
@@ -216,11 +217,6 @@ class StepSettings:
     steps: int = 5
     costs: bool = True
     root_error_sample: int | None = None
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def make_optimizer(

@@ -75,6 +75,7 @@ import cli
 import torch
 from torch import Tensor
 
+from distributed_shampoo_dash.examples.training import synchronize
 from distributed_shampoo_dash.solvers import (
     FROBENIUS_SCALING,
     MULTI_POWER_ITERATION_SCALING,
@@ -358,11 +359,6 @@ def error_summary(case: SpectrumCase, result: InverseRootResult, root: int) -> E
 
 # ---------------------------------------------------------------------------------------------
 # Timing.
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def timed_seconds(run: Callable[[], object], device: torch.device, repeats: int) -> list[float]:

@@ -25,12 +25,12 @@ without the hooks (which hold the objects themselves) still load.
 
 import logging
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch.optim import Optimizer
 
-OptimizerT = TypeVar("OptimizerT", bound=Optimizer)
+from distributed_shampoo_dash.trainers.parameter_guard import OptimizerT
 
 __all__ = ["MARKER", "register_checkpoint_hooks"]
 
