@@ -203,7 +203,7 @@ def default_root_inv_config(device: str | torch.device) -> RootInvConfig:
     matrix products only, no eigendecomposition (whose GPU kernels are slow for many small blocks
     and read error codes on the host), every block converged to its regularised root. On a CPU,
     upstream's ``EigenConfig`` (batched by the DASH form of the preconditioner config): LAPACK's
-    eigh is exact and, measured in ``docs/usage.md``, faster there than the minimax iteration's
+    eigh is exact and, measured in ``docs/benchmarks.md``, faster there than the minimax iteration's
     products.
 
     Args:
