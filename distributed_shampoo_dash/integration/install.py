@@ -18,7 +18,7 @@ upstream's.
 
 import dataclasses
 from functools import wraps
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar, cast
 
 import torch
 from distributed_shampoo import distributed_shampoo as distributed_shampoo_module
@@ -72,7 +72,6 @@ BATCHED_FORMS: tuple[BatchedForm, ...] = (
 )
 _BY_UPSTREAM = {form.upstream: form for form in BATCHED_FORMS}
 _BY_DASH = {form.dash: form for form in BATCHED_FORMS}
-_BATCHED_TYPES = tuple(_BY_DASH)
 
 
 def is_batched(preconditioner_config: object) -> bool:
@@ -151,8 +150,11 @@ def install() -> None:
         group: dict[str, Any],
         preconditioner_config: PreconditionerConfig,
     ) -> PreconditionerList | None:
-        if isinstance(preconditioner_config, _BATCHED_TYPES) and is_batched(preconditioner_config):
-            return batched_list(self, state_lists, group, preconditioner_config)
+        if is_batched(preconditioner_config):
+            root_inv_config = cast(
+                shampoo_types.RootInvShampooPreconditionerConfig, preconditioner_config
+            )  # every DASH form subclasses it
+            return batched_list(self, state_lists, group, root_inv_config)
         return to_list_cls(
             self, state_lists=state_lists, group=group, preconditioner_config=preconditioner_config
         )
