@@ -12,12 +12,12 @@ root of the matrix its solver targets, ``(A + r I)^{-1/p}`` with ``A`` the bias-
 matrix and ``r`` the ridge the solver added (``epsilon``, or eigh's shift, or the relative ridge
 of the DASH configs; ``distributed_shampoo_dash.inverse_roots`` gives it).
 
-Then, unless ``--no-costs``, it counts one step without root computation and one with (extra
-steps after the timed ones; ``scripts/step_costs.py``): dispatched aten ops and those that launch
-work, host reads of tensor values (device synchronisations on a GPU), ``d x d`` products, FLOPs
-(``FlopCounterMode``), the FLOP floor of the row's solver (its ``d x d`` products per factor, as
-``BatchedSolver.product_counts`` counts them, times ``2 d^3``, summed over the factor matrices) and
-the ratio of the root step's FLOPs to it, and the peak bytes of the tensors a step creates
+Then, unless ``--no-costs``, it counts one step without root computation and one with (extra steps
+after the timed ones; ``distributed_shampoo_dash.step_costs``): dispatched aten ops and those that
+launch work, host reads of tensor values (device synchronisations on a GPU), ``d x d`` products,
+FLOPs (``FlopCounterMode``), the FLOP floor of the row's solver (its ``d x d`` products per factor,
+as ``BatchedSolver.product_counts`` counts them, times ``2 d^3``, summed over the factor matrices)
+and the ratio of the root step's FLOPs to it, and the peak bytes of the tensors a step creates
 (stacks and solver work space included). These counts are the same on every device.
 
 With ``--memory`` every row is also run in a fresh process (one thread,
@@ -77,7 +77,6 @@ from typing import Any
 
 import cli
 import peer_dashgpu
-import step_costs
 import torch
 from distributed_shampoo import (
     AdamPreconditionerConfig,
@@ -90,8 +89,9 @@ from distributed_shampoo.preconditioner.matrix_functions_types import RootInvCon
 from distributed_shampoo.shampoo_types import PreconditionerValueError
 
 import distributed_shampoo_dash as dash
+from distributed_shampoo_dash import step_costs
 from distributed_shampoo_dash.examples.training import synchronize
-from distributed_shampoo_dash.integration.solve import batched_solver
+from distributed_shampoo_dash.integration.dispatch import batched_solver
 from distributed_shampoo_dash.solvers import IterationControl, MatmulPrecision
 
 #: Ten iterations at the reduced precision, then two in fp32.

@@ -25,6 +25,7 @@ from distributed_shampoo import (
 from distributed_shampoo.preconditioner.matrix_functions_types import RootInvConfig
 
 import distributed_shampoo_dash as dash
+from distributed_shampoo_dash import step_costs
 from tests.integration.models import MixedShapeModel, make_batches, run_steps, train
 from tests.integration.shampoo import (
     kronecker_factors,
@@ -33,9 +34,6 @@ from tests.integration.shampoo import (
     shampoo,
     shampoo_factory,
 )
-from tests.script_modules import load_script
-
-step_costs = load_script("step_costs")
 
 
 def masked_every_fourth_step(step: int) -> set[str]:
@@ -157,9 +155,9 @@ def counting_host_syncs(device: torch.device) -> Iterator[Callable[[], int]]:
     """Yields a function returning the host synchronisations so far.
 
     CUDA: the warnings of ``torch.cuda.set_sync_debug_mode("warn")``, one per synchronising call.
-    CPU: ``scripts/step_costs.py``'s ``SyncCounter``, every host read of a tensor value and every
-    op that synchronises on a GPU (it also counts reads of tensors a GPU run keeps on the host, such
-    as upstream's step counter, in every step alike).
+    CPU: ``distributed_shampoo_dash.step_costs.SyncCounter``, every host read of a tensor value and
+    every op that synchronises on a GPU (it also counts reads of tensors a GPU run keeps on the
+    host, such as upstream's step counter, in every step alike).
     """
     if device.type == "cuda":
         previous = torch.cuda.get_sync_debug_mode()

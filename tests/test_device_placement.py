@@ -23,15 +23,13 @@ from distributed_shampoo import (
 from distributed_shampoo.preconditioner.matrix_functions_types import RootInvConfig
 
 import distributed_shampoo_dash as dash
+from distributed_shampoo_dash import step_costs
 from tests.integration.shampoo import shampoo
-from tests.script_modules import load_script
-
-step_costs = load_script("step_costs")
 
 
 @pytest.fixture
 def meta_scaffolding() -> Iterator[None]:
-    """``scripts/step_costs.py``'s ``meta_scaffolding`` (see the module docstring)."""
+    """``distributed_shampoo_dash.step_costs``'s ``meta_scaffolding`` (see the module docstring)."""
     with step_costs.meta_scaffolding():
         yield
 

@@ -1,10 +1,8 @@
-"""The counters of ``scripts/step_costs.py``: what they count, on small known calls."""
+"""The counters of ``distributed_shampoo_dash.step_costs``: what they count, on small calls."""
 
 import torch
 
-from tests.script_modules import load_script
-
-step_costs = load_script("step_costs")
+from distributed_shampoo_dash import step_costs
 
 
 def test_op_counter_counts_launches_views_and_square_products() -> None:

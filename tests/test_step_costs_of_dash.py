@@ -1,6 +1,7 @@
-"""What the GPU-cost proxies of ``scripts/step_costs.py`` show about a DASH step: the work it
-launches does not grow with the number of same-shape blocks, and the FLOPs of a root computation
-are exactly each solver's documented product count (``BatchedSolver.product_counts``)."""
+"""What the GPU-cost proxies of ``distributed_shampoo_dash.step_costs`` show about a DASH step:
+the work it launches does not grow with the number of same-shape blocks, and the FLOPs of a root
+computation are exactly each solver's documented product count
+(``BatchedSolver.product_counts``)."""
 
 from collections.abc import Callable
 
@@ -18,12 +19,11 @@ from distributed_shampoo import (
 from distributed_shampoo.preconditioner.matrix_functions_types import RootInvConfig
 
 import distributed_shampoo_dash as dash
-from distributed_shampoo_dash.integration.solve import batched_solver
+from distributed_shampoo_dash import step_costs
+from distributed_shampoo_dash.integration.dispatch import batched_solver
 from distributed_shampoo_dash.solvers import MatmulPrecision, ScalingMethod
 from tests.integration.shampoo import shampoo
 from tests.script_modules import load_script
-
-step_costs = load_script("step_costs")
 
 
 def shampoo_steps(
@@ -60,7 +60,7 @@ def shampoo_steps(
 
 def costs_without_and_with_roots(
     num_params: int, solver: RootInvConfig, use_dash: bool, device: torch.device
-) -> tuple["step_costs.StepCosts", "step_costs.StepCosts", DistributedShampoo]:
+) -> tuple[step_costs.StepCosts, step_costs.StepCosts, DistributedShampoo]:
     """Step costs of the third step (no roots) and the fourth (roots) of :func:`shampoo_steps`."""
     new_gradients, optimizer = shampoo_steps(num_params, solver, use_dash, device)
     new_gradients()

@@ -1,9 +1,16 @@
-"""Deterministic proxies of what a step costs on a GPU, counted on any device (CPU included).
+"""What an optimizer step costs on a GPU, counted on any device (CPU and ``meta`` included).
 
 On a GPU an optimizer step with many small blocks is bound by kernel launches and host
 synchronisations, one with large blocks by its matrix products. All of these can be counted
 exactly, whatever the device, by watching the aten ops a step dispatches
-(``TorchDispatchMode``):
+(``TorchDispatchMode``)::
+
+    from distributed_shampoo_dash.step_costs import measure
+
+    costs = measure(optimizer.step)  # runs one step
+    costs.launches, costs.syncs, costs.flops, costs.peak_bytes
+
+:func:`measure` returns a :class:`StepCosts`; the counters it combines can also be used alone:
 
 * :class:`OpCounter`: dispatched aten ops, those of them that launch work (``launches``: every op
   but views, whose output aliases an input, and the metadata ops in :data:`NO_KERNEL_OPS`), and
@@ -18,7 +25,7 @@ exactly, whatever the device, by watching the aten ops a step dispatches
   where DASH's stacks and solver work space live);
 * :func:`measure`: all of them and ``torch.utils.flop_counter.FlopCounterMode`` around one call;
 * :func:`meta_scaffolding`: what a DASH step needs to run on the ``meta`` device (shapes only), so
-  its counts can be taken for presets far too large to run on a CPU.
+  its counts can be taken for models far too large for the machine at hand.
 
 Caveats. A CPU run cannot tell a host tensor from a device one, so :class:`SyncCounter` also
 counts reads of tensors a GPU run keeps on the host (upstream keeps its step counter there): the
@@ -27,9 +34,10 @@ counts of a step are an upper bound of its GPU synchronisations by a per-step co
 synchronisation here too. FLOPs are those ``FlopCounterMode`` has formulas for (products,
 convolutions, attention); ``eigh`` itself has none and counts 0.
 
-The modes live in ``torch.utils._python_dispatch`` (a private torch module), so they are kept in
-the measuring scripts rather than in the package. Used by ``scripts/benchmark.py``,
-``scripts/gpu_report.py`` and the tests (loaded by file path, as the tests load other scripts).
+The dispatch modes build on ``torch.utils._python_dispatch.TorchDispatchMode``, a private torch
+module; the counts are tested against known calls and DASH steps (``tests/test_step_costs.py``,
+``tests/test_step_costs_of_dash.py``). Torch only: no upstream import. Used by the step benchmark
+(``scripts/benchmark.py``, ``docs/benchmarks.md``) and the GPU report.
 """
 
 import weakref
@@ -39,6 +47,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Any, NamedTuple, Self
 
 import torch
+from torch._ops import OpOverload
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
@@ -83,7 +92,7 @@ NO_KERNEL_OPS = frozenset(
 )
 #: Matrix products: ``mm`` ``(d, k) @ (k, n)`` and ``bmm`` ``(N, d, k) @ (N, k, n)``, with the
 #: index of their two operands.
-_PRODUCT_OPS = {
+_PRODUCT_OPS: dict[object, tuple[int, int]] = {
     aten.mm.default: (0, 1),
     aten.bmm.default: (0, 1),
     aten.addmm.default: (1, 2),
@@ -115,7 +124,7 @@ def _tensors(tree: object) -> list[torch.Tensor]:
 
 def square_products(func: object, args: tuple[Any, ...]) -> int:
     """``d x d`` products of one op: 1 for a square ``mm``, ``N`` for a square ``bmm``, else 0."""
-    operands = _PRODUCT_OPS.get(func)  # type: ignore[call-overload]
+    operands = _PRODUCT_OPS.get(func)
     if operands is None:
         return 0
     a, b = args[operands[0]], args[operands[1]]
@@ -143,7 +152,13 @@ class OpCounter(TorchDispatchMode):
         self.products = 0
         self.by_op: Counter[str] = Counter()
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __torch_dispatch__(
+        self,
+        func: OpOverload,
+        types: Sequence[type],
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
         self.ops += 1
         self.by_op[str(func)] += 1
         if not (func.is_view or func in NO_KERNEL_OPS):
@@ -194,7 +209,13 @@ class SyncCounter(TorchDispatchMode):
         self.count += 1
         self.by_op[name] += 1
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __torch_dispatch__(
+        self,
+        func: OpOverload,
+        types: Sequence[type],
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
         kwargs = kwargs or {}
         if (
             func in SYNC_OPS
@@ -255,7 +276,13 @@ class LiveBytes(TorchDispatchMode):
     def _free(self, nbytes: int) -> None:
         self.live -= nbytes
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __torch_dispatch__(
+        self,
+        func: OpOverload,
+        types: Sequence[type],
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
         kwargs = kwargs or {}
         for tensor in _tensors((args, kwargs)):
             storage = tensor.untyped_storage()
