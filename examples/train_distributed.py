@@ -60,7 +60,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -77,18 +77,18 @@ from distributed_shampoo_dash.examples.llama import (
     split_windows,
 )
 from distributed_shampoo_dash.examples.training import (
-    DEFAULT_EPSILON,
     PRESETS,
     HelpFormatter,
     make_progress,
     mean_ms,
     pick_device,
+    shampoo_epsilon,
     synchronize,
 )
+from distributed_shampoo_dash.paper_defaults import PAPER_SETTINGS
 
 try:
     from distributed_shampoo import (
-        AdamPreconditionerConfig,
         DDPDistributedConfig,
         DistributedConfig,
         DistributedShampoo,
@@ -177,7 +177,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--precondition-frequency",
         type=int,
-        default=10,
+        default=PAPER_SETTINGS.precondition_frequency,
         help="compute inverse roots every this many steps",
     )
     parser.add_argument("--lr", type=float, default=2e-3, help="learning rate")
@@ -187,7 +187,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="Shampoo epsilon (default: 1e-10, the paper's; 1e-6 for coupled-newton)",
     )
-    parser.add_argument("--weight-decay", type=float, default=0.0, help="decoupled weight decay")
+    parser.add_argument(
+        "--weight-decay",
+        type=float,
+        default=PAPER_SETTINGS.weight_decay,
+        help="decoupled weight decay",
+    )
     parser.add_argument(
         "--seed", type=int, default=0, help="model initialisation and training-data seed"
     )
@@ -230,7 +235,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, getattr(preset, name))
     if args.epsilon is None:
-        args.epsilon = DEFAULT_EPSILON.get(args.solver, 1e-10)
+        args.epsilon = shampoo_epsilon(args.solver)
     if args.ffn_size is None:
         args.ffn_size = preset.ffn_hidden_size
     for name in (
@@ -351,17 +356,19 @@ def build_optimizer(
         if args.no_dash
         else dash.RootInvShampooPreconditionerConfig
     )
-    return DistributedShampoo(
-        model.parameters(),
-        lr=args.lr,
-        betas=(0.9, 0.95),
+    settings = replace(
+        PAPER_SETTINGS,
         epsilon=args.epsilon,
         weight_decay=args.weight_decay,
         max_preconditioner_dim=args.max_preconditioner_dim,
         precondition_frequency=args.precondition_frequency,
-        grafting_config=AdamPreconditionerConfig(beta2=0.95, epsilon=1e-8),
+    )
+    return DistributedShampoo(
+        model.parameters(),
+        lr=args.lr,
         distributed_config=config,
         preconditioner_config=config_cls(amortized_computation_config=solver_config(args.solver)),
+        **settings.shampoo_kwargs(),
     )
 
 
@@ -456,11 +463,12 @@ def train(args: argparse.Namespace, ctx: Context) -> int:
     )
     say(f"data: {corpus.description}")
     say(
-        f"optimizer: DistributedShampoo lr {args.lr:g}, betas (0.9, 0.95), "
+        f"optimizer: DistributedShampoo lr {args.lr:g}, betas {PAPER_SETTINGS.betas}, "
         f"epsilon {args.epsilon:g}, weight decay {args.weight_decay:g}, "
         f"max_preconditioner_dim {args.max_preconditioner_dim}, "
         f"precondition_frequency {args.precondition_frequency}, "
-        f"Adam grafting (beta2 0.95, eps 1e-8)"
+        f"Adam grafting (beta2 {PAPER_SETTINGS.grafting_beta2:g}, "
+        f"eps {PAPER_SETTINGS.grafting_epsilon:g})"
     )
     say(
         f"solver: {solver} | DASH {'on' if use_dash else 'off'} "

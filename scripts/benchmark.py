@@ -71,7 +71,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,6 @@ import cli
 import peer_dashgpu
 import torch
 from distributed_shampoo import (
-    AdamPreconditionerConfig,
     CoupledNewtonConfig,
     DistributedShampoo,
     EigenConfig,
@@ -92,6 +91,7 @@ import distributed_shampoo_dash as dash
 from distributed_shampoo_dash import step_costs
 from distributed_shampoo_dash.examples.training import synchronize
 from distributed_shampoo_dash.integration.dispatch import batched_solver
+from distributed_shampoo_dash.paper_defaults import PAPER_SETTINGS
 from distributed_shampoo_dash.solvers import IterationControl, MatmulPrecision
 
 #: Ten iterations at the reduced precision, then two in fp32.
@@ -222,23 +222,25 @@ class StepSettings:
 def make_optimizer(
     params: list[torch.nn.Parameter], row: Row, preset: Preset, precondition_frequency: int
 ) -> DistributedShampoo:
-    """The DASH paper's settings (betas 0.9/0.95, Adam grafting 0.95/1e-8, epsilon 1e-10), with
-    the DASH form of the preconditioner config for a DASH row."""
+    """The DASH paper's settings (``PAPER_SETTINGS``: betas 0.9/0.95, Adam grafting 0.95/1e-8,
+    epsilon 1e-10) with the preset's block size, lr 1e-3, and the DASH form of the preconditioner
+    config for a DASH row."""
     preconditioner_config = RootInvShampooPreconditionerConfig(
         amortized_computation_config=row.solver
+    )
+    settings = replace(
+        PAPER_SETTINGS,
+        max_preconditioner_dim=preset.max_preconditioner_dim,
+        precondition_frequency=precondition_frequency,
     )
     return DistributedShampoo(
         params,
         lr=1e-3,
-        betas=(0.9, 0.95),
-        epsilon=1e-10,
-        max_preconditioner_dim=preset.max_preconditioner_dim,
-        precondition_frequency=precondition_frequency,
         start_preconditioning_step=precondition_frequency,
-        grafting_config=AdamPreconditionerConfig(beta2=0.95, epsilon=1e-8),
         preconditioner_config=(
             dash.batched(preconditioner_config) if row.use_dash else preconditioner_config
         ),
+        **settings.shampoo_kwargs(),
     )
 
 

@@ -13,9 +13,10 @@ kernels (a CUDA GPU and ``triton``, which CUDA builds of torch ship with).
 
 Settings (:data:`SETTINGS`): coupled Newton with fp16 products (the authors' fastest setting that
 stays finite on the GPU preset) and Newton-DB in fp32, ten iterations each, with the
-hyper-parameters of ``scripts/benchmark.py``'s rows where ``DashConfig`` has them (factor EMA 0.95,
-gradient EMA 0.9, Adam grafting 0.95 / 1e-8, epsilon 1e-10, the preset's block size and the
-precondition frequency); everything else is ``DashConfig``'s default (1-D parameters use AdamW).
+hyper-parameters of ``scripts/benchmark.py``'s rows where ``DashConfig`` has them (the DASH paper's,
+``PAPER_SETTINGS``: factor EMA 0.95, gradient EMA 0.9, Adam grafting 0.95 / 1e-8, epsilon 1e-10;
+the preset's block size and the precondition frequency); everything else is ``DashConfig``'s
+default (1-D parameters use AdamW).
 """
 
 import dataclasses
@@ -27,6 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from distributed_shampoo_dash.paper_defaults import PAPER_SETTINGS
 
 PACKAGE = "ista_daslab_optimizers"
 #: Modules the ``dash`` subpackage imports only for logging, replaced by empty ones if absent.
@@ -116,11 +119,11 @@ def config_fields(
         "newton_steps": 10,
         "block_size": block_size,
         "inv_root_freq": precondition_frequency,
-        "beta_G": 0.9,
-        "beta_LR": 0.95,
-        "beta_graft": 0.95,
-        "eps_grafting": 1e-8,
-        "eps_inv_root": 1e-10,
+        "beta_G": PAPER_SETTINGS.betas[0],
+        "beta_LR": PAPER_SETTINGS.betas[1],
+        "beta_graft": PAPER_SETTINGS.grafting_beta2,
+        "eps_grafting": PAPER_SETTINGS.grafting_epsilon,
+        "eps_inv_root": PAPER_SETTINGS.epsilon,
     }
     known = {field.name for field in dataclasses.fields(peer.module.DashConfig)}
     return {name: value for name, value in wanted.items() if name in known}

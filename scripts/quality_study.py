@@ -17,7 +17,8 @@ Setup (docs/quality.md has the full description):
   decay ``lr_t = lr * (r + (1 - r) (1 + cos(pi (t - w) / (T - w))) / 2)`` to ``r = 0.1`` of the peak
   at the last step ``T``; ``w = 10%`` of ``T``. It is written into every param group's ``lr`` before
   each step.
-* Shampoo runs (upstream ``DistributedShampoo``, single device, DASH paper defaults): betas
+* Shampoo runs (upstream ``DistributedShampoo``, single device, the DASH paper's defaults,
+  ``distributed_shampoo_dash.paper_defaults.PAPER_SETTINGS``): betas
   ``(0.9, 0.95)``, epsilon ``1e-10`` (``1e-6`` for ``coupled-newton``, as in the example: coupled
   Newton fails on this model's rank-deficient early factors at 1e-10), weight decay 0, Adam grafting
   (beta2 0.95, epsilon 1e-8), ``max_preconditioner_dim`` of the example preset (64 for cpu, 1024 for
@@ -80,7 +81,6 @@ from typing import Any
 import cli
 import torch
 from distributed_shampoo import (
-    AdamPreconditionerConfig,
     CoupledNewtonConfig,
     DistributedShampoo,
     EigenConfig,
@@ -99,6 +99,7 @@ from distributed_shampoo_dash.examples.llama import (
     random_windows,
     split_windows,
 )
+from distributed_shampoo_dash.paper_defaults import PAPER_SETTINGS
 from distributed_shampoo_dash.solvers import (
     FROBENIUS_SCALING,
     IterationControl,
@@ -106,12 +107,7 @@ from distributed_shampoo_dash.solvers import (
 
 EQUIVALENCE_TOLERANCE = 1e-3
 ROUNDING_NOISE = 1e-7
-BETAS = (0.9, 0.95)
-EPSILON = 1e-10
-GRAFTING_BETA2 = 0.95
-GRAFTING_EPSILON = 1e-8
 ADAMW_EPSILON = 1e-8
-WEIGHT_DECAY = 0.0
 MIN_LR_RATIO = 0.1
 WARMUP_FRACTION = 0.1
 
@@ -159,7 +155,7 @@ class RunSpec:
     use_dash: bool
     solver: Callable[[], Any] | None  # None: AdamW
     precondition_frequency: int = 1
-    epsilon: float = EPSILON
+    epsilon: float = PAPER_SETTINGS.epsilon
     #: Relative gradient noise: every gradient entry is multiplied by ``1 + noise * N(0, 1)``.
     gradient_noise: float = 0.0
 
@@ -384,25 +380,26 @@ def build_optimizer(spec: RunSpec, model: nn.Module, preset: StudyPreset) -> tor
         return torch.optim.AdamW(
             model.parameters(),
             lr=preset.lr,
-            betas=BETAS,
+            betas=PAPER_SETTINGS.betas,
             eps=ADAMW_EPSILON,
-            weight_decay=WEIGHT_DECAY,
+            weight_decay=PAPER_SETTINGS.weight_decay,
         )
     preconditioner_config = RootInvShampooPreconditionerConfig(
         amortized_computation_config=spec.solver()
     )
+    settings = replace(
+        PAPER_SETTINGS,
+        epsilon=spec.epsilon,
+        max_preconditioner_dim=preset.model.max_preconditioner_dim,
+        precondition_frequency=spec.precondition_frequency,
+    )
     return DistributedShampoo(
         model.parameters(),
         lr=preset.lr,
-        betas=BETAS,
-        epsilon=spec.epsilon,
-        weight_decay=WEIGHT_DECAY,
-        max_preconditioner_dim=preset.model.max_preconditioner_dim,
-        precondition_frequency=spec.precondition_frequency,
-        grafting_config=AdamPreconditionerConfig(beta2=GRAFTING_BETA2, epsilon=GRAFTING_EPSILON),
         preconditioner_config=(
             dash.batched(preconditioner_config) if spec.use_dash else preconditioner_config
         ),
+        **settings.shampoo_kwargs(),
     )
 
 
@@ -438,13 +435,17 @@ def run_config(
             f"linear warmup {WARMUP_FRACTION:.0%} of steps, cosine to {MIN_LR_RATIO} x peak"
         ),
         "lr": preset.lr,
-        "betas": list(BETAS),
-        "weight_decay": WEIGHT_DECAY,
+        "betas": list(PAPER_SETTINGS.betas),
+        "weight_decay": PAPER_SETTINGS.weight_decay,
         "optimizer": type(optimizer).__name__,
         "epsilon": spec.epsilon if shampoo else None,
         "adamw_eps": None if shampoo else ADAMW_EPSILON,
         "gradient_noise": spec.gradient_noise,
-        "grafting": f"Adam beta2 {GRAFTING_BETA2} eps {GRAFTING_EPSILON}" if shampoo else None,
+        "grafting": (
+            f"Adam beta2 {PAPER_SETTINGS.grafting_beta2} eps {PAPER_SETTINGS.grafting_epsilon}"
+            if shampoo
+            else None
+        ),
         "max_preconditioner_dim": preset.model.max_preconditioner_dim if shampoo else None,
         "precondition_frequency": spec.precondition_frequency if shampoo else None,
         "solver": repr(spec.solver()) if spec.solver is not None else None,

@@ -21,12 +21,12 @@ exactly symmetric, so this halves the file losslessly). Usage::
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cli
 import torch
 from distributed_shampoo import (
-    AdamPreconditionerConfig,
     DistributedShampoo,
     EigenConfig,
     RootInvShampooPreconditionerConfig,
@@ -34,10 +34,13 @@ from distributed_shampoo import (
 
 import distributed_shampoo_dash as dash
 from distributed_shampoo_dash.examples import llama
+from distributed_shampoo_dash.paper_defaults import PAPER_SETTINGS
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "tests" / "data" / "real_factors.pt"
 DEFAULT_STEPS = (1, 10, 50, 300)
-EPSILON = 1e-10
+#: The paper's settings with blocks of 128 (every matrix of the model is one block).
+SETTINGS = replace(PAPER_SETTINGS, max_preconditioner_dim=128)
+EPSILON = SETTINGS.epsilon
 #: The recorded parameters: one of every kind, both layers' attention and MLP inputs.
 RECORDED = {
     "embed.weight": "embedding",
@@ -83,16 +86,11 @@ def record(steps: list[int]) -> list[dict[str, object]]:
     optimizer = DistributedShampoo(
         model.parameters(),
         lr=1e-3,
-        betas=(0.9, 0.95),
-        epsilon=EPSILON,
-        weight_decay=0.0,
-        max_preconditioner_dim=128,
-        precondition_frequency=10,
-        start_preconditioning_step=10,
-        grafting_config=AdamPreconditionerConfig(beta2=0.95, epsilon=1e-8),
+        start_preconditioning_step=SETTINGS.precondition_frequency,
         preconditioner_config=RootInvShampooPreconditionerConfig(
             amortized_computation_config=EigenConfig()
         ),
+        **SETTINGS.shampoo_kwargs(),
     )
     corpus = llama.load_stdlib_corpus()
     generator = torch.Generator().manual_seed(1)

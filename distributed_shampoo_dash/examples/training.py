@@ -15,10 +15,20 @@ from typing import Any, Protocol
 
 import torch
 
-#: Shampoo epsilon per solver when --epsilon is not given: the paper's 1e-10, except for coupled
-#: Newton, whose iteration (upstream's and DASH's alike) diverges on the rank-deficient factors of
-#: the first root computations of this model at 1e-10 and 1e-8 (PreconditionerValueError).
+from distributed_shampoo_dash.paper_defaults import PAPER_SETTINGS
+
+#: Shampoo epsilon per solver when --epsilon is not given, where it is not the paper's
+#: (:func:`shampoo_epsilon`): coupled Newton's iteration (upstream's and DASH's alike) diverges on
+#: the rank-deficient factors of the first root computations of this model at 1e-10 and 1e-8
+#: (PreconditionerValueError).
 DEFAULT_EPSILON = {"coupled-newton": 1e-6}
+
+
+def shampoo_epsilon(solver: str) -> float:
+    """The Shampoo epsilon of ``solver`` (a ``--solver`` name) when none is given: the paper's
+    (:data:`~distributed_shampoo_dash.paper_defaults.PAPER_SETTINGS`), or :data:`DEFAULT_EPSILON`'s
+    entry."""
+    return DEFAULT_EPSILON.get(solver, PAPER_SETTINGS.epsilon)
 
 
 @dataclass(frozen=True)
@@ -38,7 +48,7 @@ PRESETS = {
     # 0.12M parameters: every factor is 64 x 64, many same-shaped blocks to stack.
     "tiny": Preset(64, 2, 4, 128, 64, 8, 64),
     # 3.5M parameters: whole matrices (up to 768 x 256) as blocks, the paper's block limit.
-    "small": Preset(256, 4, 4, 768, 128, 16, 1024),
+    "small": Preset(256, 4, 4, 768, 128, 16, PAPER_SETTINGS.max_preconditioner_dim),
 }
 
 

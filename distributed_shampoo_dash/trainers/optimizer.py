@@ -36,6 +36,7 @@ from distributed_shampoo_dash.integration import (
     batched,
     default_root_inv_config,
 )
+from distributed_shampoo_dash.paper_defaults import PAPER_SETTINGS
 from distributed_shampoo_dash.trainers.parameter_guard import register_parameter_guard
 
 #: Name of the solver DASH recommends for the parameters' device
@@ -133,25 +134,26 @@ def distributed_config_for(parameters: Iterable[torch.Tensor]) -> DistributedCon
 def shampoo_kwargs(
     *,
     lr: float = 1e-3,
-    betas: tuple[float, float] = (0.9, 0.95),
-    epsilon: float = 1e-10,
-    weight_decay: float = 0.0,
-    max_preconditioner_dim: int = 1024,
-    precondition_frequency: int = 10,
+    betas: tuple[float, float] = PAPER_SETTINGS.betas,
+    epsilon: float = PAPER_SETTINGS.epsilon,
+    weight_decay: float = PAPER_SETTINGS.weight_decay,
+    max_preconditioner_dim: int = PAPER_SETTINGS.max_preconditioner_dim,
+    precondition_frequency: int = PAPER_SETTINGS.precondition_frequency,
     start_preconditioning_step: int = -1,
     solver: str = DEFAULT_SOLVER,
     grafting: str = "adam",
-    grafting_beta2: float = 0.95,
-    grafting_epsilon: float = 1e-8,
+    grafting_beta2: float = PAPER_SETTINGS.grafting_beta2,
+    grafting_epsilon: float = PAPER_SETTINGS.grafting_epsilon,
     use_dash: bool = True,
     device: str | torch.device = "cuda",
 ) -> dict[str, Any]:
     """``DistributedShampoo`` constructor arguments (all but params and distributed config).
 
-    The defaults are the DASH paper's (Llama-953M on C4): ``betas=(0.9, 0.95)``, epsilon 1e-10,
-    Adam grafting with ``beta2=0.95`` and epsilon 1e-8, blocks of 1024, roots every 10 steps; the
-    solver is the one DASH recommends for ``device`` (the parameters'). ``solver`` is one of
-    :func:`solver_names`, ``grafting`` one of :data:`GRAFTINGS`. ``use_dash`` gives the
+    The defaults are the DASH paper's (Llama-953M on C4,
+    :data:`~distributed_shampoo_dash.paper_defaults.PAPER_SETTINGS`): ``betas=(0.9, 0.95)``,
+    epsilon 1e-10, Adam grafting with ``beta2=0.95`` and epsilon 1e-8, blocks of 1024, roots every
+    10 steps; the solver is the one DASH recommends for ``device`` (the parameters'). ``solver``
+    is one of :func:`solver_names`, ``grafting`` one of :data:`GRAFTINGS`. ``use_dash`` gives the
     preconditioner config in its DASH form (:func:`~distributed_shampoo_dash.batched`), else
     upstream's.
     """

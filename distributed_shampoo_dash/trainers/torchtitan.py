@@ -38,6 +38,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torchtitan.components.optimizer import OptimizersContainer, ParamGroupConfig
 
+from distributed_shampoo_dash.paper_defaults import PAPER_SETTINGS
 from distributed_shampoo_dash.trainers.optimizer import (
     DEFAULT_SOLVER,
     GRAFTINGS,
@@ -84,7 +85,8 @@ class ShampooOptimizersContainer(OptimizersContainer):
 
     @dataclass(kw_only=True, slots=True)
     class Config(OptimizersContainer.Config):
-        """Shampoo's settings; the defaults are the DASH paper's (Llama-953M on C4).
+        """Shampoo's settings; the defaults are the DASH paper's (Llama-953M on C4,
+        :data:`~distributed_shampoo_dash.paper_defaults.PAPER_SETTINGS`).
 
         With ``param_groups`` left empty every trainable parameter is in one Shampoo group. Entries
         of ``optimizer_factory_kwargs_by_name["DistributedShampoo"]`` are passed to the
@@ -95,19 +97,19 @@ class ShampooOptimizersContainer(OptimizersContainer):
         lr: float = 1e-3
         """Learning rate (the peak of torchtitan's LR schedule)."""
 
-        betas: tuple[float, float] = (0.9, 0.95)
+        betas: tuple[float, float] = PAPER_SETTINGS.betas
         """(momentum / gradient EMA, factor-matrix EMA)."""
 
-        epsilon: float = 1e-10
+        epsilon: float = PAPER_SETTINGS.epsilon
         """Shampoo epsilon added to the factor matrices before the inverse root."""
 
-        weight_decay: float = 0.0
+        weight_decay: float = PAPER_SETTINGS.weight_decay
         """Decoupled weight decay."""
 
-        max_preconditioner_dim: int = 1024
+        max_preconditioner_dim: int = PAPER_SETTINGS.max_preconditioner_dim
         """Block size: parameters are split into blocks of at most this many rows/columns."""
 
-        precondition_frequency: int = 10
+        precondition_frequency: int = PAPER_SETTINGS.precondition_frequency
         """Steps between inverse-root computations."""
 
         start_preconditioning_step: int = -1
@@ -122,10 +124,10 @@ class ShampooOptimizersContainer(OptimizersContainer):
         grafting: str = "adam"
         """Grafting (per-block step size): 'adam', 'rmsprop', 'adagrad', 'sgd' or 'none'."""
 
-        grafting_beta2: float = 0.95
+        grafting_beta2: float = PAPER_SETTINGS.grafting_beta2
         """Second-moment EMA of 'adam'/'rmsprop' grafting."""
 
-        grafting_epsilon: float = 1e-8
+        grafting_epsilon: float = PAPER_SETTINGS.grafting_epsilon
         """Epsilon of the grafting preconditioner."""
 
         use_dash: bool = True
