@@ -7,24 +7,26 @@ import torch
 pytestmark = pytest.mark.upstream
 distributed_shampoo = pytest.importorskip("distributed_shampoo")
 
-from distributed_shampoo import CoupledNewtonConfig, EigenConfig
+from distributed_shampoo import EigenConfig
 from distributed_shampoo.preconditioner.matrix_functions_types import RootInvConfig
 
 import distributed_shampoo_dash as dash
+from distributed_shampoo_dash.solvers import DEFAULT_SOLVER
 from tests.integration.shampoo import shampoo_factory
+from tests.solver_cases import ENTRIES, ENTRY_CASES, root_inv_config
 
 #: A 1-D parameter of 24 elements: its 24 x 24 factor is rank one, so at epsilon 1e-12 its inverse
 #: square root reaches 1e6, above float16's largest finite value (65504).
 VECTOR_SIZE, TINY_EPSILON = 24, 1e-12
 
 STORED_DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-SOLVERS: dict[str, RootInvConfig] = {
-    "eigen": EigenConfig(),
-    "coupled_newton": CoupledNewtonConfig(),
-    "newton_db": dash.MinimaxRootInvConfig(),
-    # Rejects every root, so that each one takes the eigh fallback.
-    "newton_db_fallback": dash.MinimaxRootInvConfig(max_residual=0.0),
-    "chebyshev": dash.ChebyshevRootInvConfig(),
+#: The config of each registry solver, and DASH's default solver rejecting every root, so that
+#: each one takes the eigh fallback.
+CONFIGS: dict[str, RootInvConfig] = {
+    **{case.name: root_inv_config(case) for case in ENTRY_CASES},
+    f"{DEFAULT_SOLVER.name}_fallback": root_inv_config(
+        ENTRIES[DEFAULT_SOLVER.name], max_residual=0.0
+    ),
 }
 
 
@@ -56,11 +58,11 @@ def vector_run(
 
 
 @pytest.mark.parametrize("dtype", STORED_DTYPES, ids=str)
-@pytest.mark.parametrize("solver", sorted(SOLVERS))
+@pytest.mark.parametrize("solver", sorted(CONFIGS))
 def test_roots_are_judged_in_their_stored_dtype_as_upstream_judges_them(
     solver: str, dtype: torch.dtype
 ) -> None:
-    config = SOLVERS[solver]
+    config = CONFIGS[solver]
     reference_outcome, reference_weight, reference_inverses = vector_run(config, dtype, False)
     outcome, weight, inverses = vector_run(config, dtype, batched=True)
 

@@ -18,7 +18,7 @@ import pytest
 pytestmark = pytest.mark.upstream
 pytest.importorskip("distributed_shampoo")
 
-from distributed_shampoo_dash.solvers import SOLVERS
+from tests.solver_cases import ENTRY_CASES, VARIANT_CASES, SolverCase, case_names
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 BENCHMARK = REPOSITORY / "scripts" / "benchmark.py"
@@ -53,9 +53,8 @@ def test_dash_step_memory_is_within_a_quarter_of_upstreams_plus_16_mib(preset: s
 SOLVER_CALL = """
 import json, sys, torch
 from pathlib import Path
-from distributed_shampoo import EigenConfig, CoupledNewtonConfig
-import distributed_shampoo_dash as dash
 from distributed_shampoo_dash.integration.solve import batched_solver
+from tests.solver_cases import CASES, root_inv_config
 
 def status(field):
     line = next(
@@ -63,16 +62,7 @@ def status(field):
     )
     return int(line.split()[1]) * 1024
 
-config = {
-    "eigh": EigenConfig(),
-    "coupled_newton": CoupledNewtonConfig(),
-    "newton_db": dash.NewtonDBRootInvConfig(),
-    "chebyshev": dash.ChebyshevRootInvConfig(),
-    "minimax": dash.MinimaxRootInvConfig(),
-    "minimax_bf16": dash.MinimaxRootInvConfig(precision="bf16"),
-    "minimax_fp64_first_step": dash.MinimaxRootInvConfig(first_step_precision="fp64"),
-}[sys.argv[1]]
-solver = batched_solver(config, 4.0, 1e-6)
+solver = batched_solver(root_inv_config(CASES[sys.argv[1]]), 4.0, 1e-6)
 samples = torch.randn(64, 256, 512, generator=torch.Generator().manual_seed(0))
 stack = samples @ samples.mT / 512
 del samples
@@ -84,18 +74,19 @@ print(json.dumps({"stacks": (status("VmHWM") - before) / stack.nbytes}))
 """
 
 
-#: Variants of a solver, which must stay within its work space.
-VARIANTS = {"minimax_bf16": "minimax", "minimax_fp64_first_step": "minimax"}
+#: Every solver, and variants of a solver, which must stay within its work space.
+WORKSPACE_CASES = (*ENTRY_CASES, *VARIANT_CASES)
 
 
-@pytest.mark.parametrize("call", [*SOLVERS, *VARIANTS])
-def test_solver_allocates_at_most_its_documented_work_space(call: str) -> None:
+@pytest.mark.parametrize("call", WORKSPACE_CASES, ids=case_names(WORKSPACE_CASES))
+def test_solver_allocates_at_most_its_documented_work_space(call: SolverCase) -> None:
     completed = subprocess.run(
-        [sys.executable, "-c", SOLVER_CALL, call],
+        [sys.executable, "-c", SOLVER_CALL, call.name],
+        cwd=REPOSITORY,
         env=ENVIRONMENT,
         capture_output=True,
         text=True,
         check=True,
     )
     stacks = json.loads(completed.stdout.strip().splitlines()[-1])["stacks"]
-    assert stacks <= SOLVERS[VARIANTS.get(call, call)].workspace + 0.1, stacks
+    assert stacks <= call.solver.workspace + 0.1, stacks

@@ -19,17 +19,37 @@ from distributed_shampoo_dash.solvers import (
     inverse_root_residual,
     newton_db_inverse_root,
 )
+from tests.solver_cases import ENTRY_CASES, SolverCase, case_names
 
 A = 2.0 * torch.eye(3).expand(2, 3, 3).contiguous()
 
-Solve = Callable[..., object]
-SOLVERS: dict[str, Solve] = {
-    "eigh": eigh_inverse_root,
-    "coupled_newton": coupled_newton_inverse_root,
-    "newton_db": newton_db_inverse_root,
-    "chebyshev": chebyshev_inverse_root,
-}
-ALL_SOLVERS = pytest.mark.parametrize("solver", sorted(SOLVERS))
+
+def parametrize_solvers(cases: tuple[SolverCase, ...]) -> pytest.MarkDecorator:
+    """Runs a test once per case of ``cases``, as its ``solver`` argument."""
+    return pytest.mark.parametrize("solver", cases, ids=case_names(cases))
+
+
+#: Every registry solver.
+ALL_SOLVERS = parametrize_solvers(ENTRY_CASES)
+#: Solvers with an optional ridge relative to the spectral bound (``rel_epsilon`` in [0, 1]).
+OPTIONAL_RIDGE_SOLVERS = parametrize_solvers(
+    tuple(
+        case
+        for case in ENTRY_CASES
+        if "rel_epsilon" in case.solver.options and case.relative_ridge() == 0
+    )
+)
+#: Solvers whose products run at a matmul precision.
+PRECISION_SOLVERS = parametrize_solvers(
+    tuple(case for case in ENTRY_CASES if "precision" in case.solver.options)
+)
+#: Each solver with an ``iteration`` or ``scaling`` option, with that keyword.
+OPTION_OBJECTS = [
+    pytest.param(case, keyword, value, id=f"{case.name}-{keyword}-{value}")
+    for keyword, value in (("iteration", 10), ("scaling", "frobenius"))
+    for case in ENTRY_CASES
+    if keyword in case.solver.options
+]
 
 
 def named(value: object) -> str:
@@ -44,19 +64,19 @@ def named(value: object) -> str:
 
 @ALL_SOLVERS
 @pytest.mark.parametrize("root", [0, -1, -2.5, math.nan, math.inf, -math.inf])
-def test_root_must_be_a_finite_positive_number(solver: str, root: float) -> None:
+def test_root_must_be_a_finite_positive_number(solver: SolverCase, root: float) -> None:
     with pytest.raises(ValueError, match=rf"Invalid root {named(root)}\b.*finite number > 0"):
-        SOLVERS[solver](A, root)
+        solver(A, root)
 
 
 @ALL_SOLVERS
 @pytest.mark.parametrize("root", ["2", None, True, torch.tensor(2.0)])
-def test_root_must_be_a_real_number(solver: str, root: object) -> None:
+def test_root_must_be_a_real_number(solver: SolverCase, root: object) -> None:
     with pytest.raises(
         TypeError,
         match=rf"Invalid root=.* of type (\w+\.)*{type(root).__name__}\. Must be a real number",
     ):
-        SOLVERS[solver](A, root)
+        solver(A, root)
 
 
 @pytest.mark.parametrize("root", [3, 6, 12, 3.0])
@@ -105,31 +125,31 @@ def test_inverse_root_residual_rejects_invalid_roots(root: float) -> None:
 
 @ALL_SOLVERS
 @pytest.mark.parametrize("shape", [(3, 4), (2, 3, 4), (2, 4, 3)])
-def test_input_must_hold_square_matrices(solver: str, shape: tuple[int, ...]) -> None:
+def test_input_must_hold_square_matrices(solver: SolverCase, shape: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match=rf"square matrices, got shape {named(shape)}"):
-        SOLVERS[solver](torch.ones(shape), 2)
+        solver(torch.ones(shape), 2)
 
 
 @ALL_SOLVERS
 @pytest.mark.parametrize("shape", [(3,), (1, 2, 3, 3), ()])
-def test_input_must_be_a_matrix_or_a_stack(solver: str, shape: tuple[int, ...]) -> None:
+def test_input_must_be_a_matrix_or_a_stack(solver: SolverCase, shape: tuple[int, ...]) -> None:
     pattern = rf"must be a \(d, d\) matrix or an \(N, d, d\) stack, got shape {named(shape)}"
     with pytest.raises(ValueError, match=pattern):
-        SOLVERS[solver](torch.ones(shape), 2)
+        solver(torch.ones(shape), 2)
 
 
 @ALL_SOLVERS
 @pytest.mark.parametrize("shape", [(0, 3, 3), (2, 0, 0), (0, 0)])
-def test_input_must_not_be_empty(solver: str, shape: tuple[int, ...]) -> None:
+def test_input_must_not_be_empty(solver: SolverCase, shape: tuple[int, ...]) -> None:
     with pytest.raises(
         ValueError, match=rf"at least one matrix of dimension >= 1, got shape {named(shape)}"
     ):
-        SOLVERS[solver](torch.ones(shape), 2)
+        solver(torch.ones(shape), 2)
 
 
 @ALL_SOLVERS
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.complex64])
-def test_input_must_have_a_floating_point_dtype(solver: str, dtype: torch.dtype) -> None:
+def test_input_must_have_a_floating_point_dtype(solver: SolverCase, dtype: torch.dtype) -> None:
     with pytest.raises(
         TypeError,
         match=(
@@ -137,16 +157,16 @@ def test_input_must_have_a_floating_point_dtype(solver: str, dtype: torch.dtype)
             rf"got {named(dtype)}"
         ),
     ):
-        SOLVERS[solver](torch.eye(3, dtype=dtype), 2)
+        solver(torch.eye(3, dtype=dtype), 2)
 
 
 @ALL_SOLVERS
 @pytest.mark.parametrize("value", [[[1.0]], np.eye(3), 1.0])
-def test_input_must_be_a_tensor(solver: str, value: object) -> None:
+def test_input_must_be_a_tensor(solver: SolverCase, value: object) -> None:
     with pytest.raises(
         TypeError, match=rf"A must be a torch\.Tensor, got (\w+\.)*{type(value).__name__}"
     ):
-        SOLVERS[solver](value, 2)
+        solver(value, 2)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -164,19 +184,19 @@ def test_eigh_rejects_half_precision_input_with_a_type_error(dtype: torch.dtype)
 
 @ALL_SOLVERS
 @pytest.mark.parametrize("epsilon", [-1e-3, -math.inf, math.inf, math.nan])
-def test_epsilon_must_be_finite_and_non_negative(solver: str, epsilon: float) -> None:
+def test_epsilon_must_be_finite_and_non_negative(solver: SolverCase, epsilon: float) -> None:
     with pytest.raises(
         ValueError, match=rf"Invalid epsilon={named(epsilon)}\. Must be a finite number >= 0"
     ):
-        SOLVERS[solver](A, 2, epsilon=epsilon)
+        solver(A, 2, epsilon=epsilon)
 
 
 @ALL_SOLVERS
-def test_epsilon_must_be_a_real_number(solver: str) -> None:
+def test_epsilon_must_be_a_real_number(solver: SolverCase) -> None:
     with pytest.raises(
         TypeError, match=r"Invalid epsilon='1e-3' of type str\. Must be a real number"
     ):
-        SOLVERS[solver](A, 2, epsilon="1e-3")
+        solver(A, 2, epsilon="1e-3")
 
 
 @pytest.mark.parametrize("degree", [0, -3, 1001])
@@ -204,9 +224,9 @@ def test_chebyshev_rel_epsilon_messages_name_the_range(rel_epsilon: float) -> No
         chebyshev_inverse_root(A, 2, rel_epsilon=rel_epsilon)
 
 
-@pytest.mark.parametrize("solver", ["coupled_newton", "newton_db"])
+@OPTIONAL_RIDGE_SOLVERS
 @pytest.mark.parametrize("rel_epsilon", [-1e-3, math.inf, 1.5])
-def test_rel_epsilon_must_be_between_zero_and_one(solver: str, rel_epsilon: float) -> None:
+def test_rel_epsilon_must_be_between_zero_and_one(solver: SolverCase, rel_epsilon: float) -> None:
     with pytest.raises(
         ValueError,
         match=(
@@ -214,7 +234,7 @@ def test_rel_epsilon_must_be_between_zero_and_one(solver: str, rel_epsilon: floa
             rf"Must be a finite number >= 0\.0 and <= 1\.0"
         ),
     ):
-        SOLVERS[solver](A, 2, rel_epsilon=rel_epsilon)
+        solver(A, 2, rel_epsilon=rel_epsilon)
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,12 +348,12 @@ def test_precision_must_be_a_string_or_matmul_precision() -> None:
         as_matmul_precision(32)
 
 
-@pytest.mark.parametrize("solver", ["coupled_newton", "newton_db", "chebyshev"])
-def test_solvers_take_a_matmul_precision_not_a_string(solver: str) -> None:
+@PRECISION_SOLVERS
+def test_solvers_take_a_matmul_precision_not_a_string(solver: SolverCase) -> None:
     with pytest.raises(
         TypeError, match=r"Invalid precision='bf16' of type str\. Must be a MatmulPrecision"
     ):
-        SOLVERS[solver](A, 2, precision="bf16")
+        solver(A, 2, precision="bf16")
 
 
 def test_scaling_method_must_be_known() -> None:
@@ -380,19 +400,11 @@ def test_power_iteration_needs_between_one_and_a_thousand_steps(num_iterations: 
         SpectralScaling(num_iterations=num_iterations)
 
 
-@pytest.mark.parametrize(
-    ("solver", "keyword", "value"),
-    [
-        ("newton_db", "iteration", 10),
-        ("coupled_newton", "iteration", 10),
-        ("newton_db", "scaling", "frobenius"),
-        ("chebyshev", "scaling", "frobenius"),
-    ],
-)
+@pytest.mark.parametrize(("solver", "keyword", "value"), OPTION_OBJECTS)
 def test_solvers_reject_iterations_and_scalings_of_the_wrong_type(
-    solver: str, keyword: str, value: object
+    solver: SolverCase, keyword: str, value: object
 ) -> None:
     with pytest.raises(
         TypeError, match=rf"{keyword}.*{named(value)}|{keyword}.*{type(value).__name__}"
     ):
-        SOLVERS[solver](A, 2, **{keyword: value})
+        solver(A, 2, **{keyword: value})

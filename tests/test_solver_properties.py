@@ -3,10 +3,14 @@ safe spectral bounds, ordered matmul precisions, and no process-global side effe
 
 The hypothesis tests draw SPD blocks ``Q diag(10^l) Q^T`` with ``d`` in 1..24, log10-eigenvalues
 ``l`` in ``[-3, 0]`` (condition <= 1e3) and ``Q`` from the QR of a seeded Gaussian matrix. Solver
-settings and tolerances are those of ``tests/test_solver_spectra.py`` (its ``condition_1e3`` row).
+settings and tolerances are those of the solver cases (``tests/solver_cases.py``: their converged
+settings and ``condition_1e3`` promises), the settings of ``tests/test_solver_spectra.py``.
 """
 
 import math
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 import pytest
 import torch
@@ -21,21 +25,22 @@ from distributed_shampoo_dash.solvers import (
     MatmulPrecision,
     ScalingMethod,
     SpectralScaling,
-    chebyshev_inverse_root,
-    coupled_newton_inverse_root,
-    eigh_inverse_root,
-    newton_db_inverse_root,
 )
 from distributed_shampoo_dash.solvers.linalg import stable_power
-from distributed_shampoo_dash.solvers.minimax import minimax_inverse_root
 from distributed_shampoo_dash.solvers.scaling import rayleigh_lambda_max
+from tests.solver_cases import (
+    ACCURACY_CASES,
+    ENTRY_CASES,
+    FLAG_RESIDUAL,
+    SolverCase,
+    case_names,
+)
 from tests.solver_helpers import (
     random_orthogonal,
     reference_inverse_root,
     relative_errors,
     stack_with_eigenvalues,
 )
-from tests.test_solver_spectra import FLAG_RESIDUAL, SOLVERS, promised_tolerance, solve
 
 PROPERTY_SETTINGS = settings(max_examples=30, deadline=None, derandomize=True)
 MAX_LOG10_CONDITION = 3.0
@@ -72,32 +77,32 @@ def mixed_stack(dim: int = 16) -> torch.Tensor:
     return stack_with_eigenvalues(eigenvalues, random_orthogonal(5, dim, generator)).float()
 
 
+def with_each_spectral_bound(cases: tuple[SolverCase, ...]) -> tuple[SolverCase, ...]:
+    """``cases``, and a ``_frobenius`` variant of each whose default bound is another one."""
+    frobenius = tuple(
+        case.variant("frobenius", scaling=FROBENIUS_SCALING)
+        for case in cases
+        if "scaling" in case.solver.options
+        and case.effective_options()["scaling"].method is not ScalingMethod.FROBENIUS
+    )
+    return (*cases, *frobenius)
+
+
 #: Every solver, with each spectral bound (the power-iteration start vectors are the same for
 #: every block, so a block's bound does not depend on the stack it is in).
-BATCHABLE_SOLVERS = {
-    "eigh": lambda A: eigh_inverse_root(A, 4, epsilon=BATCH_EPSILON),
-    "coupled_newton": lambda A: coupled_newton_inverse_root(A, 4, epsilon=BATCH_EPSILON),
-    "newton_db": lambda A: newton_db_inverse_root(A, 4, epsilon=BATCH_EPSILON),
-    "newton_db_frobenius": lambda A: newton_db_inverse_root(
-        A, 4, epsilon=BATCH_EPSILON, scaling=FROBENIUS_SCALING
-    ),
-    "chebyshev": lambda A: chebyshev_inverse_root(A, 4, epsilon=BATCH_EPSILON),
-    "chebyshev_frobenius": lambda A: chebyshev_inverse_root(
-        A, 4, epsilon=BATCH_EPSILON, scaling=FROBENIUS_SCALING
-    ),
-}
+BATCHABLE_CASES = with_each_spectral_bound(ENTRY_CASES)
 
 
-def per_block(solver, A: torch.Tensor) -> InverseRootResult:  # type: ignore[no-untyped-def]
-    results = [solver(A[i]) for i in range(A.shape[0])]
+def per_block(solver: SolverCase, A: torch.Tensor) -> InverseRootResult:
+    results = [solver(A[i], 4, epsilon=BATCH_EPSILON) for i in range(A.shape[0])]
     return InverseRootResult(*(torch.cat(parts) for parts in zip(*results, strict=True)))
 
 
-@pytest.mark.parametrize("solver", sorted(BATCHABLE_SOLVERS))
-def test_batched_call_equals_per_block_calls_to_fp32_rounding(solver: str) -> None:
+@pytest.mark.parametrize("solver", BATCHABLE_CASES, ids=case_names(BATCHABLE_CASES))
+def test_batched_call_equals_per_block_calls_to_fp32_rounding(solver: SolverCase) -> None:
     A = mixed_stack()
-    batched = BATCHABLE_SOLVERS[solver](A)
-    single = per_block(BATCHABLE_SOLVERS[solver], A)
+    batched = solver(A, 4, epsilon=BATCH_EPSILON)
+    single = per_block(solver, A)
     # A different BLAS may block batched and single products differently: fp32 rounding only.
     assert relative_errors(batched.inverse_root, single.inverse_root.double()).max() <= 1e-6
     torch.testing.assert_close(batched.residual, single.residual, rtol=1e-5, atol=1e-7)
@@ -164,21 +169,27 @@ def test_roots_are_symmetric_finite_and_accurate_up_to_condition_1e3(
     problem: tuple[torch.Tensor, float], root: int
 ) -> None:
     A, condition = problem
-    for solver in SOLVERS:
-        result, reference = solve(solver, A, root, 0.0)
+    for solver in ACCURACY_CASES:
+        result, reference = solver.solve(A, root, 0.0)
         X = result.inverse_root
         assert (
             X.dtype == A.dtype and bool(result.is_finite.all()) and bool(torch.isfinite(X).all())
-        ), solver
+        ), solver.name
         # Symmetric up to rounding amplified by the conditioning of the root.
         asymmetry = torch.linalg.norm(X - X.mT) / torch.linalg.norm(X)
         assert asymmetry <= 64 * unit_roundoff(A.dtype) * condition ** (1.0 / root) * X.shape[-1], (
-            solver,
+            solver.name,
             asymmetry,
         )
-        tolerance = promised_tolerance(solver, "condition_1e3", A.dtype, root).tolerance
+        tolerance = solver.promise("condition_1e3", A.dtype, root).tolerance
         error = relative_errors(X, reference).item()
-        assert error <= tolerance, (solver, error, tolerance, condition)
+        assert error <= tolerance, (solver.name, error, tolerance, condition)
+
+
+#: Solvers whose steps can be cut short (an iteration count, or a polynomial degree).
+TRUNCATABLE_CASES = tuple(
+    case for case in ENTRY_CASES if {"iteration", "degree"} & set(case.solver.options)
+)
 
 
 @PROPERTY_SETTINGS
@@ -186,10 +197,10 @@ def test_roots_are_symmetric_finite_and_accurate_up_to_condition_1e3(
     problem=spd_blocks(),
     root=st.sampled_from([1, 2, 4]),
     iterations=st.integers(min_value=1, max_value=30),
-    solver=st.sampled_from(["coupled_newton", "newton_db", "chebyshev"]),
+    solver=st.sampled_from(TRUNCATABLE_CASES),
 )
 def test_residual_is_small_exactly_when_the_error_is_small(
-    problem: tuple[torch.Tensor, float], root: int, iterations: int, solver: str
+    problem: tuple[torch.Tensor, float], root: int, iterations: int, solver: SolverCase
 ) -> None:
     """For ``X = B^{-1/p} (I + G)`` (``G`` commuting with ``B``),
     ``residual = ||(I + G)^p - I||_F / sqrt(d)`` and
@@ -201,25 +212,14 @@ def test_residual_is_small_exactly_when_the_error_is_small(
     checked on partially converged iterates (few iterations, or a low Chebyshev degree)."""
     A, condition = problem
     precision = MatmulPrecision.FP32 if A.dtype == torch.float32 else MatmulPrecision.FP64
-    shift: float | torch.Tensor = 0.0
-    match solver:
-        case "coupled_newton":
-            iteration = IterationControl(num_iterations=iterations, stop_at_best=False)
-            result = coupled_newton_inverse_root(A, root, precision=precision, iteration=iteration)
-        case "newton_db":
-            iteration = IterationControl(num_iterations=iterations)
-            result = newton_db_inverse_root(A, root, precision=precision, iteration=iteration)
-        case "chebyshev":
-            delta = 1e-2
-            result = chebyshev_inverse_root(
-                A, root, degree=3 * iterations, rel_epsilon=delta, precision=precision
-            )
-            shift = (
-                delta
-                * MULTI_POWER_ITERATION_SCALING.upper_bound(A.to(precision.working_dtype)).double()
-            )
-            lambdas = torch.linalg.eigvalsh(A.double())
-            condition = float((lambdas[..., -1] + shift) / (lambdas[..., 0] + shift))
+    if solver.truncated is None:
+        raise AssertionError(f"add the truncated options of solver {solver.name!r}")
+    options = {**solver.truncated(iterations), "precision": precision}
+    result = solver(A, root, **options)
+    shift = solver.target_ridge(A, 0.0, **options)
+    if solver.relative_ridge(**options) > 0:
+        lambdas = torch.linalg.eigvalsh(A.double())
+        condition = float((lambdas[..., -1] + shift) / (lambdas[..., 0] + shift))
     error = relative_errors(result.inverse_root, reference_inverse_root(A, root, shift)).item()
     residual = result.residual.item()
     dim = A.shape[-1]
@@ -260,14 +260,10 @@ def test_rayleigh_estimate_is_a_lower_bound_for_tiny_float32_blocks() -> None:
 # (c) Matmul precision, refinement and global state.
 # --------------------------------------------------------------------------------------------
 
-PRECISION_SOLVERS = {
-    "coupled_newton": lambda A, precision, iteration: coupled_newton_inverse_root(
-        A, 4, precision=precision, iteration=iteration
-    ),
-    "newton_db": lambda A, precision, iteration: newton_db_inverse_root(
-        A, 4, precision=precision, iteration=iteration
-    ),
-}
+#: Iterative solvers with a matmul precision: their iterations can be refined in fp32.
+PRECISION_CASES = tuple(
+    case for case in ENTRY_CASES if {"iteration", "precision"} <= set(case.solver.options)
+)
 
 
 def precision_problem(device: torch.device | str = "cpu") -> torch.Tensor:
@@ -282,15 +278,15 @@ def has_tf32(device: torch.device) -> bool:
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("solver", sorted(PRECISION_SOLVERS))
-def test_errors_are_ordered_by_matmul_precision(solver: str, device: torch.device) -> None:
+@pytest.mark.parametrize("solver", PRECISION_CASES, ids=case_names(PRECISION_CASES))
+def test_errors_are_ordered_by_matmul_precision(solver: SolverCase, device: torch.device) -> None:
     A = precision_problem(
         device
     )  # float64 input, so that FP64 products are not hidden by the output dtype
     reference = reference_inverse_root(A, 4, 0.0)
 
     def error(precision: MatmulPrecision) -> float:
-        result = PRECISION_SOLVERS[solver](A, precision, IterationControl(num_iterations=20))
+        result = solver(A, 4, precision=precision, iteration=IterationControl(num_iterations=20))
         return relative_errors(result.inverse_root, reference).max().item()
 
     errors = {precision: error(precision) for precision in MatmulPrecision}
@@ -309,28 +305,31 @@ def test_errors_are_ordered_by_matmul_precision(solver: str, device: torch.devic
         assert errors[MatmulPrecision.TF32] == errors[MatmulPrecision.FP32]
 
 
-@pytest.mark.parametrize("solver", sorted(PRECISION_SOLVERS))
-def test_low_precision_results_are_flagged_by_their_residual(solver: str) -> None:
+@pytest.mark.parametrize("solver", PRECISION_CASES, ids=case_names(PRECISION_CASES))
+def test_low_precision_results_are_flagged_by_their_residual(solver: SolverCase) -> None:
     A = precision_problem().float()
-    result = PRECISION_SOLVERS[solver](A, MatmulPrecision.BF16, IterationControl(num_iterations=20))
+    result = solver(
+        A, 4, precision=MatmulPrecision.BF16, iteration=IterationControl(num_iterations=20)
+    )
     errors = relative_errors(result.inverse_root, reference_inverse_root(A, 4, 0.0))
     assert bool((errors > 1e-3).all()) and bool((result.residual > FLAG_RESIDUAL).all())
 
 
-@pytest.mark.parametrize(("solver", "factor"), [("newton_db", 0.6), ("coupled_newton", 1.0)])
-def test_fp32_refinement_after_bf16_does_not_lose_accuracy(solver: str, factor: float) -> None:
+@pytest.mark.parametrize("solver", PRECISION_CASES, ids=case_names(PRECISION_CASES))
+def test_fp32_refinement_after_bf16_does_not_lose_accuracy(solver: SolverCase) -> None:
     """Refinement removes the part of the bf16 error that commutes with ``A``; Newton-DB re-couples
     (``Y = B Z``) and gains 2-4x in one step, then stops at the part that does not commute, which
-    a coupled iteration does not reduce (coupled Newton keeps its bf16 error)."""
+    a coupled iteration does not reduce (coupled Newton keeps its bf16 error): the error shrinks
+    at least by the case's ``refinement_gain``."""
     A = precision_problem().float()
     reference = reference_inverse_root(A, 4, 0.0)
 
     def error(refinement_iterations: int) -> float:
         iteration = IterationControl(num_iterations=20, refinement_iterations=refinement_iterations)
-        result = PRECISION_SOLVERS[solver](A, MatmulPrecision.BF16, iteration)
+        result = solver(A, 4, precision=MatmulPrecision.BF16, iteration=iteration)
         return relative_errors(result.inverse_root, reference).max().item()
 
-    assert error(5) <= factor * error(0)
+    assert error(5) <= solver.refinement_gain * error(0)
 
 
 def global_state() -> dict[str, object]:
@@ -354,46 +353,43 @@ def global_state() -> dict[str, object]:
     return state
 
 
-STATE_CALLS = {
-    "eigh": lambda A: eigh_inverse_root(A, 4, epsilon=1e-6),
-    **{
-        f"coupled_newton_{precision.value}": (
-            lambda A, precision=precision: coupled_newton_inverse_root(
-                A,
-                4,
-                precision=precision,
-                iteration=IterationControl(num_iterations=3, refinement_iterations=1),
-            )
-        )
-        for precision in MatmulPrecision
-    },
-    **{
-        f"newton_db_{method.value}": (
-            lambda A, method=method: newton_db_inverse_root(
-                A,
-                4,
-                precision=MatmulPrecision.TF32,
-                iteration=IterationControl(num_iterations=3),
-                scaling=SpectralScaling(method=method),
-            )
-        )
-        for method in ScalingMethod
-    },
-    **{
-        f"minimax_{precision.value}": (
-            lambda A, precision=precision: minimax_inverse_root(A, 4, precision=precision)
-        )
-        for precision in MatmulPrecision
-    },
-    **{
-        f"chebyshev_{precision.value}": (
-            lambda A, precision=precision: chebyshev_inverse_root(
-                A, 4, degree=5, precision=precision
-            )
-        )
-        for precision in MatmulPrecision
-    },
-}
+def cheap_options(case: SolverCase) -> dict[str, Any]:
+    """Options of a cheap call of ``case``: three iterations and a refinement step, a degree-5
+    fit."""
+    options: dict[str, Any] = {"epsilon": 1e-6}
+    if "iteration" in case.solver.options:
+        options["iteration"] = IterationControl(num_iterations=3, refinement_iterations=1)
+    if "degree" in case.solver.options:
+        options["degree"] = 5
+    return options
+
+
+def state_calls() -> dict[str, Callable[[torch.Tensor], InverseRootResult]]:
+    """A call of each solver at each matmul precision and, with TF32 products (on CUDA the
+    precision that a global flag switches), with each other spectral bound."""
+    calls: dict[str, Callable[[torch.Tensor], InverseRootResult]] = {}
+    for case in ENTRY_CASES:
+        options = cheap_options(case)
+        if not {"precision", "scaling"} & set(case.solver.options):
+            calls[case.name] = partial(case, root=4, **options)
+        if "precision" in case.solver.options:
+            for precision in MatmulPrecision:
+                calls[f"{case.name}_{precision.value}"] = partial(
+                    case, root=4, precision=precision, **options
+                )
+        if "scaling" in case.solver.options:
+            default = case.effective_options()["scaling"].method
+            if "precision" in case.solver.options:
+                options["precision"] = MatmulPrecision.TF32
+            for method in ScalingMethod:
+                if method is not default:
+                    calls[f"{case.name}_{method.value}"] = partial(
+                        case, root=4, scaling=SpectralScaling(method=method), **options
+                    )
+    return calls
+
+
+STATE_CALLS = state_calls()
 
 
 def rng_states(device: torch.device) -> list[torch.Tensor]:

@@ -8,13 +8,9 @@ Only the factors recorded at step 300 are used, to keep the file fast.
 import pytest
 import torch
 
-from distributed_shampoo_dash.solvers import (
-    InverseRootResult,
-    IterationControl,
-    coupled_newton_inverse_root,
-    newton_db_inverse_root,
-)
+from distributed_shampoo_dash.solvers import InverseRootResult, IterationControl
 from tests.real_factors import RealFactors
+from tests.solver_cases import ENTRY_CASES, SolverCase, case_names
 from tests.solver_helpers import reference_inverse_root, relative_errors
 
 STEP = 300
@@ -24,28 +20,29 @@ MAX_RESIDUAL = 1e-3
 #: coupled Newton on all 195 factors).
 ACCEPTED_TOLERANCE = 1e-3
 
-SOLVERS = {
-    "newton_db_converged": lambda A, root, epsilon: newton_db_inverse_root(
-        A,
-        root,
-        epsilon=epsilon,
-        iteration=IterationControl(num_iterations=30, tolerance=1e-5, early_exit_check_interval=5),
+#: The iterative solvers (an ``iteration`` option) at their defaults (Newton-DB's: the paper's ten
+#: iterations) and, for those whose default is a fixed number of iterations, iterated to a
+#: tolerance.
+ITERATIVE_CASES = tuple(case for case in ENTRY_CASES if "iteration" in case.solver.options)
+CONVERGED = IterationControl(num_iterations=30, tolerance=1e-5, early_exit_check_interval=5)
+CASES = (
+    *ITERATIVE_CASES,
+    *(
+        case.variant("converged", iteration=CONVERGED)
+        for case in ITERATIVE_CASES
+        if case.effective_options()["iteration"].tolerance == 0
     ),
-    "newton_db_paper": lambda A, root, epsilon: newton_db_inverse_root(A, root, epsilon=epsilon),
-    "coupled_newton": lambda A, root, epsilon: coupled_newton_inverse_root(
-        A, root, epsilon=epsilon
-    ),
-}
+)
 
 
-@pytest.mark.parametrize("solver", sorted(SOLVERS))
+@pytest.mark.parametrize("solver", CASES, ids=case_names(CASES))
 def test_accepted_roots_of_real_factors_are_accurate(
-    solver: str, real_factor_set: RealFactors
+    solver: SolverCase, real_factor_set: RealFactors
 ) -> None:
     epsilon, groups = real_factor_set.epsilon, real_factor_set.stacks(step=STEP)
     accepted_errors, num_blocks = [], 0
     for (dim, root), stack in groups.items():
-        result: InverseRootResult = SOLVERS[solver](stack, root, epsilon)
+        result: InverseRootResult = solver(stack, root, epsilon=epsilon)
         assert result.inverse_root.shape == stack.shape
         # Blocks whose fp64 A + epsilon I is not positive definite have no reference root.
         defined = (
@@ -59,5 +56,9 @@ def test_accepted_roots_of_real_factors_are_accurate(
         accepted_errors.append(relative_errors(result.inverse_root[accepted], reference))
         num_blocks += stack.shape[0]
     errors = torch.cat(accepted_errors)
-    assert errors.numel() > 0, f"{solver} accepted none of the {num_blocks} factors"
-    assert errors.max().item() <= ACCEPTED_TOLERANCE, (solver, errors.numel(), errors.max().item())
+    assert errors.numel() > 0, f"{solver.name} accepted none of the {num_blocks} factors"
+    assert errors.max().item() <= ACCEPTED_TOLERANCE, (
+        solver.name,
+        errors.numel(),
+        errors.max().item(),
+    )

@@ -9,13 +9,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from distributed_shampoo_dash.solvers import (
     MULTI_POWER_ITERATION_SCALING,
     IterationControl,
-    MatmulPrecision,
     chebyshev_inverse_root,
     coupled_newton_inverse_root,
     eigh_inverse_root,
     newton_db_inverse_root,
 )
-from distributed_shampoo_dash.solvers.minimax import minimax_inverse_root
+from tests.solver_cases import ACCURACY_CASES, ENTRY_CASES, VARIANT_CASES, SolverCase, case_names
 
 
 def spd_stack(num_blocks: int, dim: int, condition: float, seed: int = 0) -> torch.Tensor:
@@ -43,25 +42,13 @@ def relative_errors(X: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     )
 
 
-SOLVERS = {
-    "eigh": lambda A, p: eigh_inverse_root(A, p),
-    "coupled_newton": lambda A, p: coupled_newton_inverse_root(A, p),
-    "newton_db": lambda A, p: newton_db_inverse_root(
-        A, p, iteration=IterationControl(num_iterations=20)
-    ),
-    "minimax": lambda A, p: minimax_inverse_root(A, p),
-    "minimax_fp64_first_step": lambda A, p: minimax_inverse_root(
-        A, p, first_step_precision=MatmulPrecision.FP64
-    ),
-}
-
-
-@pytest.mark.parametrize("solver", sorted(SOLVERS))
+@pytest.mark.parametrize("solver", ACCURACY_CASES, ids=case_names(ACCURACY_CASES))
 @pytest.mark.parametrize("root", [2, 4])
-def test_solver_matches_fp64_reference_at_condition_1e3(solver: str, root: int) -> None:
+def test_solver_matches_fp64_reference_at_condition_1e3(solver: SolverCase, root: int) -> None:
+    """Each solver at its defaults, with the case's ``default_overrides``."""
     A = spd_stack(num_blocks=3, dim=48, condition=1e3)
-    result = SOLVERS[solver](A.float(), root)
-    # The root of A + r I, r the ridge each block got (0 here but for the minimax iteration's).
+    result = solver(A.float(), root, **solver.default_overrides)
+    # The root of A + r I, r the ridge each block got (0 here but for the relative ridges).
     reference = reference_inverse_root(A, root, result.regularization.double().reshape(-1, 1, 1))
     assert relative_errors(result.inverse_root, reference).max() < 1e-4
     assert bool(result.is_finite.all())
@@ -113,29 +100,15 @@ class _SyncCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize(
-    "solver",
-    [
-        "coupled_newton",
-        "newton_db",
-        "chebyshev",
-        "minimax",
-        "minimax_bf16",
-        "minimax_fp64_first_step",
-    ],
+#: The matmul-only solvers (a ``precision`` option: every step a product) and their variants.
+MATMUL_CASES = tuple(
+    case for case in (*ENTRY_CASES, *VARIANT_CASES) if "precision" in case.solver.options
 )
-def test_solvers_never_synchronise_with_the_host(solver: str) -> None:
+
+
+@pytest.mark.parametrize("solver", MATMUL_CASES, ids=case_names(MATMUL_CASES))
+def test_solvers_never_synchronise_with_the_host(solver: SolverCase) -> None:
     A = spd_stack(num_blocks=2, dim=16, condition=100.0).float()
-    solve = {
-        "coupled_newton": lambda: coupled_newton_inverse_root(A, 4),
-        "newton_db": lambda: newton_db_inverse_root(A, 4),
-        "chebyshev": lambda: chebyshev_inverse_root(A, 4),
-        "minimax": lambda: minimax_inverse_root(A, 4),
-        "minimax_bf16": lambda: minimax_inverse_root(A, 4, precision=MatmulPrecision.BF16),
-        "minimax_fp64_first_step": lambda: minimax_inverse_root(
-            A, 4, first_step_precision=MatmulPrecision.FP64
-        ),
-    }[solver]
     with _SyncCounter() as counter:
-        solve()
+        solver(A, 4)
     assert counter.count == 0
