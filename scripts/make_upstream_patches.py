@@ -71,7 +71,7 @@ MODULES: dict[str, str] = {
     },
     **{
         f"distributed_shampoo_dash/integration/{name}.py": f"{NATIVE_PACKAGE}/{name}.py"
-        for name in ("configs", "solve", "roots", "per_block", "preconditioner_list")
+        for name in ("configs", "dispatch", "policy", "per_block", "preconditioner_list")
     },
 }
 
@@ -80,8 +80,10 @@ IMPORT_PATHS: dict[str, str] = {
     "distributed_shampoo_dash.integration.configs": (
         "distributed_shampoo.preconditioner.dash.configs"
     ),
-    "distributed_shampoo_dash.integration.solve": "distributed_shampoo.preconditioner.dash.solve",
-    "distributed_shampoo_dash.integration.roots": "distributed_shampoo.preconditioner.dash.roots",
+    "distributed_shampoo_dash.integration.dispatch": (
+        "distributed_shampoo.preconditioner.dash.dispatch"
+    ),
+    "distributed_shampoo_dash.integration.policy": "distributed_shampoo.preconditioner.dash.policy",
     "distributed_shampoo_dash.integration.per_block": (
         "distributed_shampoo.preconditioner.dash.per_block"
     ),

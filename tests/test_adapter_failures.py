@@ -5,6 +5,7 @@ per block.
 import dataclasses
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -135,24 +136,32 @@ def test_non_finite_factor_raises_upstreams_error() -> None:
     assert str(with_dash.value).split("!")[0] == str(upstream.value).split("!")[0]
 
 
-def corrupt_roots_of_dim(dim: int, solver: str, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Makes the registry's ``solver`` return non-finite roots for every ``(dim, dim)`` factor;
-    counts its calls on them."""
-    original = SOLVERS[solver].inverse_root
-    corrupted_calls = [0]
+@dataclass
+class Corruption:
+    """Non-finite roots from the registry's solver for every ``(dim, dim)`` factor while
+    ``active``; ``calls`` counts the corrupted calls."""
+
+    dim: int
+    active: bool = False
+    calls: int = 0
+
+
+def corrupt_roots_of_dim(dim: int, solver: str, monkeypatch: pytest.MonkeyPatch) -> Corruption:
+    """Installs a :class:`Corruption` (inactive) of the registry's ``solver``; an optimizer binds
+    its solvers at its first root computation, so install it before that."""
+    original = SOLVERS[solver].run
+    corruption = Corruption(dim)
 
     def corrupting(A: torch.Tensor, *args: object, **kwargs: object) -> InverseRootResult:
         result = original(A, *args, **kwargs)
-        if A.shape[-1] != dim:
+        if not corruption.active or A.shape[-1] != dim:
             return result
-        corrupted_calls[0] += 1
+        corruption.calls += 1
         nan = torch.full_like(result.inverse_root, float("nan"))
         return result._replace(inverse_root=nan, is_finite=torch.zeros_like(result.is_finite))
 
-    monkeypatch.setitem(
-        SOLVERS, solver, dataclasses.replace(SOLVERS[solver], inverse_root=corrupting)
-    )
-    return corrupted_calls
+    monkeypatch.setitem(SOLVERS, solver, dataclasses.replace(SOLVERS[solver], run=corrupting))
+    return corruption
 
 
 def factor_matrices_and_inverses(
@@ -185,10 +194,11 @@ def twin_runs(
     factory = shampoo_factory(config, batched=True, epsilon=EPSILON)
     clean_model, clean_optimizer = fresh_model_and_optimizer(factory)
     run_steps(clean_model, clean_optimizer, batches)
+    corruption = corrupt_roots_of_dim(CORRUPTED_DIM, solver, monkeypatch)
     model, optimizer = fresh_model_and_optimizer(factory)
     run_steps(model, optimizer, batches[:clean_steps])
     before = [inverse.clone() for _, _, inverse, _ in factor_matrices_and_inverses(optimizer)]
-    corrupt_roots_of_dim(CORRUPTED_DIM, solver, monkeypatch)
+    corruption.active = True
     run_steps(model, optimizer, batches[clean_steps:])
     return clean_optimizer, optimizer, model, before
 

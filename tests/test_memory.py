@@ -53,7 +53,7 @@ def test_dash_step_memory_is_within_a_quarter_of_upstreams_plus_16_mib(preset: s
 SOLVER_CALL = """
 import json, sys, torch
 from pathlib import Path
-from distributed_shampoo_dash.integration.solve import batched_solver
+from distributed_shampoo_dash.integration.dispatch import batched_solver
 from tests.solver_cases import CASES, root_inv_config
 
 def status(field):

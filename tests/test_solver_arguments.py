@@ -170,11 +170,14 @@ def test_input_must_be_a_tensor(solver: SolverCase, value: object) -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_eigh_rejects_half_precision_input_with_a_type_error(dtype: torch.dtype) -> None:
-    with pytest.raises(
-        TypeError, match=rf"{named(dtype)}.*float32.*float64|float32.*float64.*{named(dtype)}"
-    ):
-        eigh_inverse_root(torch.eye(3, dtype=dtype), 2)
+def test_eigh_decomposes_half_precision_input_in_float32(dtype: torch.dtype) -> None:
+    A = torch.tensor([[4.0, 1.0], [1.0, 3.0]])
+    result = eigh_inverse_root(A.to(dtype), 2)
+    expected = eigh_inverse_root(A.to(dtype).float(), 2).inverse_root.to(dtype)
+
+    assert result.inverse_root.dtype == dtype
+    assert bool(result.is_finite.all())
+    assert torch.equal(result.inverse_root, expected)
 
 
 # --------------------------------------------------------------------------------------------

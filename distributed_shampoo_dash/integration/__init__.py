@@ -28,6 +28,7 @@ from distributed_shampoo_dash.integration.install import (
     is_batched,
 )
 from distributed_shampoo_dash.integration.per_block import dash_matrix_inverse_root
+from distributed_shampoo_dash.integration.policy import InverseRoots, inverse_roots
 from distributed_shampoo_dash.integration.preconditioner_configs import (
     BatchedSettings,
     RootInvKLShampooPreconditionerConfig,
@@ -37,7 +38,6 @@ from distributed_shampoo_dash.integration.preconditioner_list import (
     BatchedRootInvKLShampooPreconditionerList,
     BatchedRootInvShampooPreconditionerList,
 )
-from distributed_shampoo_dash.integration.roots import InverseRoots, inverse_roots
 
 install()
 

@@ -28,7 +28,7 @@ from distributed_shampoo.utils.load_balancing_utils import CostModel
 from torch import Tensor
 
 from distributed_shampoo_dash.integration.configs import MinimaxRootInvConfig
-from distributed_shampoo_dash.integration.solve import batched_solver
+from distributed_shampoo_dash.integration.dispatch import batched_solver
 
 
 @dataclass

@@ -5,7 +5,7 @@ Upstream's root-inverse lists call the module global ``matrix_inverse_root`` of
 ``distributed_shampoo.preconditioner.shampoo_preconditioner_list`` once per factor matrix, with
 the bias-corrected matrix, and cast the result to the inverse factor's dtype.
 :func:`~.install.install` binds that name to :func:`dash_matrix_inverse_root`, which serves the
-DASH solver configs with the policy of :mod:`.roots` on a stack of one and hands every other
+DASH solver configs with the policy of :mod:`.policy` on a stack of one and hands every other
 config to upstream's function unchanged.
 """
 
@@ -19,7 +19,7 @@ from distributed_shampoo.preconditioner.matrix_functions_types import RootInvCon
 from torch import Tensor
 
 from distributed_shampoo_dash.integration.configs import DashRootInvConfig
-from distributed_shampoo_dash.integration.roots import inverse_roots
+from distributed_shampoo_dash.integration.policy import describe_rejections, inverse_roots
 
 logger: logging.Logger = logging.getLogger(__name__)
 
@@ -43,14 +43,16 @@ def dash_matrix_inverse_root(
     if A.ndim != 2 or A.shape[0] != A.shape[1]:
         raise ValueError(f"Matrix is not square and 2-dimensional! {A.shape=}")
     roots = inverse_roots(A, float(root), root_inv_config, epsilon=epsilon)
-    name = type(root_inv_config).__name__
     if bool(roots.accepted[0]):
         return roots.inverse_root[0]
     residual = f"residual {float(roots.residual[0]):.3e} (max {root_inv_config.max_residual})"
-    if bool(roots.recomputed[0]):
-        logger.warning(f"{name} rejected a root ({residual}); recomputed it by eigh.")
+    recomputed = bool(roots.recomputed[0])
+    logger.warning(
+        describe_rejections(root_inv_config, f"a {tuple(A.shape)} block ({residual})", recomputed)
+    )
+    if recomputed:
         return roots.inverse_root[0]
     raise ArithmeticError(
-        f"{name} produced no acceptable inverse root: {residual}, "
+        f"{type(root_inv_config).__name__} produced no acceptable inverse root: {residual}, "
         f"finite {bool(roots.is_finite[0])}."
     )

@@ -12,7 +12,7 @@ checkpoints are exactly upstream's and nothing can go stale:
 * preconditioning: the same groups; the group's inverse factors stacked (and unpacked in one
   indexing op), one batched product per preconditioned dim;
 * amortized computation: bias-corrected (and trace-scaled) factor matrices grouped by
-  ``(dim, root, dtype)``, one solver call per chunk of a group (:mod:`.roots`).
+  ``(dim, root, dtype)``, one solver call per chunk of a group (:mod:`.policy`).
 
 Memory. A group is processed in chunks, one after the other, each within a budget for the
 memory one batched operation allocates: its stacks, the solver's work space and its results
@@ -27,7 +27,7 @@ Amortized computation, per param group:
 2. *solve*: each chunk is solved and its accepted roots are written into the inverse factors,
    selected on the device (``torch.where``), and only if every factor matrix was finite;
 3. *read*: the input flag and all acceptance flags are read in one host synchronisation;
-4. *apply*: rejected roots follow the policy of :mod:`.roots` (eigh fallback for DASH configs);
+4. *apply*: rejected roots follow the policy of :mod:`.policy` (eigh fallback for DASH configs);
    blocks without a usable root, and all blocks if a factor matrix was non-finite, are *replayed*
    through upstream's own per-block code, which raises upstream's ``PreconditionerValueError``,
    keeps previous inverse factors and counts failed amortized computations exactly as upstream.
@@ -40,7 +40,7 @@ replays are logged and counted in :attr:`~BatchedRootInvShampooPreconditionerLis
 
 import logging
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -56,8 +56,7 @@ from distributed_shampoo_dash.integration.per_block import (
     dash_matrix_inverse_root,
     upstream_matrix_inverse_root,
 )
-from distributed_shampoo_dash.integration.roots import SolvedStack, recompute_rejected, solve_stack
-from distributed_shampoo_dash.integration.solve import batched_solver
+from distributed_shampoo_dash.integration.policy import RootPolicy, SolvedStack, describe_rejections
 from distributed_shampoo_dash.solvers.linalg import stable_power
 from distributed_shampoo_dash.stacking import (
     chunked,
@@ -130,10 +129,12 @@ class RootChunk:
 
     Attributes:
         key (InverseRootKey): Their dimension, root and dtype.
+        policy (RootPolicy): What computes, accepts and recomputes their roots.
         refs (list[FactorRef]): The factor matrices, in stack order.
     """
 
     key: InverseRootKey
+    policy: RootPolicy
     refs: list[FactorRef]
 
 
@@ -161,6 +162,8 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
             self._preconditioner_config, "max_stack_bytes", None
         )
         self.fallback_counts: Counter[str] = Counter()
+        self._root_policies: dict[InverseRootKey, RootPolicy | None] = {}
+        self._grouping: tuple[object, list[list[int]]] | None = None
 
     # Factor update and preconditioning.
 
@@ -172,19 +175,25 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
         gradient_bytes = sum(grad.numel() * grad.element_size() for grad in masked_grad_list)
         return max(self.min_stack_bytes, int(self.stack_budget_fraction * gradient_bytes))
 
-    def _block_groups(self, masked_grad_list: tuple[Tensor, ...]) -> Iterator[list[int]]:
+    def _block_groups(self, masked_grad_list: tuple[Tensor, ...]) -> list[list[int]]:
         """Chunks of masked block positions sharing shape, dtype and preconditioned dims.
 
-        A block's share of a chunk's memory: the stacked gradient, the results of two contractions
-        and its inverse factors (stacked packed, and unpacked) or its Gram matrices.
+        Computed once for the gradients' layout and budget (both stages of every step share it)
+        and again only when they change (e.g. a masked list compressed). A block's share of a
+        chunk's memory: the stacked gradient, the results of two contractions and its inverse
+        factors (stacked packed, and unpacked) or its Gram matrices.
         """
         keys = [
-            (tuple(grad.shape), grad.dtype, selector)
+            (tuple(grad.shape), grad.dtype, tuple(selector))
             for grad, selector in zip(
                 masked_grad_list, self._masked_preconditioned_dims_selector_list, strict=True
             )
         ]
         budget = self.stack_budget(masked_grad_list)
+        layout = (tuple(keys), budget)
+        if self._grouping is not None and self._grouping[0] == layout:
+            return self._grouping[1]
+        groups: list[list[int]] = []
         for positions in group_indices(keys).values():
             grad = masked_grad_list[positions[0]]
             factors = self._masked_kronecker_factors_unwrapped[positions[0]]
@@ -193,7 +202,9 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
                 for inverse in factors.inv_factor_matrices
             )
             item_bytes = 3 * grad.numel() * grad.element_size() + 3 * factor_bytes // 2
-            yield from chunked(positions, item_bytes, budget)
+            groups.extend(chunked(positions, item_bytes, budget))
+        self._grouping = (layout, groups)
+        return groups
 
     def _update_factor_matrices(self, masked_grad_list: tuple[Tensor, ...]) -> None:
         """Upstream's factor EMA ``F <- beta2 F + w pack(G_(k) G_(k)^T)``, a group at a time."""
@@ -335,14 +346,26 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
         chunks: list[RootChunk] = []
         per_block: set[int] = set()
         for key, group in group_indices(keys).items():
-            solver = batched_solver(self._config, key.root, self._epsilon)  # type: ignore[arg-type]
-            if solver is None:
+            policy = self._root_policy(key)
+            if policy is None:
                 per_block.update(refs[p][0] for p in group)
                 continue
-            item_bytes = (solver.workspace + 2) * key.dim**2 * key.dtype.itemsize
+            item_bytes = (policy.solver.workspace + 2) * key.dim**2 * key.dtype.itemsize
             for positions in chunked(group, item_bytes, budget):
-                chunks.append(RootChunk(key, [refs[p] for p in positions]))
+                chunks.append(RootChunk(key, policy, [refs[p] for p in positions]))
         return chunks, per_block
+
+    def _root_policy(self, key: InverseRootKey) -> RootPolicy | None:
+        """The policy for ``key``'s factor matrices, built once per key (``None``: per block)."""
+        if key not in self._root_policies:
+            self._root_policies[key] = RootPolicy.of(
+                self._config,  # type: ignore[arg-type]
+                key.root,
+                epsilon=self._epsilon,
+                factor_dtype=key.dtype,
+                dtype=self._preconditioner_config.inv_factor_matrix_dtype,
+            )
+        return self._root_policies[key]
 
     def _inputs_finite(self, chunks: list[RootChunk]) -> Tensor:
         """Device flag: every bias-corrected factor matrix of ``chunks`` is finite."""
@@ -354,13 +377,7 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
 
     def _solve_and_write(self, chunk: RootChunk, inputs_finite: Tensor) -> SolvedStack:
         """Solves a chunk and writes its accepted roots if every input was finite (no host sync)."""
-        solved = solve_stack(
-            self._config,  # type: ignore[arg-type]
-            self._bias_corrected_stack(chunk.refs),
-            chunk.key.root,
-            epsilon=self._epsilon,
-            dtype=self._preconditioner_config.inv_factor_matrix_dtype,
-        )
+        solved = chunk.policy.solve(self._bias_corrected_stack(chunk.refs))
         self._write_roots(chunk.refs, solved.roots, solved.accepted & inputs_finite)
         return solved
 
@@ -376,20 +393,14 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
         if len(rejected) > _LOGGED_REJECTIONS:
             described += f" and {len(rejected) - _LOGGED_REJECTIONS} more"
         refs = [chunk.refs[j] for j in rejected]
-        fallback = recompute_rejected(
-            self._config,  # type: ignore[arg-type]
-            self._bias_corrected_stack(refs),
-            chunk.key.root,
-            epsilon=self._epsilon,
-            dtype=self._preconditioner_config.inv_factor_matrix_dtype,
-        )
-        name = type(self._config).__name__
-        if fallback is None:
-            logger.warning(f"{name} rejected the roots of (block, factor) {described}.")
-            return rejected
+        fallback = chunk.policy.recompute(self._bias_corrected_stack(refs))
         logger.warning(
-            f"{name} rejected the roots of (block, factor) {described}; recomputing by eigh."
+            describe_rejections(
+                chunk.policy.config, f"(block, factor) {described}", fallback is not None
+            )
         )
+        if fallback is None:
+            return rejected
         self.fallback_counts["eigh"] += len(rejected)
         self._write_roots(refs, fallback.roots, fallback.accepted)
         usable = fallback.accepted.tolist()

@@ -45,7 +45,7 @@ from distributed_shampoo_dash.solvers.precision import (
     ProductCounts,
     batched_matmul,
 )
-from distributed_shampoo_dash.solvers.problem import ScaledProblem
+from distributed_shampoo_dash.solvers.problem import ScaledProblem, check_common_arguments
 from distributed_shampoo_dash.solvers.result import InverseRootResult, residual_products
 from distributed_shampoo_dash.solvers.scaling import MULTI_POWER_ITERATION_SCALING, SpectralScaling
 
@@ -146,11 +146,31 @@ def chebyshev_inverse_root(
     Returns:
         result (InverseRootResult): Roots in ``A.dtype``; residual as in the module docstring.
     """
-    root = check_positive_root(root)
-    degree = check_degree(degree)
-    rel_epsilon = check_chebyshev_rel_epsilon(rel_epsilon)
+    stack, epsilon = check_common_arguments(A, epsilon, scaling, precision)
+    return run_chebyshev(
+        stack,
+        check_positive_root(root),
+        epsilon=epsilon,
+        rel_epsilon=check_chebyshev_rel_epsilon(rel_epsilon),
+        precision=precision,
+        degree=check_degree(degree),
+        scaling=scaling,
+    )
+
+
+def run_chebyshev(
+    stack: Tensor,
+    root: float,
+    *,
+    epsilon: float,
+    rel_epsilon: float,
+    precision: MatmulPrecision,
+    degree: int,
+    scaling: SpectralScaling,
+) -> InverseRootResult:
+    """:func:`chebyshev_inverse_root` of an ``(N, d, d)`` stack for checked arguments."""
     problem = ScaledProblem.build(
-        A, epsilon=epsilon, rel_epsilon=rel_epsilon, scaling=scaling, precision=precision
+        stack, epsilon=epsilon, rel_epsilon=rel_epsilon, scaling=scaling, precision=precision
     )
     lower = spectrum_lower_bound(rel_epsilon)
     S = add_to_diagonal_(problem.scaled * (2.0 / (1.0 - lower)), -(1.0 + lower) / (1.0 - lower))

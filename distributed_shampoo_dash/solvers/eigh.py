@@ -54,7 +54,8 @@ def eigh_inverse_root(
     """Computes ``(A_i + epsilon I)^{-1/p}`` for every block by one batched ``eigh``.
 
     Args:
-        A (Tensor): ``(N, d, d)`` (or ``(d, d)``) symmetric PSD stack, float32 or float64.
+        A (Tensor): ``(N, d, d)`` (or ``(d, d)``) symmetric PSD stack. Half-precision stacks are
+            decomposed in float32 (``eigh`` has no half-precision kernel), as upstream does.
         root (float): The root ``p > 0``.
         epsilon (float): Regularisation, applied as described in the module docstring.
             (Default: 0.0)
@@ -62,26 +63,37 @@ def eigh_inverse_root(
 
     Returns:
         result (InverseRootResult): Roots in ``A.dtype``. The residual is the eigendecomposition
-        residual ``||A_e Q - Q diag(L)||_F / ||A_e||_F`` (0 for an all-zero block).
+        residual ``||A_e Q - Q diag(L)||_F / ||A_e||_F`` (0 for an all-zero block). A block with a
+        non-finite entry has a NaN residual and ``is_finite`` False (its root is not to be used);
+        the other blocks are unaffected.
 
     Raises:
-        TypeError: If ``A`` is not float32 or float64 (``eigh`` has no half-precision kernel).
-        torch.linalg.LinAlgError: If ``eigh`` fails to converge (the caller decides on a fallback).
+        torch.linalg.LinAlgError: If ``eigh`` fails to converge on a finite block (the caller
+            decides on a fallback).
     """
-    stack = as_stack(A)
-    if stack.dtype not in (torch.float32, torch.float64):
-        raise TypeError(
-            f"A must be float32 or float64 for an eigendecomposition, got {stack.dtype}; "
-            "cast it, or use an iterative solver for reduced-precision products."
-        )
-    root = check_positive_root(root)
-    epsilon = check_real(epsilon, "epsilon")
-    perturb_before_computation = check_bool(
-        perturb_before_computation, "perturb_before_computation"
+    return run_eigh(
+        as_stack(A),
+        check_positive_root(root),
+        epsilon=check_real(epsilon, "epsilon"),
+        perturb_before_computation=check_bool(
+            perturb_before_computation, "perturb_before_computation"
+        ),
     )
 
-    perturbed = add_to_diagonal(stack, epsilon) if perturb_before_computation else stack
-    eigenvalues, eigenvectors = torch.linalg.eigh(perturbed)
+
+def run_eigh(
+    stack: Tensor, root: float, *, epsilon: float, perturb_before_computation: bool
+) -> InverseRootResult:
+    """:func:`eigh_inverse_root` of an ``(N, d, d)`` stack for checked arguments."""
+    working = stack.to(torch.promote_types(stack.dtype, torch.float32))
+    finite = finite_blocks(working)
+    # A non-finite block would fail the whole batched call: its non-finite entries are zeroed
+    # for the decomposition and its result is marked unusable.
+    if perturb_before_computation:
+        decomposed = add_to_diagonal(working, epsilon).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    else:
+        decomposed = working.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+    eigenvalues, eigenvectors = torch.linalg.eigh(decomposed)
 
     lambda_min = eigenvalues.amin(dim=-1, keepdim=True)
     if perturb_before_computation:
@@ -94,12 +106,13 @@ def eigh_inverse_root(
         eigenvectors * stable_power(shifted, -1.0 / root).unsqueeze(-2)
     ) @ eigenvectors.mT
 
-    decomposition_error = perturbed @ eigenvectors - eigenvectors * eigenvalues.unsqueeze(-2)
-    norm = frobenius_norm(perturbed)
+    decomposition_error = decomposed @ eigenvectors - eigenvectors * eigenvalues.unsqueeze(-2)
+    norm = frobenius_norm(decomposed)
     residual = frobenius_norm(decomposition_error) / torch.where(norm > 0, norm, 1.0)
-    residual = residual.float()
+    residual = torch.where(finite, residual, torch.nan).float()
     shift = shifted[..., 0] - eigenvalues[..., 0]
     regularization = shift + epsilon if perturb_before_computation else shift
+    inverse_root = inverse_root.to(stack.dtype)
     return InverseRootResult(
         inverse_root,
         residual,

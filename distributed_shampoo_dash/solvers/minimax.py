@@ -70,7 +70,7 @@ from distributed_shampoo_dash.solvers.precision import (
     ProductCounts,
     batched_matmul,
 )
-from distributed_shampoo_dash.solvers.problem import ScaledProblem
+from distributed_shampoo_dash.solvers.problem import ScaledProblem, check_common_arguments
 from distributed_shampoo_dash.solvers.result import InverseRootResult
 from distributed_shampoo_dash.solvers.scaling import MULTI_POWER_ITERATION_SCALING, SpectralScaling
 
@@ -237,11 +237,31 @@ def minimax_inverse_root(
     Returns:
         result (InverseRootResult): Roots in ``A.dtype``; residual as in the module docstring.
     """
-    root = _check_root(root)
-    rel_epsilon = check_minimax_rel_epsilon(rel_epsilon)
-    first_step_precision = check_first_step_precision(first_step_precision)
+    stack, epsilon = check_common_arguments(A, epsilon, scaling, precision)
+    return run_minimax(
+        stack,
+        _check_root(root),
+        epsilon=epsilon,
+        rel_epsilon=check_minimax_rel_epsilon(rel_epsilon),
+        precision=precision,
+        scaling=scaling,
+        first_step_precision=check_first_step_precision(first_step_precision),
+    )
+
+
+def run_minimax(
+    stack: Tensor,
+    root: int,
+    *,
+    epsilon: float,
+    rel_epsilon: float,
+    precision: MatmulPrecision,
+    scaling: SpectralScaling,
+    first_step_precision: MatmulPrecision,
+) -> InverseRootResult:
+    """:func:`minimax_inverse_root` of an ``(N, d, d)`` stack for checked arguments."""
     problem = ScaledProblem.build(
-        A, epsilon=epsilon, rel_epsilon=rel_epsilon, scaling=scaling, precision=precision
+        stack, epsilon=epsilon, rel_epsilon=rel_epsilon, scaling=scaling, precision=precision
     )
     p = 2 if root == 1 else root
     B = problem.scaled

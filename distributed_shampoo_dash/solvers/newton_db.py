@@ -40,7 +40,11 @@ from distributed_shampoo_dash.solvers.precision import (
     ProductCounts,
     batched_matmul,
 )
-from distributed_shampoo_dash.solvers.problem import ScaledProblem
+from distributed_shampoo_dash.solvers.problem import (
+    ScaledProblem,
+    check_common_arguments,
+    check_rel_epsilon,
+)
 from distributed_shampoo_dash.solvers.result import InverseRootResult, residual_products
 from distributed_shampoo_dash.solvers.scaling import MULTI_POWER_ITERATION_SCALING, SpectralScaling
 
@@ -141,10 +145,32 @@ def newton_db_inverse_root(
     Returns:
         result (InverseRootResult): Roots in ``A.dtype``; residual as in the module docstring.
     """
-    root = check_power_of_two_root(root, _METHOD)
+    stack, epsilon = check_common_arguments(A, epsilon, scaling, precision)
     check_instance(iteration, IterationControl, "iteration")
+    return run_newton_db(
+        stack,
+        check_power_of_two_root(root, _METHOD),
+        epsilon=epsilon,
+        rel_epsilon=check_rel_epsilon(rel_epsilon),
+        precision=precision,
+        iteration=iteration,
+        scaling=scaling,
+    )
+
+
+def run_newton_db(
+    stack: Tensor,
+    root: int,
+    *,
+    epsilon: float,
+    rel_epsilon: float,
+    precision: MatmulPrecision,
+    iteration: IterationControl,
+    scaling: SpectralScaling,
+) -> InverseRootResult:
+    """:func:`newton_db_inverse_root` of an ``(N, d, d)`` stack for checked arguments."""
     problem = ScaledProblem.build(
-        A, epsilon=epsilon, rel_epsilon=rel_epsilon, scaling=scaling, precision=precision
+        stack, epsilon=epsilon, rel_epsilon=rel_epsilon, scaling=scaling, precision=precision
     )
 
     B = problem.scaled

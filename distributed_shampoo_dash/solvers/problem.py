@@ -37,6 +37,25 @@ def check_rel_epsilon(rel_epsilon: object) -> float:
     return check_real(rel_epsilon, "rel_epsilon", maximum=1.0)
 
 
+def check_common_arguments(
+    A: object, epsilon: object, scaling: object, precision: object
+) -> tuple[Tensor, float]:
+    """Checks the arguments every iterative solver takes; returns ``A`` as an ``(N, d, d)`` stack
+    and ``epsilon`` as a float.
+
+    Raises:
+        TypeError: If ``A`` is not a floating-point tensor, ``scaling`` not a
+            :class:`SpectralScaling` or ``precision`` not a :class:`MatmulPrecision`.
+        ValueError: If ``A`` is not a (stack of) square matrices or ``epsilon`` is negative or not
+            finite.
+    """
+    stack = as_stack(A)
+    checked_epsilon = check_real(epsilon, "epsilon")
+    check_instance(scaling, SpectralScaling, "scaling")
+    check_instance(precision, MatmulPrecision, "precision")
+    return stack, checked_epsilon
+
+
 @dataclass(frozen=True)
 class ScaledProblem:
     """``B = (A + r I) / s`` per block, in the working dtype.
@@ -56,28 +75,24 @@ class ScaledProblem:
     @classmethod
     def build(
         cls,
-        A: object,
+        stack: Tensor,
         *,
         epsilon: float,
         rel_epsilon: float,
         scaling: SpectralScaling,
         precision: MatmulPrecision,
     ) -> "ScaledProblem":
-        """Checks a solver's common arguments and sets up its scaled problem.
+        """Sets up a solver's scaled problem from checked arguments (the solvers' public functions
+        check theirs with :func:`check_common_arguments` and their own checks; a config checks its
+        fields when it is constructed).
 
         Args:
-            A (object): ``(N, d, d)`` (or ``(d, d)``) symmetric PSD stack.
+            stack (Tensor): ``(N, d, d)`` symmetric PSD stack.
             epsilon (float): Absolute ridge ``>= 0``.
             rel_epsilon (float): Ridge relative to the spectral bound, ``0 <= rel_epsilon <= 1``.
             scaling (SpectralScaling): How the bound ``u`` is found.
             precision (MatmulPrecision): The solver's precision; fixes the working dtype.
         """
-        stack = as_stack(A)
-        epsilon = check_real(epsilon, "epsilon")
-        rel_epsilon = check_rel_epsilon(rel_epsilon)
-        check_instance(scaling, SpectralScaling, "scaling")
-        check_instance(precision, MatmulPrecision, "precision")
-
         working = add_to_diagonal(stack.to(precision.working_dtype), epsilon)
         bound = scaling.upper_bound(working)
         extra = (rel_epsilon * bound - epsilon).clamp_min(0.0)

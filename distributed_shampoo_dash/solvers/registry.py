@@ -14,19 +14,29 @@ from typing import Any
 
 from torch import Tensor
 
-from distributed_shampoo_dash.solvers.chebyshev import chebyshev_inverse_root, chebyshev_products
+from distributed_shampoo_dash.solvers.chebyshev import (
+    chebyshev_inverse_root,
+    chebyshev_products,
+    run_chebyshev,
+)
 from distributed_shampoo_dash.solvers.checks import is_power_of_two
 from distributed_shampoo_dash.solvers.coupled_newton import (
     coupled_newton_inverse_root,
     coupled_newton_products,
+    run_coupled_newton,
 )
-from distributed_shampoo_dash.solvers.eigh import eigh_inverse_root, eigh_products
+from distributed_shampoo_dash.solvers.eigh import eigh_inverse_root, eigh_products, run_eigh
 from distributed_shampoo_dash.solvers.minimax import (
     MINIMAX_ROOTS,
     minimax_inverse_root,
     minimax_products,
+    run_minimax,
 )
-from distributed_shampoo_dash.solvers.newton_db import newton_db_inverse_root, newton_db_products
+from distributed_shampoo_dash.solvers.newton_db import (
+    newton_db_inverse_root,
+    newton_db_products,
+    run_newton_db,
+)
 from distributed_shampoo_dash.solvers.precision import ProductCounts
 from distributed_shampoo_dash.solvers.result import InverseRootResult
 
@@ -50,7 +60,11 @@ class Solver:
     Attributes:
         name (str): The registry key.
         inverse_root (Callable[..., InverseRootResult]): ``inverse_root(A, root, *, epsilon,
-            **options)`` for an ``(N, d, d)`` stack.
+            **options)`` for an ``(N, d, d)`` stack: the public function, which checks every
+            argument.
+        run (Callable[..., InverseRootResult]): The same computation for checked arguments (an
+            ``(N, d, d)`` stack, a supported root, every option given): what :meth:`bind` binds,
+            since a config checks its fields when it is constructed.
         count_products (Callable[..., ProductCounts]): ``count_products(root, **options)``: the
             ``d x d`` products per block, by precision (at most, for early-exit iterations).
         supports_root (Callable[[float], bool]): Whether the solver computes root ``p``.
@@ -64,6 +78,7 @@ class Solver:
 
     name: str
     inverse_root: Callable[..., InverseRootResult]
+    run: Callable[..., InverseRootResult]
     count_products: Callable[..., ProductCounts]
     supports_root: Callable[[float], bool]
     integer_root: bool
@@ -80,23 +95,28 @@ class Solver:
     def bind(
         self, root: float, epsilon: float, **options: Any
     ) -> tuple[Callable[[Tensor], InverseRootResult], ProductCounts]:
-        """The solver call for a stack at ``root`` and ``epsilon`` with ``options``, and its
-        product counts.
+        """The solver call for a stack at ``root`` and ``epsilon`` with checked ``options``, and
+        its product counts.
+
+        Args:
+            root (float): The inverse root ``p``.
+            epsilon (float): The absolute ridge, ``>= 0``.
+            **options (Any): Every one of :attr:`options`, with checked values (a config's
+                fields).
 
         Raises:
-            ValueError: If the solver does not compute ``root``, or an option is not one of
+            ValueError: If the solver does not compute ``root``, or ``options`` are not exactly
                 :attr:`options`.
         """
         if not self.supports_root(root):
             raise ValueError(f"Invalid root {root} for the {self.name} solver.")
-        unknown = sorted(set(options) - set(self.options))
-        if unknown:
+        if set(options) != set(self.options):
             raise ValueError(
-                f"Invalid options {unknown} for the {self.name} solver. Must be among "
-                f"{list(self.options)}."
+                f"Invalid options {sorted(options)} for the {self.name} solver. Must be "
+                f"{sorted(self.options)}."
             )
         bound_root = int(root) if self.integer_root else root
-        solve = partial(self.inverse_root, root=bound_root, epsilon=epsilon, **options)
+        solve = partial(self.run, root=bound_root, epsilon=epsilon, **options)
         return solve, self.products(root, **options)
 
 
@@ -107,6 +127,7 @@ SOLVERS: Mapping[str, Solver] = {
         Solver(
             name="eigh",
             inverse_root=eigh_inverse_root,
+            run=run_eigh,
             count_products=eigh_products,
             supports_root=_any_root,
             integer_root=False,
@@ -117,6 +138,7 @@ SOLVERS: Mapping[str, Solver] = {
         Solver(
             name="minimax",
             inverse_root=minimax_inverse_root,
+            run=run_minimax,
             count_products=minimax_products,
             supports_root=_minimax_root,
             integer_root=True,
@@ -127,6 +149,7 @@ SOLVERS: Mapping[str, Solver] = {
         Solver(
             name="newton_db",
             inverse_root=newton_db_inverse_root,
+            run=run_newton_db,
             count_products=newton_db_products,
             supports_root=is_power_of_two,
             integer_root=True,
@@ -137,6 +160,7 @@ SOLVERS: Mapping[str, Solver] = {
         Solver(
             name="chebyshev",
             inverse_root=chebyshev_inverse_root,
+            run=run_chebyshev,
             count_products=chebyshev_products,
             supports_root=_any_root,
             integer_root=False,
@@ -147,6 +171,7 @@ SOLVERS: Mapping[str, Solver] = {
         Solver(
             name="coupled_newton",
             inverse_root=coupled_newton_inverse_root,
+            run=run_coupled_newton,
             count_products=coupled_newton_products,
             supports_root=_integer_root,
             integer_root=True,

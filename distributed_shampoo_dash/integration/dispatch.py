@@ -1,8 +1,10 @@
-"""Which batched solver computes a stack of inverse roots for a given ``RootInvConfig``.
+"""Dispatch: which batched solver computes a stack of inverse roots for a given ``RootInvConfig``.
 
-:func:`batched_solver` is the one place a config is matched to a solver: it returns the solver
-call for a stack and the ``d x d`` products it runs per precision, or ``None`` for what stays on
-upstream's per-block ``matrix_inverse_root``. Batched: upstream ``EigenConfig`` (with a
+:func:`batched_solver` is the one place a config is matched to a solver of the registry
+(:data:`~distributed_shampoo_dash.solvers.SOLVERS`): it returns the solver call for a stack and
+the ``d x d`` products it runs per precision, or ``None`` for what stays on upstream's per-block
+``matrix_inverse_root``. The config's fields were checked when it was constructed, so the call
+checks nothing again. Batched: upstream ``EigenConfig`` (with a
 ``PerturbationConfig`` and no offload device), upstream ``CoupledNewtonConfig`` (integer roots),
 and the DASH configs (any root; minimax and Newton-DB hand roots their steps cannot reach to
 batched eigh).
@@ -13,6 +15,7 @@ Newton, eigendecomposition offload.
 from collections.abc import Callable
 from typing import NamedTuple
 
+import torch
 from distributed_shampoo.preconditioner.matrix_functions_types import (
     CoupledNewtonConfig,
     EigenConfig,
@@ -80,11 +83,14 @@ def eigh_solver(config: RootInvConfig, root: float, epsilon: float) -> BatchedSo
     )
 
 
-def batched_solver(config: RootInvConfig, root: float, epsilon: float) -> BatchedSolver | None:
+def batched_solver(
+    config: RootInvConfig, root: float, epsilon: float, dtype: torch.dtype = torch.float32
+) -> BatchedSolver | None:
     """The batched solver for ``config`` at ``root``, or ``None`` for upstream's per-block path.
 
     A DASH config names its solver (``config.solver``) and carries its options as fields; a root
-    that solver does not compute goes to batched eigh.
+    that solver does not compute goes to batched eigh. Upstream's coupled Newton iterates in the
+    factor matrices' ``dtype`` (float64 factors in float64, as upstream), in float32 otherwise.
     """
     match config:
         case DashRootInvConfig():
@@ -110,7 +116,9 @@ def batched_solver(config: RootInvConfig, root: float, epsilon: float) -> Batche
                 root,
                 epsilon,
                 rel_epsilon=0.0,
-                precision=MatmulPrecision.FP32,
+                precision=(
+                    MatmulPrecision.FP64 if dtype == torch.float64 else MatmulPrecision.FP32
+                ),
                 iteration=iteration,
                 scaling=FROBENIUS_SCALING,
             )
