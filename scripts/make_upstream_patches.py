@@ -35,7 +35,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import cli
+from distributed_shampoo_dash.benchmarks.cli import HelpFormatter
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 PATCHES = REPOSITORY / "patches"
@@ -391,7 +391,7 @@ def check(upstream: Path, pytest_args: list[str]) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line (see the module docstring)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument(
         "--upstream", type=Path, required=True, help=f"source checkout at {PINNED_COMMIT}"
     )

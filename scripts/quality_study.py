@@ -78,7 +78,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import cli
 import torch
 from distributed_shampoo import (
     CoupledNewtonConfig,
@@ -89,6 +88,7 @@ from distributed_shampoo import (
 from torch import nn
 
 import distributed_shampoo_dash as dash
+from distributed_shampoo_dash.benchmarks.cli import HelpFormatter
 from distributed_shampoo_dash.examples import training as example
 from distributed_shampoo_dash.examples.llama import (
     ByteCorpus,
@@ -272,7 +272,7 @@ RUNS: dict[str, RunSpec] = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line (see the module docstring); :func:`parse_args` fills in the presets'."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument(
         "--runs",
         nargs="+",

@@ -24,7 +24,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import cli
 import torch
 from distributed_shampoo import (
     DistributedShampoo,
@@ -33,6 +32,7 @@ from distributed_shampoo import (
 )
 
 import distributed_shampoo_dash as dash
+from distributed_shampoo_dash.benchmarks.cli import HelpFormatter
 from distributed_shampoo_dash.examples import llama
 from distributed_shampoo_dash.paper_defaults import PAPER_SETTINGS
 
@@ -59,7 +59,7 @@ BATCH_SIZE = 16
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line (see the module docstring)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="file to write")
     parser.add_argument(
         "--steps", type=int, nargs="+", default=list(DEFAULT_STEPS), help="steps to record"

@@ -35,7 +35,7 @@ from collections import Counter
 from pathlib import Path
 from xml.etree import ElementTree
 
-import cli
+from distributed_shampoo_dash.benchmarks.cli import HelpFormatter
 
 PARTS: dict[str, tuple[list[str], list[str]]] = {
     "single": (
@@ -219,7 +219,7 @@ def print_comparison(part: str, results: dict[str, dict[str, str]]) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line (see the module docstring)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument(
         "--upstream", type=Path, required=True, help="upstream source checkout (repository root)"
     )

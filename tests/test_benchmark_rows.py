@@ -1,5 +1,6 @@
-"""``scripts/benchmark.py``: what the solvers log while a row runs is counted per row instead of
-printed, and a row that raises says why in one line."""
+"""The step benchmark (``distributed_shampoo_dash.benchmarks``, run by ``scripts/benchmark.py``):
+what the solvers log while a row runs is counted per row instead of printed, and a row that raises
+says why in one line."""
 
 import logging
 
@@ -9,17 +10,16 @@ import torch
 pytestmark = pytest.mark.upstream
 pytest.importorskip("distributed_shampoo")
 
-from tests.script_modules import load_script
+from distributed_shampoo_dash.benchmarks import solver_messages, step_rows, step_runs, step_tables
+from distributed_shampoo_dash.benchmarks.presets import PRESETS
 
-benchmark = load_script("benchmark")
-
-SETTINGS = benchmark.StepSettings(precondition_frequency=1, warmup=1, steps=1, costs=False)
+SETTINGS = step_runs.StepSettings(precondition_frequency=1, warmup=1, steps=1, costs=False)
 
 
 def run(*labels: str) -> tuple[list[dict], list[dict]]:
-    rows = {row.label: row for row in benchmark.rows()}
+    rows = {row.label: row for row in step_rows.rows()}
     selected = [rows[label] for label in labels]
-    return benchmark.run_rows(selected, benchmark.PRESETS["smoke"], SETTINGS, torch.device("cpu"))
+    return step_runs.run_rows(selected, PRESETS["smoke"], SETTINGS, torch.device("cpu"))
 
 
 def test_messages_of_both_packages_are_collected_not_passed_on(
@@ -27,7 +27,7 @@ def test_messages_of_both_packages_are_collected_not_passed_on(
 ) -> None:
     package = logging.getLogger("distributed_shampoo_dash.integration.preconditioner_list")
     upstream = logging.getLogger("distributed_shampoo.preconditioner.matrix_functions")
-    with benchmark.collected_solver_messages() as messages:
+    with solver_messages.collected_solver_messages() as messages:
         package.warning("MinimaxRootInvConfig rejected the roots of (block, factor) (0, 1).")
         upstream.warning("Newton did not converge and reached maximum number of iterations!")
     assert messages == [
@@ -52,12 +52,12 @@ def test_the_note_counts_messages_by_kind() -> None:
         ),
         "Newton did not converge and reached maximum number of iterations!",
     ]
-    assert benchmark.messages_note(messages) == (
+    assert solver_messages.messages_note(messages) == (
         "3 solver messages: 2 x 'MinimaxRootInvConfig rejected the roots of ... recomputing by "
         "eigh', 1 x 'Newton did not converge and reached maximum number of iterations!'"
     )
-    assert benchmark.messages_note(messages[2:]).startswith("1 solver message: 1 x 'Newton")
-    assert benchmark.messages_note([]) == ""
+    assert solver_messages.messages_note(messages[2:]).startswith("1 solver message: 1 x 'Newton")
+    assert solver_messages.messages_note([]) == ""
 
 
 def test_rows_report_their_solver_messages(caplog: pytest.LogCaptureFixture) -> None:
@@ -69,9 +69,11 @@ def test_rows_report_their_solver_messages(caplog: pytest.LogCaptureFixture) -> 
     assert paper["solver_messages"] >= 1
     assert "x 'NewtonDBRootInvConfig rejected the roots of" in paper["solver_message_note"]
     assert not [
-        record for record in caplog.records if record.name.startswith(benchmark.SOLVER_LOGGERS)
+        record
+        for record in caplog.records
+        if record.name.startswith(solver_messages.SOLVER_LOGGERS)
     ]
-    table = benchmark.markdown_table(results)
+    table = step_tables.markdown_table(results)
     assert paper["solver_message_note"] in table.splitlines()[3]
 
 
@@ -89,17 +91,17 @@ def test_a_failed_row_says_why_in_one_line() -> None:
         failure["solver_messages"] >= 1
         and "Newton did not converge" in (failure["solver_message_note"])
     )
-    (line,) = benchmark.results_table([], failures).splitlines()
+    (line,) = step_tables.results_table([], failures).splitlines()
     assert line.startswith("| upstream CoupledNewtonConfig | failed: PreconditionerValueError")
     assert failure["solver_message_note"] in line
 
 
 def test_rows_not_started_in_time_are_listed_as_not_run() -> None:
-    row = benchmark.rows()[0]
-    results, failures = benchmark.run_rows(
-        [row], benchmark.PRESETS["smoke"], SETTINGS, torch.device("cpu"), deadline=0.0
+    row = step_rows.rows()[0]
+    results, failures = step_runs.run_rows(
+        [row], PRESETS["smoke"], SETTINGS, torch.device("cpu"), deadline=0.0
     )
     assert results == []
-    assert benchmark.results_table(results, failures) == (
+    assert step_tables.results_table(results, failures) == (
         "| upstream EigenConfig | not run: time budget spent |"
     )

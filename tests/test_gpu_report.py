@@ -1,7 +1,7 @@
 """``scripts/gpu_report.py --device cpu --smoke``: the code path of the GPU report, on tiny shapes.
 
 The run on a GPU differs from this one only in the device and the sizes (``FULL`` against
-``SMOKE``): same parts, same functions of the benchmark scripts, same report files.
+``SMOKE``): same parts, same functions of ``distributed_shampoo_dash.benchmarks``, same files.
 """
 
 import json
@@ -15,13 +15,12 @@ import pytest
 pytestmark = pytest.mark.upstream
 pytest.importorskip("distributed_shampoo")
 
-from tests.script_modules import load_script
+from distributed_shampoo_dash.benchmarks import gpu_markdown, gpu_parts, gpu_plan, gpu_targets
+from distributed_shampoo_dash.benchmarks.step_tables import plot as step_plot
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 SCRIPT = REPOSITORY / "scripts" / "gpu_report.py"
 ENVIRONMENT = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPOSITORY)}
-
-gpu_report = load_script("gpu_report")
 
 
 def run_report(out: Path, *extra: str) -> dict:
@@ -66,13 +65,13 @@ def test_the_cuda_test_subset_ran_on_the_requested_device(smoke_report: tuple[Pa
 
 def test_step_rows_have_times_root_errors_and_step_costs(smoke_report: tuple[Path, dict]) -> None:
     every_step, sparse = smoke_report[1]["parts"]["step"]["runs"]
-    assert [r["label"] for r in every_step["results"]] == list(gpu_report.SMOKE_STEP_ROWS)
+    assert [r["label"] for r in every_step["results"]] == list(gpu_plan.SMOKE_STEP_ROWS)
     assert not every_step["failures"] and not sparse["failures"]
     upstream, *dash_rows = sparse["results"]
     for result in sparse["results"]:
         assert result["median_step_without_roots_s"] > 0 and result["finite"]
         assert result["costs_without_roots"]["ops"] > 0 and result["costs_with_roots"]["flops"] > 0
-    default = next(r for r in dash_rows if r["label"] == gpu_report.DEFAULT_ROW)
+    default = next(r for r in dash_rows if r["label"] == gpu_plan.DEFAULT_ROW)
     assert default["root_error_max"] <= 2e-3
     assert default["floor_flops"] > 0
     assert default["costs_with_roots"]["syncs"] - default["costs_without_roots"]["syncs"] == 1
@@ -107,10 +106,10 @@ def test_a_part_that_raises_is_recorded_not_raised() -> None:
     def broken() -> dict:
         raise RuntimeError("no device")
 
-    record = gpu_report.run_part("step", broken)
+    record = gpu_parts.run_part("step", broken)
     assert record["status"] == "error" and "RuntimeError: no device" in record["error"]
     assert record["elapsed_s"] >= 0
-    targets = gpu_report.evaluate_targets({"step": record})
+    targets = gpu_targets.evaluate_targets({"step": record})
     assert targets and all(t.status in ("not measured",) for t in targets)
 
 
@@ -142,35 +141,35 @@ def dashgpu_targets(targets: list) -> list:
 def test_dashgpu_targets_are_not_measured_without_a_dashgpu_row() -> None:
     every_step = [
         step_result("upstream EigenConfig", 3.0),
-        step_result(gpu_report.DEFAULT_ROW, 0.1),  # below every DashGpu anchor
+        step_result(gpu_plan.DEFAULT_ROW, 0.1),  # below every DashGpu anchor
     ]
     sparse = [
         step_result("upstream EigenConfig", 3.0, 0.1),
-        step_result(gpu_report.DEFAULT_ROW, 0.1, 0.01),
+        step_result(gpu_plan.DEFAULT_ROW, 0.1, 0.01),
     ]
-    targets = gpu_report.evaluate_targets({"step": step_part(every_step, sparse)})
+    targets = gpu_targets.evaluate_targets({"step": step_part(every_step, sparse)})
     peer = dashgpu_targets(targets)
-    assert len(peer) == 2 * len(gpu_report.DASHGPU_STEP_S)
+    assert len(peer) == 2 * len(gpu_targets.DASHGPU_STEP_S)
     assert all(t.status == "not measured" and t.ratio is None and t.value == "-" for t in peer)
     assert all("not run here" in t.goal for t in peer)
     default = next(
-        t for t in targets if t.name == f"{gpu_report.DEFAULT_ROW}, roots every step: median step"
+        t for t in targets if t.name == f"{gpu_plan.DEFAULT_ROW}, roots every step: median step"
     )
     assert default.status == "met"
 
 
 def test_dashgpu_targets_compare_with_the_dashgpu_rows_of_the_run() -> None:
-    coupled, newton_db = gpu_report.DASHGPU_STEP_S
+    coupled, newton_db = gpu_targets.DASHGPU_STEP_S
     every_step = [
-        step_result(gpu_report.DEFAULT_ROW, 0.1),
+        step_result(gpu_plan.DEFAULT_ROW, 0.1),
         step_result(coupled, 0.05),
         step_result(newton_db, 0.5),
     ]
-    sparse = [step_result(gpu_report.DEFAULT_ROW, 0.1, 0.01), step_result(coupled, 0.05, 0.02)]
-    targets = gpu_report.evaluate_targets({"step": step_part(every_step, sparse)})
+    sparse = [step_result(gpu_plan.DEFAULT_ROW, 0.1, 0.01), step_result(coupled, 0.05, 0.02)]
+    targets = gpu_targets.evaluate_targets({"step": step_part(every_step, sparse)})
     outcomes = {t.name: (t.ratio, t.status) for t in dashgpu_targets(targets)}
-    every = f"{gpu_report.DEFAULT_ROW} over {{}}, roots every step"
-    without = f"{gpu_report.DEFAULT_ROW} over {{}}, step without roots (every 10 steps)"
+    every = f"{gpu_plan.DEFAULT_ROW} over {{}}, roots every step"
+    without = f"{gpu_plan.DEFAULT_ROW} over {{}}, step without roots (every 10 steps)"
     assert outcomes == {
         every.format(coupled): (2.0, "not met"),
         every.format(newton_db): (0.2, "met"),
@@ -216,21 +215,22 @@ def minimal_report(step_plot: str | None, solvers_plot: str | None) -> dict:
 
 def test_the_report_links_only_plots_that_were_written(tmp_path: Path) -> None:
     report = minimal_report("step_every1.png", "solvers.png")
-    markdown = gpu_report.markdown_report(report, tmp_path)  # neither file exists
-    assert "![" not in markdown and markdown.count(gpu_report.NO_PLOT) == 2
+    markdown = gpu_markdown.markdown_report(report, tmp_path)  # neither file exists
+    assert "![" not in markdown and markdown.count(gpu_markdown.NO_PLOT) == 2
     (tmp_path / "step_every1.png").write_bytes(b"png")
-    markdown = gpu_report.markdown_report(report, tmp_path)
-    assert "![step times](step_every1.png)" in markdown and markdown.count(gpu_report.NO_PLOT) == 1
+    markdown = gpu_markdown.markdown_report(report, tmp_path)
+    assert (
+        "![step times](step_every1.png)" in markdown and markdown.count(gpu_markdown.NO_PLOT) == 1
+    )
     (tmp_path / "solvers.png").write_bytes(b"png")  # left from another run: not this part's plot
-    markdown = gpu_report.markdown_report(minimal_report("step_every1.png", None), tmp_path)
-    assert "solvers.png" not in markdown and markdown.count(gpu_report.NO_PLOT) == 1
+    markdown = gpu_markdown.markdown_report(minimal_report("step_every1.png", None), tmp_path)
+    assert "solvers.png" not in markdown and markdown.count(gpu_markdown.NO_PLOT) == 1
 
 
 def test_without_matplotlib_the_plots_are_not_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    benchmark = load_script("benchmark")
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
     path = tmp_path / "step.png"
-    assert benchmark.plot([step_result("upstream EigenConfig", 1.0)], path) is False
+    assert step_plot([step_result("upstream EigenConfig", 1.0)], path) is False
     assert not path.exists()

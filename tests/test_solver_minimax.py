@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from distributed_shampoo_dash import minimax_schedule_generator as generator
 from distributed_shampoo_dash.solvers import MatmulPrecision, SpectralScaling
 from distributed_shampoo_dash.solvers import minimax as minimax_module
 from distributed_shampoo_dash.solvers.minimax import (
@@ -18,11 +19,7 @@ from distributed_shampoo_dash.solvers.minimax import (
 )
 from distributed_shampoo_dash.solvers.minimax_schedules import MARGIN, SCHEDULES, TARGET
 from tests.real_factors import RealFactors
-from tests.script_modules import load_script
 from tests.solver_helpers import reference_inverse_root, relative_errors, spd_stack
-
-generator = load_script("generate_minimax_schedules")
-
 
 # --------------------------------------------------------------------------------------------
 # Schedules.

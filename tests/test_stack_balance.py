@@ -1,4 +1,5 @@
-"""``InverseRootCostModel`` and the DDP balance measured by ``scripts/stack_balance.py``."""
+"""``InverseRootCostModel`` and the DDP balance measured by
+``distributed_shampoo_dash.benchmarks.stack_balance`` (``scripts/stack_balance.py``)."""
 
 import pickle
 
@@ -12,12 +13,11 @@ from distributed_shampoo.shampoo_types import DDPDistributedConfig, LoadBalancin
 from distributed_shampoo.utils.load_balancing_utils import CostModel
 
 import distributed_shampoo_dash as dash
+from distributed_shampoo_dash.benchmarks import stack_balance
+from distributed_shampoo_dash.benchmarks.presets import PRESETS
 from distributed_shampoo_dash.integration.cost_models import InverseRootCostModel
 from distributed_shampoo_dash.solvers import chebyshev_products, newton_db_products
 from distributed_shampoo_dash.solvers.minimax import minimax_products
-from tests.script_modules import load_script
-
-stack_balance = load_script("stack_balance")
 
 
 def meta(*shape: int) -> torch.Tensor:
@@ -69,7 +69,7 @@ def test_ddp_config_with_the_model_pickles() -> None:
 
 
 def test_every_block_is_assigned_to_exactly_one_rank() -> None:
-    preset = stack_balance.load_presets()["cpu"]
+    preset = PRESETS["cpu"]
     params = stack_balance.meta_parameters(list(preset.shapes))
     per_rank = stack_balance.ddp_block_shapes_per_rank(
         params, preset.max_preconditioner_dim, 4, InverseRootCostModel()
@@ -82,7 +82,7 @@ def test_every_block_is_assigned_to_exactly_one_rank() -> None:
 
 def test_inverse_root_model_balances_flops_better_than_upstream_default() -> None:
     """gpu preset (meta tensors, no memory), 8 ranks: 1.081 with bytes, 1.012 with FLOPs."""
-    preset = stack_balance.load_presets()["gpu"]
+    preset = PRESETS["gpu"]
     default = stack_balance.measure("gpu", preset, 8, "memory")
     balanced = stack_balance.measure("gpu", preset, 8, "inverse-root")
     assert balanced.flops_max_over_mean < 1.02

@@ -20,10 +20,11 @@ from distributed_shampoo.preconditioner.matrix_functions_types import RootInvCon
 
 import distributed_shampoo_dash as dash
 from distributed_shampoo_dash import step_costs
+from distributed_shampoo_dash.benchmarks import step_rows, step_runs
+from distributed_shampoo_dash.benchmarks.presets import PRESETS
 from distributed_shampoo_dash.integration.dispatch import batched_solver
 from distributed_shampoo_dash.solvers import MatmulPrecision, ScalingMethod
 from tests.integration.shampoo import shampoo
-from tests.script_modules import load_script
 
 
 def shampoo_steps(
@@ -140,19 +141,19 @@ def test_root_computation_flops_are_the_solvers_documented_product_count(
     "label", ["DASH EigenConfig", "DASH minimax fp32", "DASH Chebyshev fp32 (degree 60)"]
 )
 def test_counting_on_the_meta_device_gives_the_counts_of_a_real_run(label: str) -> None:
-    """``scripts/benchmark.py --on-meta`` counts presets too large to run here: on the ``smoke``
-    preset its counts equal those of a run on the CPU (when no root is rejected there)."""
-    benchmark = load_script("benchmark")
-    preset, row = benchmark.PRESETS["smoke"], next(r for r in benchmark.rows() if r.label == label)
-    on_meta = benchmark.meta_costs(row, preset, 2)
+    """``scripts/benchmark.py --on-meta`` (``step_runs.meta_costs``) counts presets too large to
+    run here: on the ``smoke`` preset its counts equal those of a run on the CPU (when no root is
+    rejected there)."""
+    preset, row = PRESETS["smoke"], next(r for r in step_rows.rows() if r.label == label)
+    on_meta = step_runs.meta_costs(row, preset, 2)
 
-    params, generator = benchmark.make_parameters(preset, torch.device("cpu"))
-    optimizer = benchmark.make_optimizer(params, row, preset, 2)
+    params, generator = step_rows.make_parameters(preset, torch.device("cpu"))
+    optimizer = step_rows.make_optimizer(params, row, preset, 2)
     for _ in range(2):
-        benchmark.set_gradients(params, generator)
+        step_rows.set_gradients(params, generator)
         optimizer.step()
-    without_roots, with_roots, _ = benchmark.count_step_costs(
-        optimizer, lambda: benchmark.set_gradients(params, generator), row, 2, 2
+    without_roots, with_roots, _ = step_runs.count_step_costs(
+        optimizer, lambda: step_rows.set_gradients(params, generator), row, 2, 2
     )
     assert not dash.fallback_counts(optimizer)
     for key in ("ops", "launches", "products", "flops", "syncs", "peak_bytes", "phase_peak_bytes"):
@@ -162,6 +163,6 @@ def test_counting_on_the_meta_device_gives_the_counts_of_a_real_run(label: str) 
             without_roots,
         )
         assert on_meta["costs_with_roots"][key] == with_roots[key], (key, on_meta, with_roots)
-    assert on_meta["floor_flops_by_precision"] == benchmark.solver_floor_flops(
+    assert on_meta["floor_flops_by_precision"] == step_runs.solver_floor_flops(
         optimizer, row.solver
     )

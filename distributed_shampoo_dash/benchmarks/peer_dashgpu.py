@@ -13,9 +13,10 @@ kernels (a CUDA GPU and ``triton``, which CUDA builds of torch ship with).
 
 Settings (:data:`SETTINGS`): coupled Newton with fp16 products (the authors' fastest setting that
 stays finite on the GPU preset) and Newton-DB in fp32, ten iterations each, with the
-hyper-parameters of ``scripts/benchmark.py``'s rows where ``DashConfig`` has them (the DASH paper's,
-``PAPER_SETTINGS``: factor EMA 0.95, gradient EMA 0.9, Adam grafting 0.95 / 1e-8, epsilon 1e-10;
-the preset's block size and the precondition frequency); everything else is ``DashConfig``'s
+hyper-parameters of the step benchmark's rows
+(:mod:`~distributed_shampoo_dash.benchmarks.step_rows`) where ``DashConfig`` has them (the DASH
+paper's, ``PAPER_SETTINGS``: factor EMA 0.95, gradient EMA 0.9, Adam grafting 0.95 / 1e-8, epsilon
+1e-10; the preset's block size and the precondition frequency); everything else is ``DashConfig``'s
 default (1-D parameters use AdamW).
 """
 
