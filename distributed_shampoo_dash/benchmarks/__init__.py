@@ -13,7 +13,10 @@
   (``scripts/stack_balance.py``);
 * :mod:`.gpu_plan`, :mod:`.gpu_parts`, :mod:`.gpu_targets`, :mod:`.gpu_markdown`: the GPU report
   (``scripts/gpu_report.py``): its sizes, parts, the docs' targets as a table, and the report.
+* :mod:`.quality_runs`, :mod:`.quality_report`: the training-quality study
+  (``scripts/quality_study.py``): its runs and its report;
+* :mod:`.timing`: device-synchronised wall time of repeated calls.
 
-The step, balance and GPU-report modules need upstream ``distributed_shampoo``; importing this
-package imports none of them.
+The step, balance, quality and GPU-report modules need upstream ``distributed_shampoo``;
+importing this package imports none of them.
 """
