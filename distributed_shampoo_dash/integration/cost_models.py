@@ -29,6 +29,7 @@ from torch import Tensor
 
 from distributed_shampoo_dash.integration.configs import MinimaxRootInvConfig
 from distributed_shampoo_dash.integration.dispatch import batched_solver
+from distributed_shampoo_dash.solvers.checks import check_instance, check_int, check_real
 
 
 @dataclass
@@ -47,6 +48,11 @@ class InverseRootCostModel(CostModel):
     config: RootInvConfig = field(default_factory=MinimaxRootInvConfig)
     default_products: int = 61
     block_overhead: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_instance(self.config, RootInvConfig, "config")
+        self.default_products = check_int(self.default_products, "default_products", minimum=0)
+        self.block_overhead = check_real(self.block_overhead, "block_overhead")
 
     def products(self, root: float) -> int:
         """Products one factor with inverse root ``root`` costs."""

@@ -36,8 +36,8 @@ from torch import Tensor
 from distributed_shampoo_dash.solvers.checks import (
     MAX_ITERATIONS,
     check_int,
-    check_positive_root,
     check_real,
+    rational_root,
 )
 from distributed_shampoo_dash.solvers.linalg import add_to_diagonal, add_to_diagonal_, batched_eye
 from distributed_shampoo_dash.solvers.precision import (
@@ -134,7 +134,7 @@ def chebyshev_inverse_root(
 
     Args:
         A (Tensor): ``(N, d, d)`` (or ``(d, d)``) symmetric PSD stack.
-        root (float): ``p > 0``.
+        root (float): ``p = n / q > 0`` with ``q <= 16`` (the residual needs ``B^q``).
         epsilon (float): Absolute ridge. (Default: 0.0)
         rel_epsilon (float): Ridge relative to the spectral bound, ``0 < rel_epsilon <= 1``.
             (Default: 1e-3)
@@ -149,7 +149,7 @@ def chebyshev_inverse_root(
     stack, epsilon = check_common_arguments(A, epsilon, scaling, precision)
     return run_chebyshev(
         stack,
-        check_positive_root(root),
+        float(rational_root(root)),
         epsilon=epsilon,
         rel_epsilon=check_chebyshev_rel_epsilon(rel_epsilon),
         precision=precision,

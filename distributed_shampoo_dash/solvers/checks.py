@@ -190,3 +190,13 @@ def rational_root(root: object) -> Fraction:
             f"{MAX_ROOT_DENOMINATOR} (e.g. 10/3 for an inverse exponent of 0.3)."
         )
     return fraction
+
+
+def is_rational_root(root: float) -> bool:
+    """Whether :func:`rational_root` writes ``root`` as a fraction (the roots whose residual the
+    iterative solvers can form)."""
+    try:
+        rational_root(root)
+    except ValueError:
+        return False
+    return True

@@ -11,8 +11,8 @@ spectrum in ``[l, 1]``, ``l = rel_epsilon / (1 + rel_epsilon)``, for every block
 acts on every eigenvalue ``b`` of ``B`` as the scalar map ``t <- t q(t^p)`` on ``t = x b^{1/p}``
 (``x`` the eigenvalue of ``X``), from ``t_0 = b^{1/p}`` to 1. The polynomials are the greedy
 minimax ones for the guaranteed interval of ``t`` at each step
-(:mod:`~distributed_shampoo_dash.solvers.minimax_schedules`, written by
-``scripts/generate_minimax_schedules.py``, which derives them), so the same fixed schedule takes
+(:mod:`~distributed_shampoo_dash.solvers.minimax_schedules`, derived offline and written by
+``scripts/generate_minimax_schedules.py``), so the same fixed schedule takes
 every block from ``[l^{1/p}, 1]`` to ``|1 - t| <= 1e-4``: about ``log(log(1/l))`` steps instead of
 Newton-Schulz's ``log(1/l) / log(2.25)`` (root 4 at ``rel_epsilon = 1e-4``: 5 steps, against 24
 Newton-Schulz steps of the paper's two chained runs to the same accuracy). For ``p = 2`` it is the
@@ -46,13 +46,12 @@ later steps cannot remove: on real Shampoo factors at ``rel_epsilon = 1e-6`` the
 iteration about ``3.6e-3`` from the root (root 2), against ``1e-3`` with the first step's few
 products (root 4: 4, root 2: 3) and iterates in fp64; everything after it runs as before.
 
-Residual. ``R = W^T B W - I``, ``W = X^{p/2}`` (``X^p B - I`` for odd ``p``), on the iterate before
-it is symmetrised: similar to ``X^p B - I`` in exact arithmetic, with a rounding floor of
-``u kappa^{1/2}`` instead of ``u kappa``. The result reports ``||R||_F / sqrt(d)``, as every solver
-does, and ``X`` symmetrised (which can only lower its distance to the symmetric root).
+Residual. :func:`~distributed_shampoo_dash.solvers.result.inverse_root_residual` on the iterate
+before it is symmetrised: ``W^T B W - I``, ``W = X^{p/2}`` for even ``p`` and ``(V^T V - I) / 2``,
+``V = B X^p``, for odd ``p``, congruences with a rounding floor of ``u kappa^{1/2}`` instead of the
+``u kappa`` of ``X^p B - I``, on the same scale for every root. The result reports it as every
+solver does, and ``X`` symmetrised (which can only lower its distance to the symmetric root).
 """
-
-import math
 
 from torch import Tensor
 
@@ -60,7 +59,6 @@ from distributed_shampoo_dash.solvers.checks import as_enum, check_integer_root,
 from distributed_shampoo_dash.solvers.linalg import (
     add_to_diagonal,
     add_to_diagonal_,
-    frobenius_norm,
     matrix_power,
     matrix_power_products,
 )
@@ -71,7 +69,11 @@ from distributed_shampoo_dash.solvers.precision import (
     batched_matmul,
 )
 from distributed_shampoo_dash.solvers.problem import ScaledProblem, check_common_arguments
-from distributed_shampoo_dash.solvers.result import InverseRootResult
+from distributed_shampoo_dash.solvers.result import (
+    InverseRootResult,
+    inverse_root_residual,
+    residual_products,
+)
 from distributed_shampoo_dash.solvers.scaling import MULTI_POWER_ITERATION_SCALING, SpectralScaling
 
 #: Roots with a stored schedule; root 1 runs root 2 and squares.
@@ -164,8 +166,7 @@ def minimax_products(
         step_precision = _step_precision(index, step, precision, first_step_precision, p)
         # q(M): M^2; X P (none at the first step); M <- P^p M (none at the last step).
         counts[step_precision] += 1 + (not first) + (0 if last else power + 1)
-    residual = matrix_power_products(p // 2) + 2 if p % 2 == 0 else power + 1
-    counts[precision.full] += residual + (root == 1)
+    counts[precision.full] += residual_products(p) + (root == 1)
     return counts
 
 
@@ -195,18 +196,6 @@ def _correction_step(
             R = 2.0 * R + batched_matmul(R, R, precision)
         M = add_to_diagonal_(H + R + batched_matmul(R, H, precision), 1.0)
     return X, M
-
-
-def _residual(B: Tensor, X: Tensor, p: int, precision: MatmulPrecision) -> Tensor:
-    """``||W^T B W - I||_F / sqrt(d)`` with ``W = X^{p/2}`` (``||X^p B - I||_F / sqrt(d)`` for
-    odd ``p``).
-    """
-    if p % 2 == 0:
-        W = matrix_power(X, p // 2, precision)
-        R = batched_matmul(W.mT, batched_matmul(B, W, precision), precision)
-    else:
-        R = batched_matmul(matrix_power(X, p, precision), B, precision)
-    return (frobenius_norm(add_to_diagonal_(R, -1.0)) / math.sqrt(B.shape[-1])).float()
 
 
 def minimax_inverse_root(
@@ -281,7 +270,7 @@ def run_minimax(
         else:
             X, M = _correction_step(X, M, step, p, last, step_precision)
     assert X is not None
-    residual = _residual(B, X, p, precision.full)
+    residual = inverse_root_residual(B, X, p, precision.full)
     X = (X + X.mT) / 2
     if root == 1:
         X = batched_matmul(X, X, precision.full)

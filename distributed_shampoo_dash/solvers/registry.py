@@ -19,7 +19,7 @@ from distributed_shampoo_dash.solvers.chebyshev import (
     chebyshev_products,
     run_chebyshev,
 )
-from distributed_shampoo_dash.solvers.checks import is_power_of_two
+from distributed_shampoo_dash.solvers.checks import is_power_of_two, is_rational_root
 from distributed_shampoo_dash.solvers.coupled_newton import (
     coupled_newton_inverse_root,
     coupled_newton_products,
@@ -162,7 +162,7 @@ SOLVERS: Mapping[str, Solver] = {
             inverse_root=chebyshev_inverse_root,
             run=run_chebyshev,
             count_products=chebyshev_products,
-            supports_root=_any_root,
+            supports_root=is_rational_root,
             integer_root=False,
             workspace=6,
             options=("rel_epsilon", "precision", "degree", "scaling"),

@@ -1,10 +1,16 @@
 """What every solver returns: the roots of a stack and their per-block diagnostics.
 
-The residual of an inverse root ``X ~ B^{-1/p}`` is ``||X^n B^q - I||_F / sqrt(d)`` for
-``p = n / q``. For ``X = B^{-1/p} (I + G)`` with ``G`` commuting with ``B`` it is about
-``p ||G||_F / sqrt(d)``, ``p`` times the RMS relative error of the eigenvalues of ``X``. The
-iterative solvers evaluate it on their *scaled* problem (spectrum of ``B`` in ``(0, 1]``), so it
-is well defined for any scale of the input.
+The residual of an inverse root ``X ~ B^{-1/p}``, ``p = n / q``, is measured in a symmetric
+congruence form that is ``I`` at convergence::
+
+    n even:  ||W^T B^q W - I||_F / sqrt(d),          W = X^{n/2}
+    n odd:   ||V^T V - I||_F / sqrt(d),              V = B^q X^n  (V^T V = X^n B^{2q} X^n)
+
+For ``X = B^{-1/p} (I + G)`` with ``G`` commuting with ``B`` they are about ``n ||G||_F /
+sqrt(d)`` and ``2 n ||G||_F / sqrt(d)`` (``n``, resp. ``2 n``, times the RMS relative error of
+the eigenvalues of ``X``), and never below ``||G||_F / sqrt(d)``. The congruence keeps the
+residual of an ill-conditioned ``B`` near the size of the root's error, where ``||X^n B^q - I||``
+multiplies errors that do not commute with ``B`` by its condition number.
 """
 
 import math
@@ -14,7 +20,7 @@ from torch import Tensor
 
 from distributed_shampoo_dash.solvers.checks import rational_root
 from distributed_shampoo_dash.solvers.linalg import (
-    batched_eye,
+    add_to_diagonal_,
     frobenius_norm,
     matrix_power,
     matrix_power_products,
@@ -45,18 +51,20 @@ class InverseRootResult(NamedTuple):
 def residual_products(root: float) -> int:
     """``d x d`` products :func:`inverse_root_residual` runs for ``root = n / q``."""
     fraction = rational_root(root)
-    return (
-        matrix_power_products(fraction.numerator) + matrix_power_products(fraction.denominator) + 1
-    )
+    n, q = fraction.numerator, fraction.denominator
+    if n % 2 == 0:
+        return matrix_power_products(n // 2) + matrix_power_products(q) + 2
+    return matrix_power_products(n) + matrix_power_products(q) + 2
 
 
 def inverse_root_residual(
     B: Tensor, X: Tensor, root: float, precision: MatmulPrecision = MatmulPrecision.FP32
 ) -> Tensor:
-    """Relative residual ``||X^n B^q - I||_F / sqrt(d)`` of ``X ~ B^{-1/p}``, ``p = n / q``.
+    """Relative residual of ``X ~ B^{-1/p}``, ``p = n / q``, in the congruence form of the module
+    docstring.
 
     Args:
-        B (Tensor): ``(N, d, d)`` matrices whose inverse root was taken.
+        B (Tensor): ``(N, d, d)`` symmetric matrices whose inverse root was taken.
         X (Tensor): ``(N, d, d)`` computed inverse roots.
         root (float): ``p``; fractional roots must be ``n / q`` with a small ``q``.
         precision (MatmulPrecision): Precision of the :func:`residual_products` products.
@@ -65,8 +73,13 @@ def inverse_root_residual(
         residual (Tensor): ``(N,)`` float32.
     """
     fraction = rational_root(root)
-    power = matrix_power(X, fraction.numerator, precision)
-    if fraction.denominator > 1:
-        B = matrix_power(B, fraction.denominator, precision)
-    error = batched_matmul(power, B, precision) - batched_eye(B)
+    n, q = fraction.numerator, fraction.denominator
+    Bq = matrix_power(B, q, precision)
+    if n % 2 == 0:
+        W = matrix_power(X, n // 2, precision)
+        gram = batched_matmul(W.mT, batched_matmul(Bq, W, precision), precision)
+    else:
+        V = batched_matmul(Bq, matrix_power(X, n, precision), precision)
+        gram = batched_matmul(V.mT, V, precision)
+    error = add_to_diagonal_(gram, -1.0)
     return (frobenius_norm(error) / math.sqrt(B.shape[-1])).float()
