@@ -41,13 +41,8 @@ upstream raises).
 Writes ``<out>.json`` (every measurement) and ``<out>.png`` (median step times; needs matplotlib),
 ``--out`` being a file stem.
 
-Presets (``distributed_shampoo_dash.benchmarks.presets``):
-    gpu: hidden 1024, 8 layers, FFN 2816, vocab 32000, max_preconditioner_dim 1024
-    cpu: hidden 128, 2 layers, FFN 352, vocab 512, max_preconditioner_dim 128 (about a minute)
-    many-blocks: hidden 128, 4 layers, FFN 352, vocab 512, max_preconditioner_dim 32: many small
-        blocks, where per-block overhead dominates on a CPU as it does on a GPU
-    layers: 200 weights of 256 x 256, max_preconditioner_dim 256 (many same-shape layers)
-    smoke: hidden 32, 1 layer, FFN 64, vocab 64, max_preconditioner_dim 16 (seconds)
+Presets: ``--preset`` takes a name of ``distributed_shampoo_dash.benchmarks.presets.PRESETS``
+(gpu, cpu, many-blocks, layers, smoke; their shapes are listed in that module).
 
 The rows, how they run and their tables are ``distributed_shampoo_dash.benchmarks``' ``step_rows``,
 ``step_runs`` and ``step_tables``; this script adds the memory measurement in fresh processes.

@@ -1,26 +1,9 @@
 """How evenly upstream's DDP distributor spreads batched inverse-root work over ranks.
 
-For each Llama preset of the step benchmark (``distributed_shampoo_dash.benchmarks.presets``),
-world size and cost model, the script builds upstream's real ``DDPDistributor`` once per rank under
-a fake process group (``init_process_group("fake", ...)``) over meta-device parameters, so nothing
-is allocated, and reads back the blocks each rank owns. Per rank it reports:
-
-* estimated solver FLOPs. A block of order ``n`` has ``n`` factors, one per dim ``d``, each with
-  upstream's default inverse root ``p = 2n``; one factor costs ``products(p) * 2 d^3`` FLOPs, with
-  the product counts of the default solver, the minimax iteration at ``rel_epsilon = 1e-5``
-  (``minimax_products``): ``products(2) = 23``, ``products(4) = 24``, ``products(6) = 29``. This is
-  ``InverseRootCostModel().cost`` with no per-block constant; other solvers change the counts
-  (the paper's Newton-DB 31 and 61, coupled Newton 43, Chebyshev 62 for ``p = 4``) but not the
-  ``d^3`` shape. Reported: max over mean (1.0 is perfect).
-* ``(dim, root)`` groups: the distinct keys of its factors. Each group is at least one sequential
-  batched solver call (more if a stack is chunked), so the group count is the rank's serial
-  depth. Reported: max and mean.
-* blocks and communication bytes (max over mean), to show what a FLOP-balanced split costs in
-  all-gather balance: the DDP all-gather buffer is padded to the largest rank's bytes.
-
-Cost models: ``memory`` is upstream's default ``AlignedMemoryCostModel``; ``poly-d3`` is upstream's
-``PolynomialComputationalCostModel(coefficients=(0, 0, 0, 1))`` (``sum_d d^3``, root-blind);
-``inverse-root`` is DASH's ``InverseRootCostModel`` (root-aware FLOPs, see its module).
+For each Llama preset, world size and cost model, the measurement of
+``distributed_shampoo_dash.benchmarks.stack_balance`` (whose docstring says what it builds and
+reports: solver FLOPs, ``(dim, root)`` groups, blocks and communication bytes per rank), as
+tables and JSON.
 
 Usage (CPU only, about a second; ``OMP_NUM_THREADS=1`` is enough)::
 

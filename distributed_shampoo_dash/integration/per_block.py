@@ -46,11 +46,9 @@ def dash_matrix_inverse_root(
     if bool(roots.accepted[0]):
         return roots.inverse_root[0]
     residual = f"residual {float(roots.residual[0]):.3e} (max {root_inv_config.max_residual})"
-    recomputed = bool(roots.recomputed[0])
-    logger.warning(
-        describe_rejections(root_inv_config, f"a {tuple(A.shape)} block ({residual})", recomputed)
-    )
-    if recomputed:
+    if bool(roots.recomputed[0]):
+        block = f"a {tuple(A.shape)} block ({residual})"
+        logger.warning(describe_rejections(root_inv_config, block, recomputed=True))
         return roots.inverse_root[0]
     raise ArithmeticError(
         f"{type(root_inv_config).__name__} produced no acceptable inverse root: {residual}, "
