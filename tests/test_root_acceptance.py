@@ -1,6 +1,6 @@
 """Which roots DASH accepts: every supported root of the minimax iteration on real factors, root 3
-on the scale of the even roots, and the dtypes and roots upstream accepts computed instead of
-raising."""
+on the scale of the even roots, no over-inverted root, and the dtypes and roots upstream accepts
+computed instead of raising."""
 
 import pytest
 import torch
@@ -8,6 +8,7 @@ import torch
 import distributed_shampoo_dash as dash
 from distributed_shampoo_dash.solvers import MatmulPrecision, eigh_inverse_root
 from distributed_shampoo_dash.solvers.minimax import MINIMAX_ROOTS, minimax_inverse_root
+from distributed_shampoo_dash.solvers.scaling import rayleigh_lambda_max
 from tests.real_factors import RealFactors
 
 
@@ -35,6 +36,92 @@ def test_root_3_has_a_residual_on_the_scale_of_the_even_roots(condition: float) 
 
     assert residuals[3] < dash.MinimaxRootInvConfig().max_residual
     assert residuals[3] < 100 * max(residuals[2], residuals[4])
+
+
+def stack_hiding_lambda_max(d: int, gaps: torch.Tensor, seed: int) -> torch.Tensor:
+    """Blocks with ``lambda_max = 1`` whose top eigenvector is orthogonal to the spectral bound's
+    start vectors, the rest of the spectrum log-spaced in ``gap * [1e-3, 1]``: the power iteration
+    sees only the rest, so the bound ``2 rho`` comes out near ``2 gap``, below ``lambda_max`` for
+    ``gap < 1/2``."""
+    generator = torch.Generator().manual_seed(seed)
+    start = torch.linalg.qr(
+        torch.randn((d, 16), generator=torch.Generator().manual_seed(0x5EED)).double()
+    )[0]
+    top = torch.randn(d, generator=generator, dtype=torch.float64)
+    top = top - start @ (start.T @ top)
+    top = top / top.norm()
+    rest = torch.randn(d, d - 1, generator=generator, dtype=torch.float64)
+    rest = torch.linalg.qr(rest - torch.outer(top, top @ rest))[0]
+    blocks = []
+    for gap in gaps.tolist():
+        eigenvalues = gap * torch.logspace(-3, 0, d - 1, dtype=torch.float64)
+        block = torch.outer(top, top) + (rest * eigenvalues) @ rest.T
+        blocks.append((block + block.T) / 2)
+    return torch.stack(blocks)
+
+
+def largest_eigenvalue_of_root_times(A: torch.Tensor, X: torch.Tensor, root: int) -> torch.Tensor:
+    """``(N,)`` largest eigenvalue of ``X^p A`` in float64 (NaN for a non-finite ``X``)."""
+    W = torch.linalg.matrix_power(X, root // 2)
+    gram = W.mT @ A @ W if root % 2 == 0 else A @ X @ W.mT @ A @ W
+    finite = X.isfinite().all(dim=(-2, -1))
+    values = torch.linalg.eigvalsh(torch.where(finite[:, None, None], gram, 0.0)).amax(dim=-1)
+    largest = values if root % 2 == 0 else values.sqrt()
+    return torch.where(finite, largest, torch.nan)
+
+
+def top_of_roots(
+    A: torch.Tensor, roots: torch.Tensor, ridge: torch.Tensor, root: int
+) -> torch.Tensor:
+    """``(N,)`` largest eigenvalue of ``X^p (A + r I)`` for float32 roots ``X`` and ridges ``r``."""
+    ridged = A + ridge.double()[:, None, None] * torch.eye(A.shape[-1], dtype=A.dtype)
+    return largest_eigenvalue_of_root_times(ridged, roots.double(), root)
+
+
+def test_the_default_recomputes_an_over_inverted_root_its_residual_would_accept() -> None:
+    """At d = 256 a root that over-inverts its top direction by 9% has a residual of 5e-3: the
+    overshoot, not the residual, rejects it."""
+    A = stack_hiding_lambda_max(256, torch.linspace(0.4675, 0.4725, 21), seed=0)
+    config = dash.MinimaxRootInvConfig()
+    assert float(rayleigh_lambda_max(A.float(), 10, 16).max()) < 0.51
+
+    result = minimax_inverse_root(A.float(), 4)
+    roots = dash.inverse_roots(A.float(), 4, config)
+
+    over_inverted = top_of_roots(A, result.inverse_root, result.regularization, 4) > 1.05
+    accepted_by_residual = result.is_finite & (result.residual <= config.max_residual)
+    assert bool((over_inverted & accepted_by_residual).any())
+    assert not bool((roots.accepted & over_inverted).any())
+    assert bool(roots.recomputed[over_inverted].all())
+    returned_top = top_of_roots(A, roots.inverse_root, roots.regularization, 4)
+    assert float(returned_top.max()) <= 1 + config.max_overshoot
+
+
+@pytest.mark.parametrize("root", [2, 3, 4])
+def test_the_overshoot_bounds_the_largest_eigenvalue_of_the_root_times_the_matrix(
+    root: int,
+) -> None:
+    """Bounds from 0.9 to 1.0 lambda_max, residual check off: the overshoot is at least the
+    over-inversion of every finite root (up to rounding; equal to it for even roots), so none
+    above ``max_overshoot`` is accepted."""
+    A = stack_hiding_lambda_max(128, torch.linspace(0.45, 0.5, 401), seed=root)
+    config = dash.MinimaxRootInvConfig(max_residual=None)
+
+    result = minimax_inverse_root(A.float(), root)
+    roots = dash.inverse_roots(A.float(), root, config)
+
+    finite = result.is_finite
+    over_inversion = top_of_roots(A, result.inverse_root, result.regularization, root) - 1
+    assert bool((finite & (over_inversion > config.max_overshoot)).any())
+    rounding = 2e-3 + 1e-3 * over_inversion.abs()
+    assert bool((result.overshoot.double() >= over_inversion - rounding)[finite].all())
+    if root % 2 == 0:
+        moderate = finite & (over_inversion < 1)
+        assert bool(
+            ((result.overshoot.double() - over_inversion).abs() <= rounding)[moderate].all()
+        )
+    returned_top = top_of_roots(A, roots.inverse_root, roots.regularization, root)
+    assert float(returned_top[roots.accepted].max()) <= 1 + config.max_overshoot
 
 
 def test_eigh_keeps_the_other_blocks_of_a_stack_with_a_non_finite_block() -> None:
@@ -88,3 +175,23 @@ def test_upstream_coupled_newton_iterates_in_float64_for_float64_factors() -> No
     solver = batched_solver(CoupledNewtonConfig(), 2.0, 1e-12, torch.float64)
     assert solver is not None
     assert set(solver.product_counts) == {MatmulPrecision.FP64}
+
+
+@pytest.mark.parametrize("root", [2, 4, 8])
+@pytest.mark.parametrize("rank", [1, 2, 4])
+def test_the_default_accepts_no_over_inverted_root_of_a_nearly_rank_one_factor(
+    rank: int, root: int
+) -> None:
+    """First-step factors are sums of a few outer products: at every scale from 1e-6 to 1e6 the
+    default's accepted roots have no eigenvalue of ``X^p (A + r I)`` above ``1 + max_overshoot``."""
+    generator = torch.Generator().manual_seed(100 * rank + root)
+    scales = torch.logspace(-3, 3, 20, dtype=torch.float64)[:, None, None]
+    gradients = torch.randn(20, 128, rank, generator=generator, dtype=torch.float64) * scales
+    A = gradients @ gradients.mT
+    config = dash.MinimaxRootInvConfig()
+
+    roots = dash.inverse_roots(A.float(), root, config, epsilon=1e-10)
+
+    top = top_of_roots(A, roots.inverse_root, roots.regularization, root)
+    assert bool(roots.usable.all())
+    assert float(top[roots.accepted].max()) <= 1 + config.max_overshoot

@@ -18,6 +18,7 @@ from distributed_shampoo_dash.solvers.minimax import (
     minimax_schedule,
 )
 from distributed_shampoo_dash.solvers.minimax_schedules import MARGIN, SCHEDULES, TARGET
+from distributed_shampoo_dash.solvers.result import OVERSHOOT_POWER_STEPS, OVERSHOOT_VECTORS
 from tests.real_factors import RealFactors
 from tests.solver_helpers import reference_inverse_root, relative_errors, spd_stack
 
@@ -81,8 +82,8 @@ def test_flops_are_the_documented_product_count(
     first_step_precision: MatmulPrecision,
     device: torch.device,
 ) -> None:
-    """``FlopCounterMode`` FLOPs = products x 2 d^3 x N plus the power iteration's
-    ``(k + 1)`` products of ``(N, d, d) @ (N, d, m)``."""
+    """``FlopCounterMode`` FLOPs = products x 2 d^3 x N plus the power iterations' ``(k + 1)``
+    products of ``(N, d, d) @ (N, d, m)``: the spectral bound's and the overshoot's."""
     num_blocks, dim = 3, 16
     A = spd_stack(num_blocks, dim, condition=100.0).float().to(device)
     scaling = SpectralScaling()
@@ -97,8 +98,9 @@ def test_flops_are_the_documented_product_count(
         )
     products = minimax_products(root, 1e-5, precision, first_step_precision).total()
     power_iteration = (
-        (scaling.num_iterations + 1) * 2 * dim * dim * scaling.num_vectors * num_blocks
-    )
+        (scaling.num_iterations + 1) * scaling.num_vectors
+        + (OVERSHOOT_POWER_STEPS + 1) * OVERSHOOT_VECTORS
+    ) * (2 * dim * dim * num_blocks)
     assert counter.get_total_flops() == products * 2 * dim**3 * num_blocks + power_iteration
 
 

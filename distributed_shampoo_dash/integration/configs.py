@@ -14,8 +14,11 @@ changed copy): it is stored in ``param_groups``, and so in checkpoints, which it
 plain dataclass.
 
 Acceptance of a computed root (per block): it must be finite in the dtype it is stored in and,
-unless ``max_residual`` is ``None``, have ``residual <= max_residual`` (``residual =
-||X_s^p B - I||_F / sqrt(d)`` on the scaled problem, see :mod:`distributed_shampoo_dash.solvers`).
+unless ``max_residual`` is ``None``, have ``residual <= max_residual`` (the RMS congruence
+residual on the scaled problem, about ``p`` times the RMS relative error of the root, see
+:mod:`distributed_shampoo_dash.solvers`) and, unless ``max_overshoot`` is ``None``, ``overshoot
+<= max_overshoot`` (the estimated largest eigenvalue of ``X^p (A + r I)`` minus 1: an
+over-inverted direction, which the averaged residual does not show).
 A rejected block is recomputed by eigh (``fallback_to_eigh``) or keeps its previous inverse factor
 and counts one failed amortized computation, exactly as an upstream solver exception does.
 """
@@ -65,6 +68,8 @@ class DashRootInvConfig(RootInvConfig):
             16 vectors, safety factor 2)
         max_residual (float | None): Largest accepted residual; ``None`` accepts any finite root.
             (Default: 1.0)
+        max_overshoot (float | None): Largest accepted overshoot; ``None`` does not check it.
+            (Default: None)
         fallback_to_eigh (bool): Recompute rejected blocks by eigh (upstream ``EigenConfig``
             semantics) instead of keeping their previous inverse factor. (Default: True)
         solver (ClassVar[str]): The solver of :data:`~distributed_shampoo_dash.solvers.SOLVERS`
@@ -77,6 +82,7 @@ class DashRootInvConfig(RootInvConfig):
     rel_epsilon: float = 0.0
     scaling: SpectralScaling = MULTI_POWER_ITERATION_SCALING
     max_residual: float | None = 1.0
+    max_overshoot: float | None = None
     fallback_to_eigh: bool = True
 
     def __post_init__(self) -> None:
@@ -93,6 +99,11 @@ class DashRootInvConfig(RootInvConfig):
             "scaling": self.scaling,
             "max_residual": (
                 None if self.max_residual is None else check_real(self.max_residual, "max_residual")
+            ),
+            "max_overshoot": (
+                None
+                if self.max_overshoot is None
+                else check_real(self.max_overshoot, "max_overshoot")
             ),
             "fallback_to_eigh": check_bool(self.fallback_to_eigh, "fallback_to_eigh"),
         }
@@ -119,15 +130,18 @@ class MinimaxRootInvConfig(DashRootInvConfig):
     in a fixed number of minimax-polynomial steps for the interval the relative ridge guarantees
     (root 4 at ``rel_epsilon = 1e-4``: 5 steps, 24 products), for roots 1, 2, 3, 4, 6 and 8; other
     roots (inverse-exponent overrides) are computed by batched eigh. A root whose residual exceeds
-    ``max_residual`` (the iteration did not converge: a spectral bound below ``lambda_max``, or
-    rounding) falls back to eigh. Reduced ``precision`` applies to the last steps only; with it,
-    raise ``max_residual`` (bf16: about 5e-2). Below ``rel_epsilon`` of about 1e-5, fp32 rounding
+    ``max_residual`` (the iteration did not converge, or rounding) or that over-inverts a direction
+    by more than ``max_overshoot`` (a spectral bound below ``lambda_max``) falls back to eigh.
+    Reduced ``precision`` applies to the last steps only; with it, raise ``max_residual`` (bf16:
+    about 5e-2). Below ``rel_epsilon`` of about 1e-5, fp32 rounding
     in the first step limits the accuracy, which ``first_step_precision="fp64"`` removes, and the
     residual's own rounding floor nears 1e-2: raise ``max_residual`` there too (about 5e-2).
 
     Attributes:
         rel_epsilon (float): As in :class:`DashRootInvConfig`, in ``[1e-8, 1]``. (Default: 1e-4)
         max_residual (float | None): As in :class:`DashRootInvConfig`. (Default: 1e-2)
+        max_overshoot (float | None): As in :class:`DashRootInvConfig`; the default accepts no
+            eigenvalue of ``X^p (A + r I)`` above 1.05. (Default: 5e-2)
         first_step_precision (MatmulPrecision): ``FP64`` runs the first step's products in float64
             (root 4: 4 of them), ``FP32`` at the working precision. (Default: ``FP32``)
     """
@@ -135,6 +149,7 @@ class MinimaxRootInvConfig(DashRootInvConfig):
     solver: ClassVar[str] = "minimax"
     rel_epsilon: float = DEFAULT_REL_EPSILON
     max_residual: float | None = 1e-2
+    max_overshoot: float | None = 5e-2
     first_step_precision: MatmulPrecision = MatmulPrecision.FP32
 
     def _checked_fields(self) -> dict[str, Any]:

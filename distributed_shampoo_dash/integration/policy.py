@@ -4,8 +4,9 @@ The policy, per block of a stack, for any batched config (:mod:`.dispatch` picks
 
 1. *solve*: the config's batched solver computes the root, which is cast to the dtype it will be
    stored in (the inverse factors' ``inv_factor_matrix_dtype``);
-2. *accept*: the cast root must be finite and, for a DASH config with ``max_residual`` set, have
-   ``residual <= max_residual`` (evaluated on the device);
+2. *accept*: the cast root must be finite and, for a DASH config, have ``residual <=
+   max_residual`` and ``overshoot <= max_overshoot`` where those are set (evaluated on the
+   device);
 3. *fall back*: a rejected root of a DASH config with ``fallback_to_eigh`` is recomputed by eigh
    with upstream ``EigenConfig`` semantics and used if finite in the stored dtype;
 4. *give up*: a block with no usable root keeps its previous inverse factor and counts one failed
@@ -92,6 +93,7 @@ class RootPolicy:
         fallback (BatchedSolver | None): Eigh with upstream ``EigenConfig`` semantics for a DASH
             config with ``fallback_to_eigh``; ``None`` otherwise.
         max_residual (float | None): Largest accepted residual (DASH configs), or ``None``.
+        max_overshoot (float | None): Largest accepted overshoot (DASH configs), or ``None``.
         dtype (torch.dtype): Dtype the roots are stored in and judged in.
     """
 
@@ -99,6 +101,7 @@ class RootPolicy:
     solver: BatchedSolver
     fallback: BatchedSolver | None
     max_residual: float | None
+    max_overshoot: float | None
     dtype: torch.dtype
 
     @classmethod
@@ -132,6 +135,7 @@ class RootPolicy:
             if is_dash and config.fallback_to_eigh
             else None,
             max_residual=config.max_residual if is_dash else None,
+            max_overshoot=config.max_overshoot if is_dash else None,
             dtype=dtype,
         )
 
@@ -146,6 +150,8 @@ class RootPolicy:
         accepted = result.is_finite & finite_blocks(roots)
         if self.max_residual is not None:
             accepted = accepted & (result.residual <= self.max_residual)
+        if self.max_overshoot is not None:
+            accepted = accepted & (result.overshoot <= self.max_overshoot)
         return SolvedStack(result, roots, accepted)
 
     def recompute(self, stack: Tensor) -> SolvedStack | None:

@@ -38,6 +38,7 @@ from distributed_shampoo_dash.solvers.precision import (
 from distributed_shampoo_dash.solvers.registry import DEFAULT_SOLVER, SOLVERS, Solver
 from distributed_shampoo_dash.solvers.result import (
     InverseRootResult,
+    RootResidual,
     inverse_root_residual,
     residual_products,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "IterationControl",
     "MatmulPrecision",
     "ProductCounts",
+    "RootResidual",
     "ScalingMethod",
     "Solver",
     "SpectralScaling",

@@ -117,5 +117,6 @@ def run_eigh(
         inverse_root,
         residual,
         finite_blocks(inverse_root, residual.unsqueeze(-1)),
+        torch.zeros_like(residual),
         regularization,
     )

@@ -40,17 +40,20 @@ scales with the distance to convergence rather than with the size of the iterate
 stay in fp32: rounding ``B`` to bf16 perturbs it by more than ``l``, and the first polynomials
 amplify that. Only powers of two use the correction form; other roots run every step in fp32.
 
-First step in fp64 (``first_step_precision=FP64``). The first step maps the whole interval
-``[l^{1/p}, 1]`` and its fp32 rounding errors, of order ``u`` relative to ``||B||``, are what the
-later steps cannot remove: on real Shampoo factors at ``rel_epsilon = 1e-6`` they leave the fp32
-iteration about ``3.6e-3`` from the root (root 2), against ``1e-3`` with the first step's few
+First step in fp64 (``first_step_precision=FP64``). The first step maps the whole
+interval ``[l^{1/p}, 1]`` and its fp32 rounding errors, of order ``u`` relative to ``||B||``, are
+what the later steps cannot remove: on real Shampoo factors at ``rel_epsilon = 1e-6`` they leave the
+fp32 iteration about ``3.6e-3`` from the root (root 2), against ``1e-3`` with the first step's few
 products (root 4: 4, root 2: 3) and iterates in fp64; everything after it runs as before.
 
-Residual. :func:`~distributed_shampoo_dash.solvers.result.inverse_root_residual` on the iterate
-before it is symmetrised: ``W^T B W - I``, ``W = X^{p/2}`` for even ``p`` and ``(V^T V - I) / 2``,
-``V = B X^p``, for odd ``p``, congruences with a rounding floor of ``u kappa^{1/2}`` instead of the
-``u kappa`` of ``X^p B - I``, on the same scale for every root. The result reports it as every
-solver does, and ``X`` symmetrised (which can only lower its distance to the symmetric root).
+Residual and overshoot. :func:`~distributed_shampoo_dash.solvers.result.inverse_root_residual` on
+the iterate before it is symmetrised: ``W^T B W - I``, ``W = X^{p/2}`` for even ``p`` and
+``V^T V - I``, ``V = B X^p``, for odd ``p``, congruences with a rounding floor of ``u kappa^{1/2}``
+instead of the ``u kappa`` of ``X^p B - I``, on the same scale for every root. The result reports
+them as every solver does, and ``X`` symmetrised. At the default ridge the symmetrised root
+stays within the acceptance (largest eigenvalue of ``X^p B`` at most 1.04 on random rank-one to
+rank-four blocks); at ``rel_epsilon = 1e-6`` symmetrising can over-invert such nearly rank-one
+blocks far beyond what the iterate's residual and overshoot show (``docs/usage.md``).
 """
 
 from torch import Tensor

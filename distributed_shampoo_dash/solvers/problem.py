@@ -28,7 +28,11 @@ from distributed_shampoo_dash.solvers.linalg import (
     stable_power,
 )
 from distributed_shampoo_dash.solvers.precision import MatmulPrecision
-from distributed_shampoo_dash.solvers.result import InverseRootResult, inverse_root_residual
+from distributed_shampoo_dash.solvers.result import (
+    InverseRootResult,
+    RootResidual,
+    inverse_root_residual,
+)
 from distributed_shampoo_dash.solvers.scaling import SpectralScaling
 
 
@@ -105,24 +109,29 @@ class ScaledProblem:
             regularization=extra + epsilon,
         )
 
-    def residual(self, scaled_root: Tensor, root: float, precision: MatmulPrecision) -> Tensor:
-        """``(N,)`` float32 ``||X_s^p B - I||_F / sqrt(d)`` of ``X_s ~ B^{-1/p}``
+    def residual(
+        self, scaled_root: Tensor, root: float, precision: MatmulPrecision
+    ) -> RootResidual:
+        """Residual and overshoot of ``X_s ~ B^{-1/p}``
         (:func:`~distributed_shampoo_dash.solvers.result.inverse_root_residual`)."""
         return inverse_root_residual(self.scaled, scaled_root, root, precision)
 
-    def result(self, scaled_root: Tensor, root: float, residual: Tensor) -> InverseRootResult:
-        """``X = s^{-1/p} X_s`` in the input dtype, with the residual of ``X_s`` and the flags.
+    def result(self, scaled_root: Tensor, root: float, residual: RootResidual) -> InverseRootResult:
+        """``X = s^{-1/p} X_s`` in the input dtype, with the residual and overshoot of ``X_s``
+        and the flags.
 
         Args:
             scaled_root (Tensor): ``(N, d, d)`` ``X_s ~ B^{-1/p}``.
             root (float): ``p``.
-            residual (Tensor): ``(N,)`` float32 residual of ``X_s`` on the scaled problem.
+            residual (RootResidual): ``(N,)`` float32 residual and overshoot of ``X_s`` on the
+                scaled problem.
         """
         scale_factor = stable_power(self.scale, -1.0 / root)[:, None, None]
         inverse_root = (scaled_root * scale_factor).to(self.dtype)
         return InverseRootResult(
             inverse_root,
-            residual,
-            finite_blocks(inverse_root, residual.unsqueeze(-1)),
+            residual.residual,
+            finite_blocks(inverse_root, residual.residual.unsqueeze(-1)),
+            residual.overshoot,
             self.regularization,
         )

@@ -47,25 +47,38 @@ def as_scaling_method(method: "ScalingMethod | str") -> ScalingMethod:
     return as_enum(method, ScalingMethod, "scaling method")
 
 
-def rayleigh_lambda_max(A: Tensor, num_iterations: int, num_vectors: int) -> Tensor:
+def rayleigh_lambda_max(
+    A: Tensor,
+    num_iterations: int,
+    num_vectors: int,
+    *,
+    seed: int = _START_VECTOR_SEED,
+    overwrite: bool = False,
+) -> Tensor:
     """Largest Rayleigh quotient of ``num_vectors`` random vectors after ``num_iterations`` steps.
 
     Args:
         A (Tensor): ``(N, d, d)`` symmetric stack.
         num_iterations (int): Power steps ``k >= 1``, each one ``(N, d, d) @ (N, d, m)`` product.
         num_vectors (int): Start vectors ``m >= 1`` per block.
+        seed (int): Seed of the start vectors' private generator. (Default: the scaling's)
+        overwrite (bool): Scale ``A`` in place instead of a copy (for a temporary ``A``).
+            (Default: False)
 
     Returns:
         lambda_estimate (Tensor): ``(N,)`` lower estimate of ``lambda_max`` per block, >= 0 for
-            PSD input.
+            PSD input. For an indefinite ``A`` the vectors converge to the eigenvalue of largest
+            magnitude, and the estimate is that eigenvalue where it is the largest Rayleigh
+            quotient.
 
     The iteration runs on ``A / max_ij |A_ij|`` (entries in ``[-1, 1]``) and scales the estimate
     back, so that no squared entry over- or underflows whatever the scale of ``A``.
     """
     largest = A.abs().amax(dim=(-2, -1))
-    A = A / torch.where(largest > 0, largest, torch.ones_like(largest))[:, None, None]
+    divisor = torch.where(largest > 0, largest, torch.ones_like(largest))[:, None, None]
+    A = A.div_(divisor) if overwrite else A / divisor
     n, d, _ = A.shape
-    generator = torch.Generator(device=A.device).manual_seed(_START_VECTOR_SEED)
+    generator = torch.Generator(device=A.device).manual_seed(seed)
     V = torch.randn((d, num_vectors), generator=generator, device=A.device, dtype=A.dtype).expand(
         n, d, num_vectors
     )
