@@ -63,6 +63,7 @@ MODULES: dict[str, str] = {
             "registry",
             "result",
             "scaling",
+            "tf32",
         )
     },
     **{

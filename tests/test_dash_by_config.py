@@ -193,8 +193,9 @@ def test_dash_solver_configs_in_a_plain_upstream_config_run_per_block() -> None:
 
 def test_default_root_inv_config_by_device() -> None:
     assert isinstance(dash.default_root_inv_config("cpu"), EigenConfig)
-    assert dash.default_root_inv_config("cuda") == dash.MinimaxRootInvConfig()
-    assert dash.default_root_inv_config(torch.device("cuda", 1)) == dash.MinimaxRootInvConfig()
+    tensor_cores = dash.MinimaxRootInvConfig(precision="tf32")
+    assert dash.default_root_inv_config("cuda") == tensor_cores
+    assert dash.default_root_inv_config(torch.device("cuda", 1)) == tensor_cores
     assert isinstance(dash.default_root_inv_config(torch.device("cpu")), EigenConfig)
     with pytest.raises(ValueError, match=r"Invalid device='gpu0'\. Must be a torch\.device"):
         dash.default_root_inv_config("gpu0")

@@ -337,7 +337,7 @@ def test_flags_of_the_wrong_type_name_their_qualified_type() -> None:
 
 @pytest.mark.parametrize("precision", ["fp8", "float32", ""])
 def test_precision_string_must_name_a_known_precision(precision: str) -> None:
-    allowed = r"Must be one of 'fp64', 'fp32', 'tf32', 'bf16', 'fp16'"
+    allowed = r"Must be one of 'fp64', 'fp32', '3xtf32', 'tf32', 'bf16', 'fp16'"
     with pytest.raises(
         ValueError, match=rf"Invalid matmul precision {named(repr(precision))}\. {allowed}"
     ):
