@@ -31,7 +31,7 @@ kernel costs beyond its work: launch latency, ramp-up and tail). ``t_eigh(d)`` i
 per-block time (:meth:`GpuSpec.eigh_seconds`): FLOP formulas do not describe an eigensolver.
 
 What it leaves out: host time (a step whose ops the host cannot issue as fast as the GPU runs them
-is host-bound: upstream's per-block loops are, by about 17 us per dispatched op on an H100); overlap
+is host-bound: upstream's per-block loops are, by about 12 us per dispatched op on an H100); overlap
 of independent kernels; caches (bytes are HBM traffic); the cost of a synchronisation beyond the
 wait; ``_foreach`` ops count one launch however many kernels they split into; and the
 decompositions of :data:`UNMODELLED_OPS` (Cholesky, QR, SVD, solves), which are priced by their
