@@ -149,10 +149,7 @@ class GpuSpec:
         return self.launch_us * 1e-6
 
     def product_seconds(self, flops: int, precision: MatmulPrecision) -> float:
-        """``flops / peak(precision)``; a 3xTF32 product of ``flops`` runs ``precision.gemms``
-        (3) TF32 products of that size."""
-        if precision is MatmulPrecision.TF32X3:
-            return precision.gemms * self.product_seconds(flops, MatmulPrecision.TF32)
+        """``flops / peak(precision)``."""
         return flops / (self.peak_tflops[precision] * 1e12)
 
     def memory_seconds(self, nbytes: int) -> float:

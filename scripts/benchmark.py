@@ -292,11 +292,8 @@ def main() -> None:
                 skipped.append(
                     f"{row.label}: not countable on meta ({str(error).splitlines()[0][:80]})"
                 )
-        written = write_json(
-            args.out.with_suffix(".json"), {"preset": args.preset, "results": counted}, indent=2
-        )
         print(
-            f"\npreset {args.preset} on the meta device, "
+            f"preset {args.preset} on the meta device, "
             f"roots every {args.precondition_frequency} step(s)\n"
         )
         print(
@@ -308,6 +305,9 @@ def main() -> None:
             + "\n"
             + modelled_table(counted, recorded_for(args.preset))
             + "".join(f"\n{line}" for line in skipped)
+        )
+        written = write_json(
+            args.out.with_suffix(".json"), {"preset": args.preset, "results": counted}, indent=2
         )
         print(f"\nwrote {written}")
         return

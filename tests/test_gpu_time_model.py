@@ -185,9 +185,3 @@ def test_gpu_spec_names_the_bad_field(change: dict[str, object], message: str) -
     fields = {field: getattr(GPU, field) for field in GPU.__dataclass_fields__} | change
     with pytest.raises(ValueError, match=message):
         GpuSpec(**fields)  # type: ignore[arg-type]
-
-
-def test_a_3xtf32_product_takes_three_tf32_products() -> None:
-    tf32 = GPU.product_seconds(10**12, MatmulPrecision.TF32)
-    assert tf32 == pytest.approx(1 / 400)
-    assert GPU.product_seconds(10**12, MatmulPrecision.TF32X3) == pytest.approx(3 * tf32)
