@@ -100,3 +100,27 @@ def chebyshev_relative_bound(degree: int, root: float, rel_epsilon: float) -> fl
     # Dense near the lower end, where g varies fastest, and uniform elsewhere.
     t = np.unique(np.concatenate([np.linspace(lower, 1.0, 20001), np.geomspace(lower, 1.0, 20001)]))
     return float(np.max(np.abs(interpolant(t) / g(t) - 1.0)))
+
+
+def largest_eigenvalue_of_root_times(A: torch.Tensor, X: torch.Tensor, root: int) -> torch.Tensor:
+    """``(N,)`` largest eigenvalue of ``X^p A`` in float64 (NaN for a non-finite ``X``), from the
+    similar symmetric ``W^T A W``, ``W = X^{p/2}``, for even ``p`` and ``A^{1/2} X^p A^{1/2}``
+    (``X`` symmetric, ``A`` PSD) for odd ``p``."""
+    if root % 2 == 0:
+        W = torch.linalg.matrix_power(X, root // 2)
+        gram = W.mT @ A @ W
+    else:
+        eigenvalues, eigenvectors = torch.linalg.eigh(A)
+        A_half = (eigenvectors * eigenvalues.clamp_min(0).sqrt()[..., None, :]) @ eigenvectors.mT
+        gram = A_half @ torch.linalg.matrix_power(X.nan_to_num(), root) @ A_half
+    finite = X.isfinite().all(dim=(-2, -1))
+    values = torch.linalg.eigvalsh(torch.where(finite[:, None, None], gram, 0.0)).amax(dim=-1)
+    return torch.where(finite, values, torch.nan)
+
+
+def top_of_roots(
+    A: torch.Tensor, roots: torch.Tensor, ridge: torch.Tensor, root: int
+) -> torch.Tensor:
+    """``(N,)`` largest eigenvalue of ``X^p (A + r I)`` for float32 roots ``X`` and ridges ``r``."""
+    ridged = A + ridge.double()[:, None, None] * torch.eye(A.shape[-1], dtype=A.dtype)
+    return largest_eigenvalue_of_root_times(ridged, roots.double(), root)

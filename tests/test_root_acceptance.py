@@ -10,6 +10,7 @@ from distributed_shampoo_dash.solvers import MatmulPrecision, eigh_inverse_root
 from distributed_shampoo_dash.solvers.minimax import MINIMAX_ROOTS, minimax_inverse_root
 from distributed_shampoo_dash.solvers.scaling import rayleigh_lambda_max
 from tests.real_factors import RealFactors
+from tests.solver_helpers import top_of_roots
 
 
 def log_spaced_stack(d: int, condition: float, seed: int) -> torch.Tensor:
@@ -58,24 +59,6 @@ def stack_hiding_lambda_max(d: int, gaps: torch.Tensor, seed: int) -> torch.Tens
         block = torch.outer(top, top) + (rest * eigenvalues) @ rest.T
         blocks.append((block + block.T) / 2)
     return torch.stack(blocks)
-
-
-def largest_eigenvalue_of_root_times(A: torch.Tensor, X: torch.Tensor, root: int) -> torch.Tensor:
-    """``(N,)`` largest eigenvalue of ``X^p A`` in float64 (NaN for a non-finite ``X``)."""
-    W = torch.linalg.matrix_power(X, root // 2)
-    gram = W.mT @ A @ W if root % 2 == 0 else A @ X @ W.mT @ A @ W
-    finite = X.isfinite().all(dim=(-2, -1))
-    values = torch.linalg.eigvalsh(torch.where(finite[:, None, None], gram, 0.0)).amax(dim=-1)
-    largest = values if root % 2 == 0 else values.sqrt()
-    return torch.where(finite, largest, torch.nan)
-
-
-def top_of_roots(
-    A: torch.Tensor, roots: torch.Tensor, ridge: torch.Tensor, root: int
-) -> torch.Tensor:
-    """``(N,)`` largest eigenvalue of ``X^p (A + r I)`` for float32 roots ``X`` and ridges ``r``."""
-    ridged = A + ridge.double()[:, None, None] * torch.eye(A.shape[-1], dtype=A.dtype)
-    return largest_eigenvalue_of_root_times(ridged, roots.double(), root)
 
 
 def test_the_default_recomputes_an_over_inverted_root_its_residual_would_accept() -> None:

@@ -133,9 +133,9 @@ class MinimaxRootInvConfig(DashRootInvConfig):
     ``max_residual`` (the iteration did not converge, or rounding) or that over-inverts a direction
     by more than ``max_overshoot`` (a spectral bound below ``lambda_max``) falls back to eigh.
     Reduced ``precision`` applies to the last steps only; with it, raise ``max_residual`` (bf16:
-    about 5e-2). Below ``rel_epsilon`` of about 1e-5, fp32 rounding
-    in the first step limits the accuracy, which ``first_step_precision="fp64"`` removes, and the
-    residual's own rounding floor nears 1e-2: raise ``max_residual`` there too (about 5e-2).
+    about 5e-2). Below ``rel_epsilon`` of about 1e-5, fp32 rounding in the first step limits the
+    accuracy, which ``first_step_precision="fp64"`` removes, and the residual's own rounding floor
+    nears 1e-2: raise ``max_residual`` there too (about 5e-2).
 
     Attributes:
         rel_epsilon (float): As in :class:`DashRootInvConfig`, in ``[1e-8, 1]``. (Default: 1e-4)

@@ -56,7 +56,8 @@ class InverseRootResult(NamedTuple):
         inverse_root (Tensor): ``(N, d, d)`` approximation of ``(A + r I)^{-1/p}`` per block, in
             the dtype of the input stack.
         residual (Tensor): ``(N,)`` float32 relative residual of each block; its definition is
-            given by each solver (``||X^p B - I||_F / sqrt(d)`` for the iterative ones).
+            given by each solver (the congruence residual of the module docstring for the
+            iterative ones).
         is_finite (Tensor): ``(N,)`` bool, True where the root and its residual are finite.
         overshoot (Tensor): ``(N,)`` float32 estimate of ``lambda_max(X_s^p B) - 1`` (module
             docstring) for the iterative solvers; 0 for eigh, whose root is exact to rounding.
