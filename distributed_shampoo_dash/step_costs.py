@@ -13,8 +13,9 @@ exactly, whatever the device, by watching the aten ops a step dispatches
 :func:`measure` returns a :class:`StepCosts`; the counters it combines can also be used alone:
 
 * :class:`OpCounter`: dispatched aten ops, those of them that launch work (``launches``: every op
-  but views, whose output aliases an input, and the metadata ops in :data:`NO_KERNEL_OPS`), and
-  the ``d x d`` matrix products: a ``(d, d) @ (d, d)`` product counts 1, a batched one ``N``;
+  but views, whose output aliases an input, and the metadata ops in :data:`NO_KERNEL_OPS`), the
+  ``d x d`` matrix products (a ``(d, d) @ (d, d)`` product counts 1, a batched one ``N``), and
+  FLOPs by ``torch.utils.flop_counter``'s formulas (:func:`op_flops`);
 * :class:`SyncCounter`: reads of tensor values by the host, each of which waits for the device on
   a GPU: ``.item()`` and every other op in :data:`SYNC_OPS`, boolean-mask indexing, ``.tolist()``,
   and copies between devices;
@@ -23,15 +24,16 @@ exactly, whatever the device, by watching the aten ops a step dispatches
   that kernels allocate internally), overall and above the start of named phases (methods of
   objects wrapped while measuring, e.g. a preconditioner list's ``update_preconditioners``,
   where DASH's stacks and solver work space live);
-* :func:`measure`: all of them and ``torch.utils.flop_counter.FlopCounterMode`` around one call;
-* :func:`meta_scaffolding`: what a DASH step needs to run on the ``meta`` device (shapes only), so
-  its counts can be taken for models far too large for the machine at hand.
+* :func:`measure`: all of them around one call;
+* :func:`meta_scaffolding`: what an optimizer step needs to run on the ``meta`` device (shapes
+  only; host reads answered by :class:`MetaHostReads`), so its counts can be taken for models far
+  too large for the machine at hand.
 
 Caveats. A CPU run cannot tell a host tensor from a device one, so :class:`SyncCounter` also
 counts reads of tensors a GPU run keeps on the host (upstream keeps its step counter there): the
 counts of a step are an upper bound of its GPU synchronisations by a per-step constant. CUDA's
 ``linalg.eigh`` reads its error codes on the host after every call, so each eigh call counts as a
-synchronisation here too. FLOPs are those ``FlopCounterMode`` has formulas for (products,
+synchronisation here too. FLOPs are those ``torch.utils.flop_counter`` has formulas for (products,
 convolutions, attention); ``eigh`` itself has none and counts 0.
 
 The dispatch modes build on ``torch.utils._python_dispatch.TorchDispatchMode``, a private torch
@@ -49,8 +51,7 @@ from typing import Any, NamedTuple, Self
 import torch
 from torch._ops import OpOverload
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import flop_registry
 from torch.utils.weak import WeakIdKeyDictionary
 
 aten = torch.ops.aten
@@ -91,12 +92,18 @@ NO_KERNEL_OPS = frozenset(
     }
 )
 #: Matrix products: ``mm`` ``(d, k) @ (k, n)`` and ``bmm`` ``(N, d, k) @ (N, k, n)``, with the
-#: index of their two operands.
+#: index of their two operands (``out=`` and ``out_dtype`` overloads included).
 _PRODUCT_OPS: dict[object, tuple[int, int]] = {
-    aten.mm.default: (0, 1),
-    aten.bmm.default: (0, 1),
-    aten.addmm.default: (1, 2),
-    aten.baddbmm.default: (1, 2),
+    **{
+        overload: (0, 1)
+        for packet in (aten.mm, aten.bmm)
+        for overload in (packet.default, packet.out, packet.dtype, packet.dtype_out)
+    },
+    **{
+        overload: (1, 2)
+        for packet in (aten.addmm, aten.baddbmm)
+        for overload in (packet.default, packet.out, packet.dtype, packet.dtype_out)
+    },
 }
 
 
@@ -118,8 +125,22 @@ def patched(owner: object, name: str, value: object) -> Iterator[None]:
             setattr(owner, name, previous)
 
 
-def _tensors(tree: object) -> list[torch.Tensor]:
-    return [leaf for leaf in tree_flatten(tree)[0] if isinstance(leaf, torch.Tensor)]
+def tensors_in(tree: object) -> list[torch.Tensor]:
+    """The tensors among an op's arguments or result: a tensor, or tensors inside tuples, lists
+    and dicts (the only containers aten ops take or return)."""
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, (tuple, list)):
+        return [tensor for item in tree for tensor in tensors_in(item)]
+    if isinstance(tree, dict):
+        return [tensor for item in tree.values() for tensor in tensors_in(item)]
+    return []
+
+
+def launches_work(func: OpOverload) -> bool:
+    """Whether an op launches at least one kernel on a GPU: neither a view (its output aliases an
+    input) nor one of :data:`NO_KERNEL_OPS`."""
+    return not (func.is_view or func in NO_KERNEL_OPS)
 
 
 def square_products(func: object, args: tuple[Any, ...]) -> int:
@@ -134,6 +155,25 @@ def square_products(func: object, args: tuple[Any, ...]) -> int:
     return a.shape[0] if a.ndim == 3 else 1
 
 
+def op_flops(func: OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
+    """FLOPs of one op that returned ``out``, by ``torch.utils.flop_counter``'s formula for it (0
+    without one: only products, convolutions and attention have one). Overloads with an
+    ``out_dtype`` argument (``bmm.dtype_out``: fp16 operands, fp32 result), whose extra positional
+    argument the formulas do not take, pass their leading tensor operands only (all that a
+    product's formula reads)."""
+    formula = flop_registry.get(func.overloadpacket)
+    if formula is None:
+        return 0
+    if any(argument.name == "out_dtype" for argument in func._schema.arguments):
+        operands = []
+        for arg in args:
+            if not isinstance(arg, torch.Tensor):
+                break
+            operands.append(arg)
+        return int(formula(*operands, out_val=out))
+    return int(formula(*args, **kwargs, out_val=out))
+
+
 class OpCounter(TorchDispatchMode):
     """Counts the aten ops dispatched while active.
 
@@ -142,6 +182,7 @@ class OpCounter(TorchDispatchMode):
         launches (int): Ops that are neither views nor in :data:`NO_KERNEL_OPS` (each launches at
             least one kernel on a GPU).
         products (int): ``d x d`` matrix products (:func:`square_products`).
+        flops (int): FLOPs (:func:`op_flops`).
         by_op (Counter[str]): Ops by name.
     """
 
@@ -150,6 +191,7 @@ class OpCounter(TorchDispatchMode):
         self.ops = 0
         self.launches = 0
         self.products = 0
+        self.flops = 0
         self.by_op: Counter[str] = Counter()
 
     def __torch_dispatch__(
@@ -161,10 +203,13 @@ class OpCounter(TorchDispatchMode):
     ) -> Any:
         self.ops += 1
         self.by_op[str(func)] += 1
-        if not (func.is_view or func in NO_KERNEL_OPS):
+        if launches_work(func):
             self.launches += 1
         self.products += square_products(func, args)
-        return func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        self.flops += op_flops(func, args, kwargs, out)
+        return out
 
 
 def _is_boolean_index(func: object, args: tuple[Any, ...]) -> bool:
@@ -185,6 +230,16 @@ def _is_copy_between_devices(func: object, args: tuple[Any, ...], kwargs: dict[s
         non_blocking = args[2] if len(args) > 2 else kwargs.get("non_blocking", False)
         return args[0].device.type != args[1].device.type and not non_blocking
     return False
+
+
+def reads_on_host(func: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether an op reads tensor values on the host (a device synchronisation on a GPU): an op of
+    :data:`SYNC_OPS`, boolean-mask indexing, or a blocking copy between devices."""
+    return (
+        func in SYNC_OPS
+        or _is_boolean_index(func, args)
+        or _is_copy_between_devices(func, args, kwargs)
+    )
 
 
 class SyncCounter(TorchDispatchMode):
@@ -217,11 +272,7 @@ class SyncCounter(TorchDispatchMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
-        if (
-            func in SYNC_OPS
-            or _is_boolean_index(func, args)
-            or _is_copy_between_devices(func, args, kwargs)
-        ):
+        if reads_on_host(func, args, kwargs):
             self._record(str(func))
         return func(*args, **kwargs)
 
@@ -284,12 +335,12 @@ class LiveBytes(TorchDispatchMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
-        for tensor in _tensors((args, kwargs)):
+        for tensor in tensors_in((args, kwargs)):
             storage = tensor.untyped_storage()
             if storage not in self._seen:
                 self._seen[storage] = 0  # existed before: never counted
         result = func(*args, **kwargs)
-        for tensor in _tensors(result):
+        for tensor in tensors_in(result):
             storage = tensor.untyped_storage()
             if storage in self._seen:
                 continue
@@ -311,7 +362,7 @@ class StepCosts(NamedTuple):
         launches (int): Of them, ops that launch work.
         syncs (int): Host reads of tensor values.
         products (int): ``d x d`` matrix products.
-        flops (int): FLOPs counted by ``FlopCounterMode``.
+        flops (int): FLOPs (:func:`op_flops`).
         peak_bytes (int): Peak bytes of the tensors the call created, alive at once.
         phase_peak_bytes (dict[str, int]): Peak bytes above the start of each phase.
         syncs_by_op (dict[str, int]): The reads by op.
@@ -350,35 +401,112 @@ def phases_of(live: LiveBytes, phases: Sequence[Phase]) -> Iterator[None]:
 
 
 @contextmanager
-def counting() -> Iterator[tuple[OpCounter, SyncCounter, LiveBytes, FlopCounterMode]]:
-    """All four counters active at once (every op passes through each)."""
-    ops, syncs, live, flops = (
-        OpCounter(),
-        SyncCounter(),
-        LiveBytes(),
-        FlopCounterMode(display=False),
-    )
+def counting() -> Iterator[tuple[OpCounter, SyncCounter, LiveBytes]]:
+    """All three counters active at once (every op passes through each)."""
+    ops, syncs, live = OpCounter(), SyncCounter(), LiveBytes()
     with ExitStack() as stack:
-        for mode in (flops, live, syncs, ops):
+        for mode in (live, syncs, ops):
             stack.enter_context(mode)
-        yield ops, syncs, live, flops
+        yield ops, syncs, live
+
+
+#: How a host read of a one-element ``meta`` boolean is answered, by the op that made it: every
+#: check passes (``all``: all finite; ``any``: nothing NaN) and every compared quantity exceeds
+#: what it is compared with (``error > tol`` is True, ``error < tol`` False), so an iteration
+#: that stops at a tolerance runs to its iteration cap.
+META_BOOLEAN_ANSWERS: dict[object, bool] = {
+    aten.all: True,
+    aten.any: False,
+    aten.gt: True,
+    aten.ge: True,
+    aten.ne: True,
+    aten.lt: False,
+    aten.le: False,
+    aten.eq: False,
+}
+#: Ops whose one-element boolean is the negation of their input's.
+_NEGATIONS = frozenset({aten.logical_not, aten.bitwise_not})
+
+
+class MetaHostReads(TorchDispatchMode):
+    """Answers host reads of ``meta`` tensors (``.item()``, ``bool()``), which hold no values.
+
+    A one-element boolean made by an op of :data:`META_BOOLEAN_ANSWERS` (or the negation of one)
+    reads as that op's answer; any other boolean raises ``RuntimeError``; a number reads as 1 (a
+    positive value: upstream's ``lambda_min < epsilon`` check of an eigendecomposition takes its
+    common branch, as on factor matrices with full rank).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._answers: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+    def _answer_of(self, func: OpOverload, args: tuple[Any, ...]) -> bool | None:
+        if func.overloadpacket in _NEGATIONS:
+            answer = self._answers.get(args[0])
+            return None if answer is None else not answer
+        return META_BOOLEAN_ANSWERS.get(func.overloadpacket)
+
+    def __torch_dispatch__(
+        self,
+        func: OpOverload,
+        types: Sequence[type],
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        if func is aten._local_scalar_dense.default and args[0].device.type == "meta":
+            value = args[0]
+            if value.dtype is not torch.bool:
+                return 1
+            if value not in self._answers:
+                raise RuntimeError(
+                    "a host read of a meta boolean made by an op without an answer in "
+                    "META_BOOLEAN_ANSWERS"
+                )
+            return self._answers[value]
+        result = func(*args, **(kwargs or {}))
+        if (
+            isinstance(result, torch.Tensor)
+            and result.device.type == "meta"
+            and result.dtype is torch.bool
+            and result.numel() == 1
+        ):
+            answer = self._answer_of(func, args)
+            if answer is not None:
+                self._answers[result] = answer
+        return result
+
+
+_TORCH_GENERATOR = torch.Generator
+
+
+class _HostGenerator(torch.Generator):
+    """What ``torch.Generator(device=...)`` makes inside :func:`meta_scaffolding`: a host
+    generator, whatever the device (a class, so that annotations like ``torch.Generator | None``
+    still evaluate)."""
+
+    def __new__(cls, device: object = None) -> torch.Generator:  # type: ignore[misc]
+        return _TORCH_GENERATOR()
 
 
 @contextmanager
 def meta_scaffolding() -> Iterator[None]:
-    """Lets a DASH step run on ``meta`` tensors: ``Tensor.tolist`` of a meta tensor returns "all
-    True" (the one host read of DASH's flags: every input finite, every root accepted), and
-    ``torch.Generator(device=...)`` returns a host generator (``meta`` has none; ``randn`` on
-    ``meta`` ignores it). Other host reads (upstream's per-block checks) still raise on ``meta``.
+    """Lets an optimizer step run on ``meta`` tensors (shapes only): ``Tensor.tolist`` of a meta
+    tensor returns "all True" (the one host read of DASH's flags: every input finite, every root
+    accepted), other host reads of meta tensors are answered by :class:`MetaHostReads` (every
+    check passes, iterations run to their cap; upstream's per-block checks, the DASH authors'
+    tolerance tests), and ``torch.Generator(device=...)`` returns a host generator (``meta`` has
+    none; ``randn`` on ``meta`` ignores it).
     """
-    host_tolist, host_generator = torch.Tensor.tolist, torch.Generator
+    host_tolist = torch.Tensor.tolist
 
     def tolist(tensor: torch.Tensor) -> Any:
         return [True] * tensor.numel() if tensor.device.type == "meta" else host_tolist(tensor)
 
     with (
         patched(torch.Tensor, "tolist", tolist),
-        patched(torch, "Generator", lambda device=None: host_generator()),
+        patched(torch, "Generator", _HostGenerator),
+        MetaHostReads(),
     ):
         yield
 
@@ -386,14 +514,14 @@ def meta_scaffolding() -> Iterator[None]:
 def measure(call: Callable[[], object], phases: Sequence[Phase] = ()) -> StepCosts:
     """Runs ``call`` once under every counter and returns what it dispatched; ``phases`` name
     methods whose calls get their own peak bytes (:meth:`LiveBytes.phase`)."""
-    with counting() as (ops, syncs, live, flops), phases_of(live, phases):
+    with counting() as (ops, syncs, live), phases_of(live, phases):
         call()
     return StepCosts(
         ops=ops.ops,
         launches=ops.launches,
         syncs=syncs.count,
         products=ops.products,
-        flops=flops.get_total_flops(),
+        flops=ops.flops,
         peak_bytes=live.peak,
         phase_peak_bytes=dict(live.phase_peaks),
         syncs_by_op=dict(syncs.by_op),

@@ -15,10 +15,14 @@ of the DASH configs; ``distributed_shampoo_dash.inverse_roots`` gives it).
 Then, unless ``--no-costs``, it counts one step without root computation and one with (extra steps
 after the timed ones; ``distributed_shampoo_dash.step_costs``): dispatched aten ops and those that
 launch work, host reads of tensor values (device synchronisations on a GPU), ``d x d`` products,
-FLOPs (``FlopCounterMode``), the FLOP floor of the row's solver (its ``d x d`` products per factor,
-as ``BatchedSolver.product_counts`` counts them, times ``2 d^3``, summed over the factor matrices)
-and the ratio of the root step's FLOPs to it, and the peak bytes of the tensors a step creates
-(stacks and solver work space included). These counts are the same on every device.
+FLOPs (``torch.utils.flop_counter``'s formulas), the FLOP floor of the row's solver (its ``d x d``
+products per factor, as ``BatchedSolver.product_counts`` counts them, times ``2 d^3``, summed over
+the factor matrices) and the ratio of the root step's FLOPs to it, and the peak bytes of the
+tensors a step creates (stacks and solver work space included). These counts are the same on every
+device. Both steps are also priced by the GPU time model
+(``distributed_shampoo_dash.gpu_time_model``: a roofline per aten op plus a launch cost) on an H100
+SXM and an H200: modelled, not measured, times; on the ``anchor`` preset beside the step times
+recorded on an H100.
 
 With ``--memory`` every row is also run in a fresh process (one thread,
 ``MALLOC_MMAP_THRESHOLD_=65536`` so freed memory goes back to the OS at once) that measures the
@@ -31,6 +35,13 @@ When the DASH authors' package is importable (``pip install --no-deps ista-dasla
 and gradients as two more rows (coupled Newton fp16, Newton-DB fp32): time and peak memory only (no
 root errors, and no step costs: its Triton kernels are not aten ops).
 
+``--on-meta`` runs nothing timed: it counts and models one step without and one with roots of every
+row on the ``meta`` device (shapes only, so presets far too large for the machine run in minutes):
+DASH's and upstream's rows (``upstream CoupledNewtonConfig`` excepted, whose per-block tolerance
+loop would run to its iteration cap there) and, when importable, every ``DashGpu`` setting recorded
+on an H100 (eigh, Newton-DB fp32 and bf16, coupled Newton fp32 and fp16, Chebyshev), its Triton
+kernel run as an aten product.
+
 What the solvers log while a row runs (the loggers of ``distributed_shampoo_dash`` and
 ``distributed_shampoo``: roots rejected and recomputed by eigh, Newton iterations that did not
 converge) is collected instead of printed: each row reports how many messages there were and a
@@ -42,7 +53,7 @@ Writes ``<out>.json`` (every measurement) and ``<out>.png`` (median step times; 
 ``--out`` being a file stem.
 
 Presets: ``--preset`` takes a name of ``distributed_shampoo_dash.benchmarks.presets.PRESETS``
-(gpu, cpu, many-blocks, layers, smoke; their shapes are listed in that module).
+(gpu, anchor, cpu, many-blocks, layers, smoke; their shapes are listed in that module).
 
 The rows, how they run and their tables are ``distributed_shampoo_dash.benchmarks``' ``step_rows``,
 ``step_runs`` and ``step_tables``; this script adds the memory measurement in fresh processes.
@@ -54,6 +65,8 @@ Usage:
     python3 scripts/benchmark.py --preset layers --memory --steps 2 --out bench_out/step_layers
     python3 scripts/benchmark.py --preset gpu --precondition-frequency 10 --steps 30 --only Eigen \
         --out bench_out/step_gpu_every10
+    python3 scripts/benchmark.py --preset anchor --on-meta --precondition-frequency 10 \
+        --out bench_out/step_anchor_model   # the GPU time model against the recorded H100 steps
 """
 
 import argparse
@@ -61,13 +74,16 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
 from distributed_shampoo import DistributedShampoo
 
+from distributed_shampoo_dash.benchmarks import peer_dashgpu
 from distributed_shampoo_dash.benchmarks.cli import HelpFormatter, device_name, write_json
 from distributed_shampoo_dash.benchmarks.presets import PRESETS, Preset
+from distributed_shampoo_dash.benchmarks.recorded_h100 import RECORDED_H100, RecordedStep
 from distributed_shampoo_dash.benchmarks.step_rows import (
     Row,
     make_optimizer,
@@ -77,10 +93,16 @@ from distributed_shampoo_dash.benchmarks.step_rows import (
     select_rows,
     set_gradients,
 )
-from distributed_shampoo_dash.benchmarks.step_runs import StepSettings, meta_costs, run_rows
+from distributed_shampoo_dash.benchmarks.step_runs import (
+    StepSettings,
+    meta_costs,
+    not_on_meta,
+    run_rows,
+)
 from distributed_shampoo_dash.benchmarks.step_tables import (
     costs_table,
     floor_table,
+    modelled_table,
     plot,
     results_table,
 )
@@ -219,11 +241,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--on-meta",
         action="store_true",
-        help=(
-            "only count the DASH rows' step costs and solver floors on the meta device (no timing)"
-        ),
+        help="only count and model every row's steps on the meta device (no timing; see above)",
     )
     return parser
+
+
+def recorded_for(preset_name: str) -> dict[str, RecordedStep]:
+    """The H100 step times recorded with ``preset_name``'s parameter set (only ``anchor``'s)."""
+    return RECORDED_H100 if preset_name == "anchor" else {}
+
+
+def modelled_heading(preset_name: str) -> str:
+    """The line above the modelled-time table."""
+    against = (
+        "; in parentheses the step time measured on one H100 and model / measured - 1"
+        if recorded_for(preset_name)
+        else ""
+    )
+    return (
+        "\nmodelled GPU step times (distributed_shampoo_dash.gpu_time_model: modelled, not "
+        f"measured{against})\n"
+    )
 
 
 def main() -> None:
@@ -237,29 +275,39 @@ def main() -> None:
         )
         return
     if args.on_meta:
-        meta_rows = [
-            row for row in select_rows(rows(), args.only) if isinstance(row, Row) and row.use_dash
-        ]
+        peers, peer_reason = peer_rows(peer_dashgpu.RECORDED_SETTINGS, triton_stand_ins=True)
+        if peer_reason:
+            print(f"DashGpu rows: not counted ({peer_reason})")
         counted, skipped = [], []
-        for row in meta_rows:
+        for row in select_rows([*rows(), *peers], args.only):
+            reason = not_on_meta(row)
+            if reason is not None:
+                skipped.append(f"{row.label}: not traced on meta ({reason})")
+                continue
+            start = time.perf_counter()
             try:
                 counted.append(meta_costs(row, preset, args.precondition_frequency))
-            except RuntimeError as error:  # a solver that reads values on the host (early exit)
+                print(f"{row.label}: counted ({time.perf_counter() - start:.0f} s)", flush=True)
+            except RuntimeError as error:  # a host read meta cannot answer
                 skipped.append(
                     f"{row.label}: not countable on meta ({str(error).splitlines()[0][:80]})"
                 )
+        written = write_json(
+            args.out.with_suffix(".json"), {"preset": args.preset, "results": counted}, indent=2
+        )
         print(
-            f"preset {args.preset} on the meta device, "
+            f"\npreset {args.preset} on the meta device, "
             f"roots every {args.precondition_frequency} step(s)\n"
         )
         print(
             costs_table(counted)
             + "\n\n"
             + floor_table(counted)
+            + "\n"
+            + modelled_heading(args.preset)
+            + "\n"
+            + modelled_table(counted, recorded_for(args.preset))
             + "".join(f"\n{line}" for line in skipped)
-        )
-        written = write_json(
-            args.out.with_suffix(".json"), {"preset": args.preset, "results": counted}, indent=2
         )
         print(f"\nwrote {written}")
         return
@@ -293,6 +341,8 @@ def main() -> None:
             "ratios against upstream EigenConfig)\n"
         )
         print(costs_table(results))
+        print(modelled_heading(args.preset))
+        print(modelled_table(results, recorded_for(args.preset)))
     written = [
         write_json(
             args.out.with_suffix(".json"),

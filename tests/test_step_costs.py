@@ -1,5 +1,6 @@
 """The counters of ``distributed_shampoo_dash.step_costs``: what they count, on small calls."""
 
+import pytest
 import torch
 
 from distributed_shampoo_dash import step_costs
@@ -99,3 +100,26 @@ def test_measure_runs_the_call_once_under_every_counter() -> None:
     assert calls == [1]
     assert costs.products == 3 and costs.flops == 3 * 2 * 8**3 and costs.syncs == 1
     assert costs.peak_bytes >= 3 * 8 * 8 * 4 and costs.ops >= costs.launches >= 3
+
+
+def test_flops_of_a_product_with_an_out_dtype_are_counted() -> None:
+    a, out = (
+        torch.empty(2, 8, 8, dtype=torch.float16, device="meta"),
+        torch.empty(2, 8, 8, device="meta"),
+    )
+    with step_costs.OpCounter() as counter:
+        torch.bmm(a, a, out_dtype=torch.float32, out=out)
+    assert counter.flops == 2 * 2 * 8**3 and counter.products == 2 and counter.launches == 1
+
+
+def test_meta_host_reads_pass_every_check_and_never_converge() -> None:
+    error, flags = torch.empty((), device="meta"), torch.empty(3, dtype=torch.bool, device="meta")
+    with step_costs.meta_scaffolding():
+        assert bool(torch.isfinite(error).all()) and not bool(torch.isnan(error).any())
+        assert bool(error > 1e-6) and not bool(error < 1e-6) and not bool(error <= 1e-6)
+        assert bool(~(error < 1e-6)) and flags.tolist() == [True] * 3
+        assert error.item() == 1
+        with pytest.raises(RuntimeError, match="META_BOOLEAN_ANSWERS"):
+            bool(torch.empty((), dtype=torch.bool, device="meta"))
+        assert isinstance(torch.Generator(device="meta"), torch._C.Generator)
+    assert torch.Generator is torch._C.Generator

@@ -142,12 +142,13 @@ def test_root_computation_flops_are_the_solvers_documented_product_count(
 
 
 @pytest.mark.parametrize(
-    "label", ["DASH EigenConfig", "DASH minimax fp32", "DASH Chebyshev fp32 (degree 60)"]
+    "label",
+    ["DASH EigenConfig", "DASH minimax fp32", "DASH Chebyshev fp32 (degree 60)"],
 )
 def test_counting_on_the_meta_device_gives_the_counts_of_a_real_run(label: str) -> None:
     """``scripts/benchmark.py --on-meta`` (``step_runs.meta_costs``) counts presets too large to
-    run here: on the ``smoke`` preset its counts equal those of a run on the CPU (when no root is
-    rejected there)."""
+    run here: on the ``smoke`` preset its counts and modelled GPU times equal those of a run on
+    the CPU (when no root is rejected there)."""
     preset, row = PRESETS["smoke"], next(r for r in step_rows.rows() if r.label == label)
     on_meta = step_runs.meta_costs(row, preset, 2)
 
@@ -167,6 +168,32 @@ def test_counting_on_the_meta_device_gives_the_counts_of_a_real_run(label: str) 
             without_roots,
         )
         assert on_meta["costs_with_roots"][key] == with_roots[key], (key, on_meta, with_roots)
+    assert on_meta["costs_without_roots"]["modelled"] == without_roots["modelled"]
+    assert on_meta["costs_with_roots"]["modelled"] == with_roots["modelled"]
     assert on_meta["floor_flops_by_precision"] == step_runs.solver_floor_flops(
         optimizer, row.solver
     )
+
+
+def test_upstream_on_the_meta_device_takes_the_common_branch_of_each_host_read() -> None:
+    """Upstream's per-block checks read values on the host; on ``meta`` they pass and each
+    eigendecomposition's ``lambda_min < epsilon`` reads False (``step_costs.MetaHostReads``),
+    so a meta step differs from a real one only by the two eigenvalue shifts of the factors
+    whose smallest eigenvalue is below epsilon there."""
+    preset, row = PRESETS["smoke"], step_rows.rows()[0]
+    on_meta = step_runs.meta_costs(row, preset, 2)
+
+    params, generator = step_rows.make_parameters(preset, torch.device("cpu"))
+    optimizer = step_rows.make_optimizer(params, row, preset, 2)
+    for _ in range(2):
+        step_rows.set_gradients(params, generator)
+        optimizer.step()
+    without_roots, with_roots, _ = step_runs.count_step_costs(
+        optimizer, lambda: step_rows.set_gradients(params, generator), row, 2, 2
+    )
+    assert on_meta["costs_without_roots"] == without_roots
+    for key in ("products", "flops", "syncs"):
+        assert on_meta["costs_with_roots"][key] == with_roots[key], key
+    num_factors = on_meta["num_factors"]
+    assert isinstance(num_factors, int)
+    assert 0 <= with_roots["ops"] - on_meta["costs_with_roots"]["ops"] <= 2 * num_factors

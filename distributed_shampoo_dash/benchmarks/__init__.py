@@ -7,6 +7,8 @@
   benchmark (``scripts/benchmark.py``): its rows, how a row is run and counted, its tables, and
   what the solvers log meanwhile;
 * :mod:`.peer_dashgpu`: the DASH authors' ``DashGpu``, for side-by-side rows;
+* :mod:`.recorded_h100`: the step times recorded on one H100, which the GPU time model
+  (:mod:`distributed_shampoo_dash.gpu_time_model`) is compared with;
 * :mod:`.solver_rows`, :mod:`.spectra`, :mod:`.solver_runs`, :mod:`.solver_tables`: the solver
   benchmark (``scripts/benchmark_solvers.py``);
 * :mod:`.stack_balance`: how evenly upstream's DDP assignment spreads solver work

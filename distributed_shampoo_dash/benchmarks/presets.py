@@ -3,6 +3,11 @@ of SPD matrices for the solver benchmark.
 
 Step presets (:data:`PRESETS`):
     gpu: hidden 1024, 8 layers, FFN 2816, vocab 32000, max_preconditioner_dim 1024
+    anchor: the parameter set of the step times recorded on one H100
+        (``shared/measurements/README.md``): embedding (32000, 1024); 8 layers of norm (1024,),
+        fused qkv (3072, 1024), out (1024, 1024), norm (1024,), gate (2816, 1024),
+        up (2816, 1024), down (1024, 2816); final norm (1024,); no output head;
+        max_preconditioner_dim 1024 (289 factor matrices: 264 of 1024, 24 of 768, 1 of 256)
     cpu: hidden 128, 2 layers, FFN 352, vocab 512, max_preconditioner_dim 128 (about a minute)
     many-blocks: hidden 128, 4 layers, FFN 352, vocab 512, max_preconditioner_dim 32: many small
         blocks, where per-block overhead dominates on a CPU as it does on a GPU
@@ -38,9 +43,26 @@ class Preset:
         shapes = [(vocab, hidden), *layer * layers, (hidden,), (vocab, hidden)]
         return cls(tuple(shapes), block)
 
+    @classmethod
+    def fused_llama(cls, hidden: int, layers: int, ffn: int, vocab: int, block: int) -> "Preset":
+        """Embedding, per layer (norm, fused qkv, out, norm, gate, up, down), final norm, no
+        head."""
+        layer = [
+            (hidden,),
+            (3 * hidden, hidden),
+            (hidden, hidden),
+            (hidden,),
+            (ffn, hidden),
+            (ffn, hidden),
+            (hidden, ffn),
+        ]
+        return cls(((vocab, hidden), *layer * layers, (hidden,)), block)
+
 
 PRESETS = {
     "gpu": Preset.llama(hidden=1024, layers=8, ffn=2816, vocab=32000, block=1024),
+    # The recorded H100 step times' parameter set (the GPU time model's calibration).
+    "anchor": Preset.fused_llama(hidden=1024, layers=8, ffn=2816, vocab=32000, block=1024),
     "cpu": Preset.llama(hidden=128, layers=2, ffn=352, vocab=512, block=128),
     # Many small blocks: per-block overhead dominates on a CPU as it does on a GPU.
     "many-blocks": Preset.llama(hidden=128, layers=4, ffn=352, vocab=512, block=32),

@@ -50,13 +50,15 @@ AnyRow = Row | PeerRow
 
 def rows() -> list[Row]:
     """Upstream ``EigenConfig`` first (the reference for speedups), then DASH with each solver
-    (and upstream ``CoupledNewtonConfig``, to compare the same solver)."""
+    (and upstream ``CoupledNewtonConfig``, to compare the same solver), the accelerator default
+    (``default_root_inv_config("cuda")``) among them."""
     return [
         Row("upstream EigenConfig", False, EigenConfig()),
         Row("DASH EigenConfig", True, EigenConfig()),
         Row("upstream CoupledNewtonConfig", False, CoupledNewtonConfig()),
         Row("DASH CoupledNewtonConfig", True, CoupledNewtonConfig()),
         Row("DASH minimax fp32", True, dash.MinimaxRootInvConfig()),
+        Row("DASH minimax tf32 (GPU default)", True, dash.default_root_inv_config("cuda")),
         Row(
             "DASH minimax bf16",
             True,
@@ -77,12 +79,16 @@ def rows() -> list[Row]:
     ]
 
 
-def peer_rows() -> tuple[list[PeerRow], str]:
-    """The ``DashGpu`` rows if the authors' package imports, else ``([], why not)``."""
-    peer, reason = peer_dashgpu.load()
+def peer_rows(
+    settings: Sequence[peer_dashgpu.DashGpuSetting] = peer_dashgpu.SETTINGS,
+    triton_stand_ins: bool = False,
+) -> tuple[list[PeerRow], str]:
+    """The ``DashGpu`` rows of ``settings`` if the authors' package imports (with stand-ins for
+    its Triton kernels if asked: ``peer_dashgpu.load``), else ``([], why not)``."""
+    peer, reason = peer_dashgpu.load(triton_stand_ins=triton_stand_ins)
     if peer is None:
         return [], reason
-    return [PeerRow(setting.label, setting) for setting in peer_dashgpu.SETTINGS], ""
+    return [PeerRow(setting.label, setting) for setting in settings], ""
 
 
 def select_rows(candidates: Sequence[AnyRow], only: Sequence[str] | None) -> list[AnyRow]:

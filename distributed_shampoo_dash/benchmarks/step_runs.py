@@ -3,24 +3,26 @@
 :func:`run_rows` runs each row of :mod:`~distributed_shampoo_dash.benchmarks.step_rows` on a
 preset (fresh optimizer, same parameters and seeded gradients): ``warmup`` untimed steps, then
 ``steps`` device-synchronised timed ones, then, unless ``costs`` is off, one step without and one
-with root computation counted by :func:`distributed_shampoo_dash.step_costs.measure`, and the root
-errors right after a root computation. :func:`meta_costs` counts a DASH row on the ``meta``
-device (shapes only) for presets too large to run. Needs upstream ``distributed_shampoo``.
+with root computation counted by :func:`distributed_shampoo_dash.step_costs.measure` and priced
+on each GPU of :data:`distributed_shampoo_dash.gpu_time_model.GPUS` (:func:`measure_and_model`),
+and the root errors right after a root computation. :func:`meta_costs` counts and prices a row
+(DASH, upstream or ``DashGpu``) on the ``meta`` device (shapes only) for presets too large to run.
+Needs upstream ``distributed_shampoo``.
 """
 
+import contextlib
 import gc
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-from distributed_shampoo import DistributedShampoo
+from distributed_shampoo import CoupledNewtonConfig, DistributedShampoo
 from distributed_shampoo.preconditioner.matrix_functions_types import RootInvConfig
 
 import distributed_shampoo_dash as dash
-from distributed_shampoo_dash import step_costs
+from distributed_shampoo_dash import gpu_time_model, step_costs
 from distributed_shampoo_dash.benchmarks import peer_dashgpu
 from distributed_shampoo_dash.benchmarks.presets import Preset
 from distributed_shampoo_dash.benchmarks.solver_messages import (
@@ -124,9 +126,25 @@ def solver_floor_flops(optimizer: DistributedShampoo, solver: RootInvConfig) -> 
 PHASES = {"factor update and roots": "update_preconditioners", "preconditioning": "precondition"}
 
 
-def costs_dict(costs: Any) -> dict[str, object] | None:
-    """A ``step_costs.StepCosts`` as a dict (None stays None)."""
-    return None if costs is None else costs._asdict()
+#: The costliest ops of a modelled step kept in the results.
+MODELLED_OPS_KEPT = 10
+
+
+def modelled_dict(modelled: gpu_time_model.ModelledTime) -> dict[str, object]:
+    """A ``ModelledTime`` as a dict, with its :data:`MODELLED_OPS_KEPT` costliest ops only."""
+    costliest = dict(list(modelled.seconds_by_op.items())[:MODELLED_OPS_KEPT])
+    return modelled._asdict() | {"seconds_by_op": costliest}
+
+
+def measure_and_model(
+    call: Callable[[], object], phases: Sequence[step_costs.Phase] = ()
+) -> dict[str, object]:
+    """``step_costs.measure(call, phases)`` as a dict, with ``"modelled"``: the call's modelled
+    time on each GPU of ``gpu_time_model.GPUS`` (:func:`modelled_dict`), by name."""
+    with gpu_time_model.OpCostTrace() as trace:
+        costs = step_costs.measure(call, phases)
+    modelled = {gpu.name: modelled_dict(trace.modelled(gpu)) for gpu in gpu_time_model.GPUS}
+    return costs._asdict() | {"modelled": modelled}
 
 
 def count_step_costs(
@@ -158,22 +176,44 @@ def count_step_costs(
     if precondition_frequency > 1:
         steps_done = advance_to(roots=False)
         new_gradients()
-        without_roots = step_costs.measure(optimizer.step, phases)
+        without_roots = measure_and_model(optimizer.step, phases)
     steps_done = advance_to(roots=True)
     new_gradients()
-    with_roots = step_costs.measure(optimizer.step, phases)
-    return costs_dict(without_roots), costs_dict(with_roots) or {}, steps_done
+    with_roots = measure_and_model(optimizer.step, phases)
+    return without_roots, with_roots, steps_done
 
 
-def meta_costs(row: Row, preset: Preset, precondition_frequency: int) -> dict[str, object]:
-    """Step costs and solver floor of a DASH row counted on the ``meta`` device (shapes only):
-    for presets too large to run here. Upstream's per-block code reads values and cannot run
-    there."""
-    if not row.use_dash:
-        raise ValueError(f"{row.label}: only DASH rows run on the meta device")
-    with step_costs.meta_scaffolding():
+def not_on_meta(row: AnyRow) -> str | None:
+    """Why a row is not traced on the ``meta`` device, or None: upstream's coupled Newton stops at
+    a tolerance read on the host per block, which reads as "not converged" there
+    (``step_costs.MetaHostReads``), so it would trace its 100-iteration cap for every factor."""
+    if isinstance(row, Row) and not row.use_dash and isinstance(row.solver, CoupledNewtonConfig):
+        return "its per-block tolerance loop would run to its 100-iteration cap on meta"
+    return None
+
+
+def meta_costs(row: AnyRow, preset: Preset, precondition_frequency: int) -> dict[str, object]:
+    """Step costs, modelled GPU times and solver floor of a row counted on the ``meta`` device
+    (shapes only; host reads answered by ``step_costs.meta_scaffolding``): for presets too large
+    to run here. ``DashGpu`` rows run its Triton kernel as an aten product
+    (``peer_dashgpu.aten_kernels``) and have no solver floor."""
+    reason = not_on_meta(row)
+    if reason is not None:
+        raise ValueError(f"{row.label}: {reason}")
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(step_costs.meta_scaffolding())
         params = [torch.nn.Parameter(torch.empty(shape, device="meta")) for shape in preset.shapes]
-        optimizer = make_optimizer(params, row, preset, precondition_frequency)
+        optimizer: torch.optim.Optimizer
+        if isinstance(row, PeerRow):
+            peer, why = peer_dashgpu.load(triton_stand_ins=True)
+            if peer is None:
+                raise RuntimeError(why)
+            stack.enter_context(peer_dashgpu.aten_kernels(peer))
+            optimizer = peer_dashgpu.make_optimizer(
+                peer, params, row.setting, preset.max_preconditioner_dim, precondition_frequency
+            )
+        else:
+            optimizer = make_optimizer(params, row, preset, precondition_frequency)
 
         def new_gradients() -> None:
             for param in params:
@@ -185,15 +225,22 @@ def meta_costs(row: Row, preset: Preset, precondition_frequency: int) -> dict[st
         without_roots, with_roots, _ = count_step_costs(
             optimizer, new_gradients, row, precondition_frequency, precondition_frequency
         )
-        floor = solver_floor_flops(optimizer, row.solver)
-        return {
+        result: dict[str, object] = {
             "label": row.label,
             "costs_without_roots": without_roots,
             "costs_with_roots": with_roots,
-            "num_factors": len(list(dash.inverse_factors(optimizer))),
-            "floor_flops_by_precision": floor,
-            "floor_flops": sum(floor.values()) or None,
+            "num_factors": None,
+            "floor_flops_by_precision": {},
+            "floor_flops": None,
         }
+        if isinstance(optimizer, DistributedShampoo) and isinstance(row, Row):
+            floor = solver_floor_flops(optimizer, row.solver)
+            result |= {
+                "num_factors": len(list(dash.inverse_factors(optimizer))),
+                "floor_flops_by_precision": floor,
+                "floor_flops": sum(floor.values()) or None,
+            }
+        return result
 
 
 def run_row(

@@ -1,8 +1,12 @@
 """Tables and the plot of the step benchmark's results (Markdown, PNG with matplotlib)."""
 
+from collections.abc import Mapping
 from pathlib import Path
 
+from distributed_shampoo_dash.benchmarks.recorded_h100 import RecordedStep
 from distributed_shampoo_dash.benchmarks.step_runs import PHASES
+from distributed_shampoo_dash.gpu_time_model import GPUS, H100_SXM, GpuSpec
+from distributed_shampoo_dash.solvers import MatmulPrecision
 
 
 def failure_row(failure: dict[str, object]) -> str:
@@ -138,31 +142,99 @@ def costs_table(results: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
-#: Matmul peaks (TFLOP/s) measured earlier on 1 x H100 (fp16 taken as bf16's).
-H100_PEAKS_TFLOPS = {"fp32": 51.0, "tf32": 410.0, "bf16": 739.0, "fp16": 739.0}
-
-
-def floor_table(
-    results: list[dict[str, object]], peaks: dict[str, float] = H100_PEAKS_TFLOPS
-) -> str:
-    """Each row's solver FLOPs per root computation by precision, and their time at ``peaks``."""
+def floor_table(results: list[dict[str, object]], gpu: GpuSpec = H100_SXM) -> str:
+    """Each row's solver FLOPs per root computation by precision, and their time at ``gpu``'s
+    peaks (``GpuSpec.product_seconds``)."""
     lines = [
         (
             "| optimizer | factor matrices | solver TFLOP per root computation (by precision) | "
-            "at 1 x H100 peaks (ms) |"
+            f"at {gpu.name} peaks (ms) |"
         ),
         "|---|---|---|---|",
     ]
     for result in results:
+        if result.get("num_factors") is None:
+            continue
         floor: dict[str, int] = result.get("floor_flops_by_precision") or {}  # type: ignore[assignment]
         split = (
             ", ".join(f"{precision} {flops / 1e12:.2f}" for precision, flops in floor.items())
             or "-"
         )
-        seconds = sum(flops / (peaks[precision] * 1e12) for precision, flops in floor.items())
+        seconds = sum(
+            gpu.product_seconds(flops, MatmulPrecision(precision))
+            for precision, flops in floor.items()
+        )
         lines.append(
             f"| {result['label']} | {result['num_factors']} | {split} | "
             f"{'-' if not floor else f'{seconds * 1e3:.0f}'} |"
+        )
+    return "\n".join(lines)
+
+
+def _modelled(result: dict[str, object], which: str, gpu: str) -> dict[str, object] | None:
+    costs = result.get(f"costs_{which}")
+    if costs is None:
+        return None
+    return costs["modelled"][gpu]  # type: ignore[index, no-any-return]
+
+
+def _versus(modelled: dict[str, object] | None, measured: float | None) -> str:
+    """``modelled s (measured s, +x%)``, or the modelled time alone."""
+    if modelled is None:
+        return "-"
+    seconds = float(modelled["seconds"])  # type: ignore[arg-type]
+    if measured is None:
+        return f"{seconds:.4f}"
+    return f"{seconds:.4f} ({measured:.4f}, {seconds / measured - 1:+.0%})"
+
+
+def modelled_table(
+    results: list[dict[str, object]], recorded: Mapping[str, RecordedStep] | None = None
+) -> str:
+    """Each row's modelled step time on every GPU of ``gpu_time_model.GPUS`` (without and with
+    roots), the split of the H100's root step, and, for rows in ``recorded``, the time measured
+    on an H100 beside the H100's modelled one (``(measured, model over measured - 1)``)."""
+    recorded = recorded or {}
+    names = [gpu.name for gpu in GPUS]
+    lines = [
+        "| optimizer | "
+        + " | ".join(f"modelled {name} (s): without / with roots" for name in names)
+        + f" | {H100_SXM.name} root step (ms): products / memory / eigh / launches | "
+        "launches with roots | host reads with roots | note |",
+        "|---|" + "---|" * len(names) + "---|---|---|---|",
+    ]
+    for result in results:
+        if result.get("costs_with_roots") is None:
+            continue
+        record = recorded.get(str(result["label"]))
+        cells = []
+        for name in names:
+            measured = (
+                (record.without_roots_s, record.with_roots_s)
+                if record is not None and name == H100_SXM.name
+                else (None, None)
+            )
+            cells.append(
+                f"{_versus(_modelled(result, 'without_roots', name), measured[0])} / "
+                f"{_versus(_modelled(result, 'with_roots', name), measured[1])}"
+            )
+        root_step = _modelled(result, "with_roots", H100_SXM.name) or {}
+        split = " / ".join(
+            f"{float(root_step[key]) * 1e3:.0f}"  # type: ignore[arg-type]
+            for key in ("product_s", "memory_s", "eigh_s", "launch_s")
+        )
+        unmodelled = root_step.get("unmodelled_ops") or ()
+        note = "; ".join(
+            part
+            for part in (
+                record.note if record is not None else "",
+                f"unmodelled: {', '.join(unmodelled)}" if unmodelled else "",  # type: ignore[arg-type]
+            )
+            if part
+        )
+        lines.append(
+            f"| {result['label']} | {' | '.join(cells)} | {split} | "
+            f"{root_step['launches']:,} | {root_step['host_reads']:,} | {note or '-'} |"
         )
     return "\n".join(lines)
 
