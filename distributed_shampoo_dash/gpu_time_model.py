@@ -49,11 +49,11 @@ from typing import Any, NamedTuple
 
 import torch
 from torch._ops import OpOverload
-from torch.utils.flop_counter import flop_registry
 
 from distributed_shampoo_dash.solvers.precision import MatmulPrecision
 from distributed_shampoo_dash.step_costs import (
     SyncCounter,
+    flop_formula,
     launches_work,
     op_flops,
     reads_on_host,
@@ -234,7 +234,7 @@ def product_precision(func: OpOverload, args: tuple[Any, ...]) -> MatmulPrecisio
     """Precision a GPU runs an op's FLOPs at: that of its first tensor operand's dtype, TF32 for
     float32 while :func:`fp32_products_use_tf32`; None for an op without a FLOP formula or with
     operands of another dtype."""
-    if func.overloadpacket not in flop_registry:
+    if flop_formula(func) is None:
         return None
     operand = next(iter(tensors_in(args)), None)
     precision = None if operand is None else _DTYPE_PRECISIONS.get(operand.dtype)

@@ -104,7 +104,11 @@ _PRODUCT_OPS: dict[object, tuple[int, int]] = {
         for packet in (aten.addmm, aten.baddbmm)
         for overload in (packet.default, packet.out, packet.dtype, packet.dtype_out)
     },
+    aten.addmm_.default: (1, 2),
+    aten.baddbmm_.default: (1, 2),
 }
+#: In-place products, priced by the formula of their out-of-place form.
+_IN_PLACE_PRODUCTS = {aten.addmm_: aten.addmm, aten.baddbmm_: aten.baddbmm}
 
 
 _ABSENT = object()
@@ -155,13 +159,20 @@ def square_products(func: object, args: tuple[Any, ...]) -> int:
     return a.shape[0] if a.ndim == 3 else 1
 
 
+def flop_formula(func: OpOverload) -> Callable[..., int] | None:
+    """``torch.utils.flop_counter``'s FLOP formula for an op (in-place products: that of their
+    out-of-place form), or None."""
+    packet = func.overloadpacket
+    return flop_registry.get(_IN_PLACE_PRODUCTS.get(packet, packet))
+
+
 def op_flops(func: OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
     """FLOPs of one op that returned ``out``, by ``torch.utils.flop_counter``'s formula for it (0
     without one: only products, convolutions and attention have one). Overloads with an
     ``out_dtype`` argument (``bmm.dtype_out``: fp16 operands, fp32 result), whose extra positional
     argument the formulas do not take, pass their leading tensor operands only (all that a
     product's formula reads)."""
-    formula = flop_registry.get(func.overloadpacket)
+    formula = flop_formula(func)
     if formula is None:
         return 0
     if any(argument.name == "out_dtype" for argument in func._schema.arguments):

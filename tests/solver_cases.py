@@ -357,11 +357,17 @@ FP64_FIRST_STEP_CASES: tuple[SolverCase, ...] = tuple(
 )
 #: The default solver with bf16 products.
 BF16_DEFAULT_CASE = ENTRIES[DEFAULT_SOLVER.name].variant("bf16", precision=MatmulPrecision.BF16)
+#: The default solver on tensor cores (3xTF32 early steps, TF32 late steps; fp32 on a CPU).
+TF32_DEFAULT_CASE = ENTRIES[DEFAULT_SOLVER.name].variant("tf32", precision=MatmulPrecision.TF32)
 
 #: Every solver and its fp64 first step: what the accuracy tests run.
 ACCURACY_CASES: tuple[SolverCase, ...] = (*ENTRY_CASES, *FP64_FIRST_STEP_CASES)
 #: The variants that must keep their solver's properties (no host sync, its work space).
-VARIANT_CASES: tuple[SolverCase, ...] = (BF16_DEFAULT_CASE, *FP64_FIRST_STEP_CASES)
+VARIANT_CASES: tuple[SolverCase, ...] = (
+    BF16_DEFAULT_CASE,
+    TF32_DEFAULT_CASE,
+    *FP64_FIRST_STEP_CASES,
+)
 #: Every case by name.
 CASES: Mapping[str, SolverCase] = {case.name: case for case in (*ENTRY_CASES, *VARIANT_CASES)}
 

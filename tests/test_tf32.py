@@ -8,9 +8,11 @@ import distributed_shampoo_dash as dash
 from distributed_shampoo_dash.solvers import MatmulPrecision
 from distributed_shampoo_dash.solvers.minimax import minimax_products
 from distributed_shampoo_dash.solvers.precision import (
+    batched_addmm,
     batched_matmul,
     fp32_matmul_precision,
     round_to_tf32,
+    tf32_high_part,
 )
 from distributed_shampoo_dash.solvers.tf32 import EmulatedTF32
 from tests.real_factors import RealFactors
@@ -92,6 +94,36 @@ def test_a_3xtf32_product_is_as_accurate_as_fp32_and_tf32_is_not() -> None:
 
     assert error(MatmulPrecision.TF32X3) <= 2 * error(MatmulPrecision.FP32)
     assert error(MatmulPrecision.TF32) >= 20 * error(MatmulPrecision.FP32)
+
+
+def test_the_high_part_is_tf32_and_the_split_is_exact() -> None:
+    a = torch.randn(100_000, generator=torch.Generator().manual_seed(5)) * torch.logspace(
+        -30, 30, 100_000
+    )
+    hi = tf32_high_part(a)
+    lo = a - hi
+    assert torch.equal(round_to_tf32(hi), hi)
+    assert torch.equal(hi.view(torch.int32) & 0x1FFF, torch.zeros_like(a, dtype=torch.int32))
+    assert torch.equal((hi.double() + lo.double()).float(), a)
+    assert torch.equal(hi.double() + lo.double(), a.double())
+    assert bool((lo.abs() < 2.0**-10 * a.abs()).all())
+
+
+@pytest.mark.parametrize("precision", list(MatmulPrecision), ids=lambda p: p.name)
+@pytest.mark.parametrize("shape", [(3, 24, 24), (24, 24)], ids=["stack", "matrix"])
+def test_a_product_with_an_addend_is_the_sum_at_the_products_precision(
+    precision: MatmulPrecision, shape: tuple[int, ...]
+) -> None:
+    generator = torch.Generator().manual_seed(6)
+    a, b, c = (torch.randn(shape, generator=generator) for _ in range(3))
+    with EmulatedTF32():
+        for left, right in ((a, b), (a, a)):
+            result = batched_addmm(c, left, right, precision)
+            exact = c.double() + left.double() @ right.double()
+            plain = c + batched_matmul(left, right, precision)
+            assert result.dtype == torch.float32 and result.shape == c.shape
+            tolerance = 4 * float((plain.double() - exact).abs().max()) + 1e-6
+            assert float((result.double() - exact).abs().max()) <= tolerance
 
 
 def test_every_product_of_the_accelerator_default_runs_on_tensor_cores() -> None:

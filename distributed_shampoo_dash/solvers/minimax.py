@@ -69,6 +69,7 @@ from distributed_shampoo_dash.solvers.minimax_schedules import SCHEDULES
 from distributed_shampoo_dash.solvers.precision import (
     MatmulPrecision,
     ProductCounts,
+    batched_addmm,
     batched_matmul,
 )
 from distributed_shampoo_dash.solvers.problem import ScaledProblem, check_common_arguments
@@ -176,9 +177,9 @@ def minimax_products(
 def _plain_step(
     X: Tensor | None, M: Tensor, step: _Step, p: int, last: bool, precision: MatmulPrecision
 ) -> tuple[Tensor, Tensor]:
-    """``P = q(M)``, ``X <- X P``, ``M <- P^p M``."""
+    """``P = q(M) = a I + M (b I + c M)``, ``X <- X P``, ``M <- P^p M``."""
     a, b, c, _ = step
-    P = add_to_diagonal_(b * M + c * batched_matmul(M, M, precision), a)
+    P = add_to_diagonal_(batched_matmul(M, add_to_diagonal_(c * M, b), precision), a)
     X = P if X is None else batched_matmul(X, P, precision)
     if not last:
         M = batched_matmul(matrix_power(P, p, precision), M, precision)
@@ -188,16 +189,17 @@ def _plain_step(
 def _correction_step(
     X: Tensor, M: Tensor, step: _Step, p: int, last: bool, precision: MatmulPrecision
 ) -> tuple[Tensor, Tensor]:
-    """The same step with ``M = I + H``, ``P = I + D``: every product has a small operand."""
+    """The same step with ``M = I + H``, ``P = I + D``: every product has two small operands,
+    and each sum runs in the product's epilogue (:func:`~.precision.batched_addmm`)."""
     a, b, c, _ = step
     H = add_to_diagonal(M, -1.0)
-    D = add_to_diagonal_((b + 2 * c) * H + c * batched_matmul(H, H, precision), a + b + c - 1.0)
-    X = X + batched_matmul(X, D, precision)
+    D = add_to_diagonal_(batched_addmm((b + 2 * c) * H, H, c * H, precision), a + b + c - 1.0)
+    X = batched_addmm(X, X, D, precision)
     if not last:
         R = D
         for _ in range(p.bit_length() - 1):
-            R = 2.0 * R + batched_matmul(R, R, precision)
-        M = add_to_diagonal_(H + R + batched_matmul(R, H, precision), 1.0)
+            R = batched_addmm(2.0 * R, R, R, precision)
+        M = add_to_diagonal_(batched_addmm(H + R, R, H, precision), 1.0)
     return X, M
 
 

@@ -22,12 +22,14 @@ TF32 is requested through torch's own switch, ``torch.backends.cuda.matmul.fp32_
 (``"tf32"`` for TF32 and TF32X3, ``"ieee"`` for FP32), set around each product and restored after
 it, on every device: CUDA's matmuls follow it, and on a CPU, which has no TF32, an emulating
 dispatch mode (:mod:`distributed_shampoo_dash.solvers.tf32`) can read it and compute what a GPU
-would. TF32X3 splits each fp32 operand as ``a = hi + lo``, ``hi = tf32(a)`` (round to nearest even
-on 10 mantissa bits), ``lo = a - hi``, and sums ``lo_a hi_b + hi_a lo_b + hi_a hi_b`` (the small
-terms first), dropping ``lo_a lo_b`` (relative size ``2^-22``): three tensor-core products with the
-error of one fp32 product. ``full`` is the precision of the products that must be fp32-accurate (the
-early steps of the minimax iteration, refinement, the residual): TF32X3 for the TF32 tiers, FP32 or
-FP64 otherwise.
+would. TF32X3 splits each fp32 operand as ``a = hi + lo``, ``hi`` ``a`` truncated to TF32
+(:func:`tf32_high_part`), ``lo = a - hi``, and sums ``lo_a hi_b + hi_a lo_b + hi_a hi_b`` (the small
+terms first, each added in the next product's epilogue), dropping ``lo_a lo_b`` (relative size below
+``2^-20``): three tensor-core products with the error of one fp32 product. A product with an addend,
+``c + a b`` (:func:`batched_addmm`), sums in the epilogue too, so the polynomial updates of the
+iterations need no elementwise pass of their own. ``full`` is the precision of the products
+that must be fp32-accurate (the early steps of the minimax iteration, refinement, the residual):
+TF32X3 for the TF32 tiers, FP32 or FP64 otherwise.
 """
 
 import enum
@@ -136,19 +138,91 @@ def fp32_matmul_precision(mode: str) -> Iterator[None]:
         matmul_backend.fp32_precision = previous
 
 
-def _split_product(a: Tensor, b: Tensor) -> Tensor:
-    """``a @ b`` from three TF32 products of ``a = hi + lo``, ``b = hi + lo`` (module
-    docstring)."""
-    a_hi, b_hi = round_to_tf32(a), round_to_tf32(b)
-    a_lo, b_lo = a - a_hi, b - b_hi
-    product = torch.matmul(a_lo, b_hi)
-    product += torch.matmul(a_hi, b_lo)
-    product += torch.matmul(a_hi, b_hi)
-    return product
+def tf32_high_part(a: Tensor) -> Tensor:
+    """``hi``, ``a`` (float32) truncated to TF32's 10 mantissa bits: the raw bits with the low 13
+    cleared, one elementwise pass. ``lo = a - hi`` is exact in float32 and ``|lo| < 2^-10 |a|``;
+    a product of splits does not need ``hi`` rounded to nearest (its error is that of one fp32
+    product either way, ``tests/test_tf32.py``).
+    """
+    return a.view(torch.int32).bitwise_and(~((1 << _TF32_DROPPED_BITS) - 1)).view(torch.float32)
+
+
+def _product(c: Tensor | None, a: Tensor, b: Tensor) -> Tensor:
+    """``c + a b`` as one product, the sum in its epilogue (``c = None``: ``a b``).
+
+    Only unit factors are used: a CPU computes a scaled ``baddbmm`` of one block differently
+    from the same block in a larger batch, and a block's root must not depend on its stack.
+    """
+    if c is None:
+        return torch.matmul(a, b)
+    if c.ndim == a.ndim == b.ndim == 3:
+        return torch.baddbmm(c, a, b)
+    if c.ndim == a.ndim == b.ndim == 2:
+        return torch.addmm(c, a, b)
+    return c + torch.matmul(a, b)
+
+
+def _accumulate_(out: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``out += a b`` in place, in the product's epilogue where the shapes allow."""
+    if out.ndim == a.ndim == b.ndim == 3:
+        return out.baddbmm_(a, b)
+    if out.ndim == a.ndim == b.ndim == 2:
+        return out.addmm_(a, b)
+    return out.add_(torch.matmul(a, b))
+
+
+def _split_product(c: Tensor | None, a: Tensor, b: Tensor) -> Tensor:
+    """``c + a b`` from three TF32 products of ``a = hi + lo``, ``b = hi + lo`` (module
+    docstring), the small terms first.
+
+    A square ``a a`` splits its operand once; otherwise each ``lo`` is formed just before its
+    product, so at most four stacks of the result's size are live (three for a square).
+    """
+    a_hi = tf32_high_part(a)
+    if b is a:
+        b_hi, a_lo = a_hi, a - a_hi
+        product = _product(c, a_lo, b_hi)
+        _accumulate_(product, a_hi, a_lo)
+    else:
+        b_hi = tf32_high_part(b)
+        product = _product(c, a - a_hi, b_hi)
+        _accumulate_(product, a_hi, b - b_hi)
+    return _accumulate_(product, a_hi, b_hi)
+
+
+def batched_addmm(c: Tensor | None, a: Tensor, b: Tensor, precision: MatmulPrecision) -> Tensor:
+    """Returns ``c + a @ b``, the product computed at ``precision``, in the dtype of ``a``.
+
+    At the fp32 and fp64 operand dtypes the sum runs in the product's epilogue
+    (``baddbmm``/``addmm``: no elementwise pass of its own); a bf16 or fp16 product is rounded to
+    its dtype first, then added in the working dtype.
+
+    Args:
+        c (Tensor | None): ``(..., m, n)`` addend in the working dtype (``None``: no addend).
+        a (Tensor): ``(..., m, k)`` operand in the working dtype.
+        b (Tensor): ``(..., k, n)`` operand in the working dtype.
+        precision (MatmulPrecision): Precision of the product.
+
+    Returns:
+        result (Tensor): ``(..., m, n)`` in ``a.dtype``.
+    """
+    working_dtype, operand_dtype = a.dtype, precision.operand_dtype
+    if operand_dtype not in (torch.float32, torch.float64):
+        product = torch.matmul(a.to(operand_dtype), b.to(operand_dtype)).to(working_dtype)
+        return product if c is None else c + product
+    a, b = a.to(operand_dtype), b.to(operand_dtype)
+    c = None if c is None else c.to(operand_dtype)
+    with fp32_matmul_precision("ieee" if precision is MatmulPrecision.FP32 else "tf32"):
+        if precision is MatmulPrecision.TF32X3:
+            result = _split_product(c, a, b)
+        else:
+            result = _product(c, a, b)
+    return result.to(working_dtype)
 
 
 def batched_matmul(a: Tensor, b: Tensor, precision: MatmulPrecision) -> Tensor:
-    """Returns ``a @ b`` computed at ``precision``, in the dtype of ``a``.
+    """Returns ``a @ b`` computed at ``precision``, in the dtype of ``a``
+    (:func:`batched_addmm` without an addend).
 
     Args:
         a (Tensor): ``(..., m, k)`` operand in the working dtype.
@@ -158,10 +232,4 @@ def batched_matmul(a: Tensor, b: Tensor, precision: MatmulPrecision) -> Tensor:
     Returns:
         product (Tensor): ``(..., m, n)`` in ``a.dtype``.
     """
-    working_dtype, operand_dtype = a.dtype, precision.operand_dtype
-    if operand_dtype != torch.float32:
-        return torch.matmul(a.to(operand_dtype), b.to(operand_dtype)).to(working_dtype)
-    a, b = a.to(operand_dtype), b.to(operand_dtype)
-    with fp32_matmul_precision("ieee" if precision is MatmulPrecision.FP32 else "tf32"):
-        product = _split_product(a, b) if precision is MatmulPrecision.TF32X3 else a @ b
-    return product.to(working_dtype)
+    return batched_addmm(None, a, b, precision)

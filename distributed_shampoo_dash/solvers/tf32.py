@@ -1,14 +1,14 @@
 """TF32 products on any device: what a GPU's tensor cores compute, emulated where there are none.
 
 An NVIDIA GPU runs a float32 matrix product on TF32 tensor cores when
-``torch.backends.cuda.matmul.fp32_precision`` is ``"tf32"``: each operand element is rounded to
-TF32 (10 mantissa bits, round to nearest even) and the products are accumulated in fp32. A CPU
-ignores the switch and computes in fp32. Inside :class:`EmulatedTF32` a CPU (or a GPU) computes
-what the tensor cores would: every float32 ``mm``, ``bmm``, ``addmm`` and ``baddbmm`` dispatched
-while the switch reads ``"tf32"`` has its two matrix operands rounded to TF32 first
+``torch.backends.cuda.matmul.fp32_precision`` is ``"tf32"``: each operand element is rounded to TF32
+(10 mantissa bits, round to nearest even) and the products are accumulated in fp32. A CPU ignores
+the switch and computes in fp32. Inside :class:`EmulatedTF32` a CPU (or a GPU) computes what the
+tensor cores would: every float32 ``mm``, ``bmm``, ``addmm`` and ``baddbmm`` (in place or not)
+dispatched while the switch reads ``"tf32"`` has its two matrix operands rounded to TF32 first
 (:func:`~distributed_shampoo_dash.solvers.precision.round_to_tf32`); the additive input of
-``addmm``/``baddbmm`` and the accumulation stay fp32, as on the GPU. Products the switch leaves
-at ``"ieee"`` (or ``"none"``, torch's default) are untouched. ::
+``addmm``/``baddbmm`` and the accumulation stay fp32, as on the GPU. Products the switch leaves at
+``"ieee"`` (or ``"none"``, torch's default) are untouched. ::
 
     from distributed_shampoo_dash.solvers import MatmulPrecision
     from distributed_shampoo_dash.solvers.minimax import minimax_inverse_root
@@ -41,6 +41,8 @@ _MATRIX_OPERANDS: dict[OpOverload, tuple[int, int]] = {
     aten.bmm.default: (0, 1),
     aten.addmm.default: (1, 2),
     aten.baddbmm.default: (1, 2),
+    aten.addmm_.default: (1, 2),
+    aten.baddbmm_.default: (1, 2),
 }
 
 
