@@ -111,6 +111,7 @@ class GpuSpec:
         launch_us (float): Fixed cost per launched kernel, microseconds.
         eigh_ms_per_block (Mapping[int, float]): Measured ``linalg.eigh`` time per ``d x d`` fp32
             block, milliseconds, by ``d``.
+        memory_bytes (int): Device memory, bytes (what sizes DASH's automatic chunks there).
         source (str): Where the figures come from.
     """
 
@@ -120,6 +121,7 @@ class GpuSpec:
     bandwidth_tbps: float
     launch_us: float
     eigh_ms_per_block: Mapping[int, float]
+    memory_bytes: int
     source: str
 
     def __post_init__(self) -> None:
@@ -133,6 +135,8 @@ class GpuSpec:
                 f"{self.name}: bandwidth_tbps={self.bandwidth_tbps} must be in "
                 f"(0, nominal_bandwidth_tbps={self.nominal_bandwidth_tbps}]"
             )
+        if self.memory_bytes <= 0:
+            raise ValueError(f"{self.name}: memory_bytes={self.memory_bytes} must be > 0")
         if self.launch_us < 0:
             raise ValueError(f"{self.name}: launch_us={self.launch_us} must be >= 0")
         if not self.eigh_ms_per_block or any(
@@ -195,10 +199,11 @@ H100_SXM = GpuSpec(
     bandwidth_tbps=2.8,
     launch_us=5.0,
     eigh_ms_per_block=H100_EIGH_MS_PER_BLOCK,
+    memory_bytes=80 * 10**9,
     source=(
         "fp32, TF32 and bf16 peaks measured (batched 1024 x 1024 products, torch 2.11); fp16 taken "
         "as bf16's; fp64 the nominal tensor-core 67 TFLOP/s; HBM3 3.35 TB/s nominal, 2.8 TB/s "
-        "achievable; launch cost calibrated on the recorded H100 step times; eigh measured"
+        "achievable; launch cost calibrated on the recorded H100 step times; eigh measured; 80 GB"
     ),
 )
 
@@ -209,10 +214,11 @@ H200 = GpuSpec(
     bandwidth_tbps=H100_SXM.bandwidth_tbps * 4.8 / H100_SXM.nominal_bandwidth_tbps,
     launch_us=H100_SXM.launch_us,
     eigh_ms_per_block=H100_EIGH_MS_PER_BLOCK,
+    memory_bytes=141 * 10**9,
     source=(
         "the H100 SXM's compute (same GH100 chip and clocks), launch cost and eigh times; HBM3e "
         "4.8 TB/s nominal, achievable scaled from the H100's by the same ratio (2.8 x 4.8 / 3.35); "
-        "nothing measured on an H200"
+        "141 GB; nothing measured on an H200"
     ),
 )
 

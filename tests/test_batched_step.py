@@ -3,6 +3,7 @@ PT2.
 """
 
 import copy
+import types
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ from distributed_shampoo.preconditioner.matrix_functions_types import RootInvCon
 
 import distributed_shampoo_dash as dash
 from distributed_shampoo_dash import step_costs
+from distributed_shampoo_dash.integration import preconditioner_list as preconditioner_list_module
 from tests.integration.models import MixedShapeModel, make_batches, run_steps, train
 from tests.integration.shampoo import (
     kronecker_factors,
@@ -239,6 +241,40 @@ def test_automatic_stack_budget_is_half_the_gradient_bytes_and_at_least_4_mib() 
     large = (torch.zeros(2**22), torch.zeros(2**21, dtype=torch.float64))
     assert preconditioner_list.stack_budget(small) == 4 * 2**20
     assert preconditioner_list.stack_budget(large) == (2**22 * 4 + 2**21 * 8) // 2
+
+
+@pytest.mark.cuda
+def test_on_a_cuda_device_the_automatic_budget_is_at_least_1_32_of_its_memory(
+    device: torch.device,
+) -> None:
+    _, optimizer, _ = train(shampoo_factory(EigenConfig(), batched=True), num_steps=1)
+    preconditioner_list = dash.preconditioner_lists(optimizer)[0]
+    assert isinstance(preconditioner_list, dash.integration.BatchedRootInvShampooPreconditionerList)
+    gradients = (torch.zeros(2**22, device=device),)
+    expected = 2**23
+    if device.type == "cuda":
+        memory = torch.cuda.get_device_properties(device).total_memory
+        expected = max(expected, memory // 32)
+    assert preconditioner_list.stack_budget(gradients) == expected
+
+
+def test_the_device_budget_is_used_where_it_exceeds_the_gradient_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, optimizer, _ = train(shampoo_factory(EigenConfig(), batched=True), num_steps=1)
+    preconditioner_list = dash.preconditioner_lists(optimizer)[0]
+    assert isinstance(preconditioner_list, dash.integration.BatchedRootInvShampooPreconditionerList)
+    monkeypatch.setattr(
+        torch.cuda,
+        "get_device_properties",
+        lambda device: types.SimpleNamespace(total_memory=80 * 2**30),
+    )
+    assert preconditioner_list_module.cuda_memory_bytes(torch.device("cuda", 0)) == 80 * 2**30
+    assert preconditioner_list_module.cuda_memory_bytes(torch.device("cpu")) is None
+    monkeypatch.setattr(preconditioner_list_module, "cuda_memory_bytes", lambda device: 80 * 2**30)
+    assert preconditioner_list.stack_budget((torch.zeros(100),)) == 80 * 2**30 // 32
+    huge = (torch.zeros(2**29, dtype=torch.float16).expand(12, 2**29),)
+    assert preconditioner_list.stack_budget(huge) == 12 * 2**29
 
 
 def test_loading_into_a_running_optimizer_leaves_no_stale_state(

@@ -25,6 +25,7 @@ GPU = GpuSpec(
     bandwidth_tbps=2.0,
     launch_us=5.0,
     eigh_ms_per_block={256: 4.0, 1024: 16.0, 2048: 64.0},
+    memory_bytes=2**30,
     source="test",
 )
 
@@ -179,6 +180,7 @@ def test_the_h200_is_the_h100_with_more_bandwidth() -> None:
         ({"bandwidth_tbps": 5.0}, "bandwidth_tbps=5.0"),
         ({"launch_us": -1.0}, "launch_us=-1.0"),
         ({"eigh_ms_per_block": {}}, "eigh_ms_per_block"),
+        ({"memory_bytes": 0}, "memory_bytes=0"),
     ],
 )
 def test_gpu_spec_names_the_bad_field(change: dict[str, object], message: str) -> None:

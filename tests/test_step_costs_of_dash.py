@@ -153,7 +153,9 @@ def test_counting_on_the_meta_device_gives_the_counts_of_a_real_run(label: str) 
     on_meta = step_runs.meta_costs(row, preset, 2)
 
     params, generator = step_rows.make_parameters(preset, torch.device("cpu"))
-    optimizer = step_rows.make_optimizer(params, row, preset, 2)
+    optimizer = step_rows.make_optimizer(
+        params, row, preset, 2, max_stack_bytes=step_runs.MODELLED_STACK_BUDGET
+    )
     for _ in range(2):
         step_rows.set_gradients(params, generator)
         optimizer.step()
@@ -173,6 +175,20 @@ def test_counting_on_the_meta_device_gives_the_counts_of_a_real_run(label: str) 
     assert on_meta["floor_flops_by_precision"] == step_runs.solver_floor_flops(
         optimizer, row.solver
     )
+
+
+def test_a_root_step_of_the_anchor_preset_launches_few_kernels_with_the_cuda_budget() -> None:
+    """The GPU default on the Llama-shaped ``anchor`` preset (289 factor matrices), chunked as on
+    an 80 GB CUDA device: under 3,000 kernels per root step (each chunk launches about 270), a
+    third of upstream's, and two host reads."""
+    preset = PRESETS["anchor"]
+    rows = {row.label: row for row in step_rows.rows()}
+    dash_costs = step_runs.meta_costs(rows["DASH minimax tf32 (GPU default)"], preset, 1)
+    upstream_costs = step_runs.meta_costs(rows["upstream EigenConfig"], preset, 1)
+    launches = dash_costs["costs_with_roots"]["launches"]
+    assert launches <= 3000
+    assert 3 * launches <= upstream_costs["costs_with_roots"]["launches"]
+    assert dash_costs["costs_with_roots"]["syncs"] == 2
 
 
 def test_upstream_on_the_meta_device_takes_the_common_branch_of_each_host_read() -> None:

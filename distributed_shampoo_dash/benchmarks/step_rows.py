@@ -103,11 +103,15 @@ def select_rows(candidates: Sequence[AnyRow], only: Sequence[str] | None) -> lis
 
 
 def make_optimizer(
-    params: list[torch.nn.Parameter], row: Row, preset: Preset, precondition_frequency: int
+    params: list[torch.nn.Parameter],
+    row: Row,
+    preset: Preset,
+    precondition_frequency: int,
+    max_stack_bytes: int | None = None,
 ) -> DistributedShampoo:
     """The DASH paper's settings (``PAPER_SETTINGS``: betas 0.9/0.95, Adam grafting 0.95/1e-8,
     epsilon 1e-10) with the preset's block size, lr 1e-3, and the DASH form of the preconditioner
-    config for a DASH row."""
+    config for a DASH row, with ``max_stack_bytes`` (``None``: the automatic budget)."""
     preconditioner_config = RootInvShampooPreconditionerConfig(
         amortized_computation_config=row.solver
     )
@@ -121,7 +125,9 @@ def make_optimizer(
         lr=1e-3,
         start_preconditioning_step=precondition_frequency,
         preconditioner_config=(
-            dash.batched(preconditioner_config) if row.use_dash else preconditioner_config
+            dash.batched(preconditioner_config, max_stack_bytes=max_stack_bytes)
+            if row.use_dash
+            else preconditioner_config
         ),
         **settings.shampoo_kwargs(),
     )

@@ -43,6 +43,15 @@ from distributed_shampoo_dash.benchmarks.step_rows import (
 )
 from distributed_shampoo_dash.examples.training import synchronize
 from distributed_shampoo_dash.integration.dispatch import batched_solver
+from distributed_shampoo_dash.integration.preconditioner_list import (
+    BatchedRootInvShampooPreconditionerList,
+)
+
+#: The chunk budget DASH rows get on ``meta``: the automatic one of a CUDA device with the first
+#: modelled GPU's memory (on ``meta`` there is no device memory to size it from).
+MODELLED_STACK_BUDGET = BatchedRootInvShampooPreconditionerList.device_stack_budget(
+    gpu_time_model.GPUS[0].memory_bytes
+)
 
 
 @dataclass(frozen=True)
@@ -194,9 +203,9 @@ def not_on_meta(row: AnyRow) -> str | None:
 
 def meta_costs(row: AnyRow, preset: Preset, precondition_frequency: int) -> dict[str, object]:
     """Step costs, modelled GPU times and solver floor of a row counted on the ``meta`` device
-    (shapes only; host reads answered by ``step_costs.meta_scaffolding``): for presets too large
-    to run here. ``DashGpu`` rows run its Triton kernel as an aten product
-    (``peer_dashgpu.aten_kernels``) and have no solver floor."""
+    (shapes only; host reads answered by ``step_costs.meta_scaffolding``; DASH chunks within
+    :data:`MODELLED_STACK_BUDGET`): for presets too large to run here. ``DashGpu`` rows run its
+    Triton kernel as an aten product (``peer_dashgpu.aten_kernels``) and have no solver floor."""
     reason = not_on_meta(row)
     if reason is not None:
         raise ValueError(f"{row.label}: {reason}")
@@ -213,7 +222,9 @@ def meta_costs(row: AnyRow, preset: Preset, precondition_frequency: int) -> dict
                 peer, params, row.setting, preset.max_preconditioner_dim, precondition_frequency
             )
         else:
-            optimizer = make_optimizer(params, row, preset, precondition_frequency)
+            optimizer = make_optimizer(
+                params, row, preset, precondition_frequency, max_stack_bytes=MODELLED_STACK_BUDGET
+            )
 
         def new_gradients() -> None:
             for param in params:

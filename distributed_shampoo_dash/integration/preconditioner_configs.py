@@ -29,7 +29,8 @@ class BatchedSettings:
         max_stack_bytes (int | None): Memory, in bytes, one batched operation of a step may
             allocate for its stacks, its solver's work space and its results (every stage is
             chunked to fit); ``None`` sizes it from the param group's gradients: half their bytes,
-            at least 4 MiB. Must be >= 1 when set. (Default: None)
+            at least 4 MiB, and on a CUDA device at least 1/32 of its memory. Must be >= 1 when
+            set. (Default: None)
     """
 
     max_stack_bytes: int | None = None
