@@ -26,9 +26,12 @@ Llama-shaped model's root step take five chunks on an 80 GB device instead of 53
 
 Amortized computation, per param group:
 
-1. *check*: every bias-corrected factor matrix is finite (a device flag, chunk by chunk);
-2. *solve*: each chunk is solved and its accepted roots are written into the inverse factors,
-   selected on the device (``torch.where``), and only if every factor matrix was finite;
+1. *check*: every bias-corrected factor matrix is finite (a device flag from one read of the stored
+   factor matrices, :func:`bias_corrected_factors_finite`, which may only err towards "not
+   finite");
+2. *solve*: each chunk's bias-corrected stack is built, solved and its accepted roots are written
+   into the inverse factors, selected on the device (``torch.where``), and only if every factor
+   matrix was finite;
 3. *read*: the input flag and all acceptance flags are read in one host synchronisation;
 4. *apply*: rejected roots follow the policy of :mod:`.policy` (eigh fallback for DASH configs);
    blocks without a usable root, and all blocks if a factor matrix was non-finite, are *replayed*
@@ -113,6 +116,39 @@ def cuda_memory_bytes(device: torch.device) -> int | None:
     if device.type != "cuda":
         return None
     return int(torch.cuda.get_device_properties(device).total_memory)
+
+
+def bias_corrected_factors_finite(
+    kronecker_factors: RootInvShampooKroneckerFactorsUnwrapped,
+    factor_matrices: Sequence[Tensor],
+    bias_correction2: Tensor,
+) -> Tensor:
+    """Device flag: True only if every matrix :func:`bias_corrected_factor_stack` would build from
+    ``factor_matrices`` is finite, without building it.
+
+    Each matrix is read once for ``S = sum |F_ij|`` (``torch._foreach_norm``, order 1), which is
+    NaN or infinite if an entry is and bounds every entry: rounding is monotone, so ``S / (1 -
+    beta2^t)`` finite means every bias-corrected entry is, and with trace scaling, whose factor
+    ``max(trace, epsilon)^{-e}`` is at most ``epsilon^{-e}``, ``2 epsilon^{-e} S / (1 - beta2^t)``
+    finite means every scaled entry is. The flag is False for a finite matrix only when ``S``
+    itself nears the dtype's range (entries within a factor ``d^2`` of it, or of it times
+    ``epsilon^e`` with trace scaling), where the per-block replay then runs upstream's own check.
+
+    Args:
+        kronecker_factors (RootInvShampooKroneckerFactorsUnwrapped): Supplies the trace scaling
+            settings (the same for every block of a list).
+        factor_matrices (Sequence[Tensor]): At least one factor matrix, as stored (packed or not),
+            all of one dtype (the flag is computed in it, as the stack would be).
+        bias_correction2 (Tensor): ``1 - beta2^t`` (or 1).
+
+    Returns:
+        finite (Tensor): ``()`` bool.
+    """
+    bounds = torch.stack(torch._foreach_norm(list(factor_matrices), 1)) / bias_correction2
+    if kronecker_factors.use_trace_scaling:
+        epsilon = torch.tensor(kronecker_factors.epsilon, dtype=bounds.dtype, device=bounds.device)
+        bounds = bounds * (2 * stable_power(epsilon, -kronecker_factors.trace_scaling_exponent))
+    return torch.isfinite(bounds).all()
 
 
 @dataclass(frozen=True)
@@ -389,10 +425,16 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
         return self._root_policies[key]
 
     def _inputs_finite(self, chunks: list[RootChunk]) -> Tensor:
-        """Device flag: every bias-corrected factor matrix of ``chunks`` is finite."""
+        """Device flag: every bias-corrected factor matrix of ``chunks`` is finite
+        (:func:`bias_corrected_factors_finite`, per chunk: in the chunk's dtype)."""
+        blocks = self._masked_kronecker_factors_unwrapped
         finite: Tensor | None = None
         for chunk in chunks:
-            chunk_finite = torch.isfinite(self._bias_corrected_stack(chunk.refs)).all()
+            chunk_finite = bias_corrected_factors_finite(
+                blocks[chunk.refs[0][0]],
+                [blocks[block].factor_matrices[factor] for block, factor in chunk.refs],
+                self._bias_correction2,
+            )
             finite = chunk_finite if finite is None else finite & chunk_finite
         return torch.ones((), dtype=torch.bool) if finite is None else finite
 
