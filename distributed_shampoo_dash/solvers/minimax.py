@@ -177,9 +177,10 @@ def minimax_products(
 def _plain_step(
     X: Tensor | None, M: Tensor, step: _Step, p: int, last: bool, precision: MatmulPrecision
 ) -> tuple[Tensor, Tensor]:
-    """``P = q(M) = a I + M (b I + c M)``, ``X <- X P``, ``M <- P^p M``."""
+    """``P = q(M) = a I + b M + c M^2`` (one product, ``b M`` in its epilogue), ``X <- X P``,
+    ``M <- P^p M``."""
     a, b, c, _ = step
-    P = add_to_diagonal_(batched_matmul(M, add_to_diagonal_(c * M, b), precision), a)
+    P = add_to_diagonal_(batched_addmm(M, M, M, precision, alpha=c, beta=b), a)
     X = P if X is None else batched_matmul(X, P, precision)
     if not last:
         M = batched_matmul(matrix_power(P, p, precision), M, precision)
@@ -193,12 +194,14 @@ def _correction_step(
     and each sum runs in the product's epilogue (:func:`~.precision.batched_addmm`)."""
     a, b, c, _ = step
     H = add_to_diagonal(M, -1.0)
-    D = add_to_diagonal_(batched_addmm((b + 2 * c) * H, H, c * H, precision), a + b + c - 1.0)
+    D = add_to_diagonal_(
+        batched_addmm(H, H, H, precision, alpha=c, beta=b + 2 * c), a + b + c - 1.0
+    )
     X = batched_addmm(X, X, D, precision)
     if not last:
         R = D
         for _ in range(p.bit_length() - 1):
-            R = batched_addmm(2.0 * R, R, R, precision)
+            R = batched_addmm(R, R, R, precision, beta=2.0)
         M = add_to_diagonal_(batched_addmm(H + R, R, H, precision), 1.0)
     return X, M
 

@@ -147,33 +147,31 @@ def tf32_high_part(a: Tensor) -> Tensor:
     return a.view(torch.int32).bitwise_and(~((1 << _TF32_DROPPED_BITS) - 1)).view(torch.float32)
 
 
-def _product(c: Tensor | None, a: Tensor, b: Tensor) -> Tensor:
-    """``c + a b`` as one product, the sum in its epilogue (``c = None``: ``a b``).
-
-    Only unit factors are used: a CPU computes a scaled ``baddbmm`` of one block differently
-    from the same block in a larger batch, and a block's root must not depend on its stack.
-    """
+def _product(c: Tensor | None, a: Tensor, b: Tensor, alpha: float, beta: float) -> Tensor:
+    """``beta c + alpha a b`` as one product, the sum in its epilogue (``c = None``:
+    ``alpha a b``)."""
     if c is None:
-        return torch.matmul(a, b)
+        product = torch.matmul(a, b)
+        return product if alpha == 1.0 else product.mul_(alpha)
     if c.ndim == a.ndim == b.ndim == 3:
-        return torch.baddbmm(c, a, b)
+        return torch.baddbmm(c, a, b, beta=beta, alpha=alpha)
     if c.ndim == a.ndim == b.ndim == 2:
-        return torch.addmm(c, a, b)
-    return c + torch.matmul(a, b)
+        return torch.addmm(c, a, b, beta=beta, alpha=alpha)
+    return torch.add(c if beta == 1.0 else beta * c, torch.matmul(a, b), alpha=alpha)
 
 
-def _accumulate_(out: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """``out += a b`` in place, in the product's epilogue where the shapes allow."""
+def _accumulate_(out: Tensor, a: Tensor, b: Tensor, alpha: float) -> Tensor:
+    """``out += alpha a b`` in place, in the product's epilogue where the shapes allow."""
     if out.ndim == a.ndim == b.ndim == 3:
-        return out.baddbmm_(a, b)
+        return out.baddbmm_(a, b, alpha=alpha)
     if out.ndim == a.ndim == b.ndim == 2:
-        return out.addmm_(a, b)
-    return out.add_(torch.matmul(a, b))
+        return out.addmm_(a, b, alpha=alpha)
+    return out.add_(torch.matmul(a, b), alpha=alpha)
 
 
-def _split_product(c: Tensor | None, a: Tensor, b: Tensor) -> Tensor:
-    """``c + a b`` from three TF32 products of ``a = hi + lo``, ``b = hi + lo`` (module
-    docstring), the small terms first.
+def _split_product(c: Tensor | None, a: Tensor, b: Tensor, alpha: float, beta: float) -> Tensor:
+    """``beta c + alpha a b`` from three TF32 products of ``a = hi + lo``, ``b = hi + lo``
+    (module docstring), the small terms first.
 
     A square ``a a`` splits its operand once; otherwise each ``lo`` is formed just before its
     product, so at most four stacks of the result's size are live (three for a square).
@@ -181,27 +179,38 @@ def _split_product(c: Tensor | None, a: Tensor, b: Tensor) -> Tensor:
     a_hi = tf32_high_part(a)
     if b is a:
         b_hi, a_lo = a_hi, a - a_hi
-        product = _product(c, a_lo, b_hi)
-        _accumulate_(product, a_hi, a_lo)
+        product = _product(c, a_lo, b_hi, alpha, beta)
+        _accumulate_(product, a_hi, a_lo, alpha)
     else:
         b_hi = tf32_high_part(b)
-        product = _product(c, a - a_hi, b_hi)
-        _accumulate_(product, a_hi, b - b_hi)
-    return _accumulate_(product, a_hi, b_hi)
+        product = _product(c, a - a_hi, b_hi, alpha, beta)
+        _accumulate_(product, a_hi, b - b_hi, alpha)
+    return _accumulate_(product, a_hi, b_hi, alpha)
 
 
-def batched_addmm(c: Tensor | None, a: Tensor, b: Tensor, precision: MatmulPrecision) -> Tensor:
-    """Returns ``c + a @ b``, the product computed at ``precision``, in the dtype of ``a``.
+def batched_addmm(
+    c: Tensor | None,
+    a: Tensor,
+    b: Tensor,
+    precision: MatmulPrecision,
+    *,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+) -> Tensor:
+    """Returns ``beta c + alpha a @ b``, the product computed at ``precision``, in the dtype of
+    ``a``.
 
-    At the fp32 and fp64 operand dtypes the sum runs in the product's epilogue
-    (``baddbmm``/``addmm``: no elementwise pass of its own); a bf16 or fp16 product is rounded to
-    its dtype first, then added in the working dtype.
+    At the fp32 and fp64 operand dtypes the scaling and the sum run in the product's epilogue
+    (``baddbmm``/``addmm``: no elementwise pass of their own); a bf16 or fp16 product is rounded
+    to its dtype first, then scaled and added in the working dtype.
 
     Args:
         c (Tensor | None): ``(..., m, n)`` addend in the working dtype (``None``: no addend).
         a (Tensor): ``(..., m, k)`` operand in the working dtype.
         b (Tensor): ``(..., k, n)`` operand in the working dtype.
         precision (MatmulPrecision): Precision of the product.
+        alpha (float): Factor of the product. (Default: 1.0)
+        beta (float): Factor of the addend. (Default: 1.0)
 
     Returns:
         result (Tensor): ``(..., m, n)`` in ``a.dtype``.
@@ -209,14 +218,16 @@ def batched_addmm(c: Tensor | None, a: Tensor, b: Tensor, precision: MatmulPreci
     working_dtype, operand_dtype = a.dtype, precision.operand_dtype
     if operand_dtype not in (torch.float32, torch.float64):
         product = torch.matmul(a.to(operand_dtype), b.to(operand_dtype)).to(working_dtype)
-        return product if c is None else c + product
+        if c is None:
+            return product if alpha == 1.0 else product.mul_(alpha)
+        return torch.add(c if beta == 1.0 else beta * c, product, alpha=alpha)
     a, b = a.to(operand_dtype), b.to(operand_dtype)
     c = None if c is None else c.to(operand_dtype)
     with fp32_matmul_precision("ieee" if precision is MatmulPrecision.FP32 else "tf32"):
         if precision is MatmulPrecision.TF32X3:
-            result = _split_product(c, a, b)
+            result = _split_product(c, a, b, alpha, beta)
         else:
-            result = _product(c, a, b)
+            result = _product(c, a, b, alpha, beta)
     return result.to(working_dtype)
 
 
