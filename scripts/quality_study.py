@@ -33,7 +33,9 @@ Runs (``--runs``, default all; see :data:`RUNS`): ``adamw``, ``upstream-eigen``,
 ``upstream-eigen-every10``, ``dash-eigen``, ``upstream-eigen-perturbed`` (upstream-eigen with every
 gradient entry multiplied by ``1 + 1e-7 N(0, 1)``: the fp32-rounding noise floor of the
 dash-eigen check), ``minimax`` (the default: minimax steps, rel_epsilon 1e-4) and
-``minimax-rel-<r>`` (other relative ridges), ``minimax-bf16``, ``newton-db`` (the DASH
+``minimax-rel-<r>`` (other relative ridges), ``minimax-tf32`` (the CUDA default, its products
+emulated as TF32 tensor cores compute them) and ``minimax-tf32-step`` (also the factor updates' and
+preconditioning's products), ``minimax-bf16``, ``newton-db`` (the DASH
 paper's Newton-DB, eigh for residual > 1), ``newton-db-accept-all`` (every finite root
 accepted), ``newton-db-frobenius``, ``coupled-newton``, ``chebyshev``,
 ``newton-db-bf16-refined``. ``--epsilon`` replaces the epsilon of every Shampoo run
@@ -287,6 +289,7 @@ def run_config(
         "epsilon": spec.epsilon if shampoo else None,
         "adamw_eps": None if shampoo else ADAMW_EPSILON,
         "gradient_noise": spec.gradient_noise,
+        "tensor_cores": spec.tensor_cores.value,
         "grafting": (
             f"Adam beta2 {PAPER_SETTINGS.grafting_beta2} eps {PAPER_SETTINGS.grafting_epsilon}"
             if shampoo
@@ -402,7 +405,8 @@ def train_run(
             example.synchronize(device)
             backward_done = time.perf_counter()
             try:
-                optimizer.step()
+                with spec.tensor_cores.emulated():
+                    optimizer.step()
             except Exception as error:  # noqa: BLE001 - a failed step is a result, recorded
                 log.update(finite=False, failure={"step": step, "cause": failure_cause(error)})
                 break

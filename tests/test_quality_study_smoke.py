@@ -72,3 +72,26 @@ def test_quality_study_smoke_logs_finite_losses_and_dash_eigen_matches_upstream(
     assert "within 0.001 at every logged point: PASS" in report, report
     assert "| minimax | 0 |" in report
     assert (tmp_path / "quality.png").is_file() or "matplotlib is not installed" in output
+
+
+def test_tensor_core_settings_round_the_products_they_name() -> None:
+    """``TensorCores.STEP`` rounds every fp32 product of the step to TF32 operands; ``SOLVER``
+    only those the solver requests at TF32 (none outside it); ``OFF`` none."""
+    import torch
+
+    from distributed_shampoo_dash.benchmarks.quality_runs import RUNS, TensorCores
+    from distributed_shampoo_dash.solvers.precision import round_to_tf32
+
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(64, 64, generator=generator), torch.randn(64, 64, generator=generator)
+    tf32 = round_to_tf32(a) @ round_to_tf32(b)
+    for setting, expected in (
+        (TensorCores.OFF, a @ b),
+        (TensorCores.SOLVER, a @ b),
+        (TensorCores.STEP, tf32),
+    ):
+        with setting.emulated():
+            assert torch.equal(a @ b, expected), setting
+    assert not torch.equal(tf32, a @ b)
+    assert RUNS["minimax-tf32"].tensor_cores is TensorCores.SOLVER
+    assert RUNS["minimax-tf32-step"].tensor_cores is TensorCores.STEP

@@ -4,7 +4,9 @@ presets and one :class:`RunSpec` per optimizer (AdamW, upstream and DASH Shampoo
 Needs upstream ``distributed_shampoo``.
 """
 
-from collections.abc import Callable
+import contextlib
+import enum
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -15,6 +17,8 @@ import distributed_shampoo_dash as dash
 from distributed_shampoo_dash.examples import training as example
 from distributed_shampoo_dash.paper_defaults import PAPER_SETTINGS
 from distributed_shampoo_dash.solvers import FROBENIUS_SCALING, IterationControl
+from distributed_shampoo_dash.solvers.precision import fp32_matmul_precision
+from distributed_shampoo_dash.solvers.tf32 import EmulatedTF32
 
 ROUNDING_NOISE = 1e-7
 
@@ -50,6 +54,31 @@ PRESETS = {
 SMOKE = {"steps": 6, "eval_every": 3, "eval_windows": 16}
 
 
+class TensorCores(enum.Enum):
+    """Which fp32 products of an optimizer step compute what TF32 tensor cores would
+    (:class:`~distributed_shampoo_dash.solvers.tf32.EmulatedTF32`, on any device)."""
+
+    #: None: every product in fp32.
+    OFF = "off"
+    #: The solver's: those it requests at TF32 or 3xTF32 (its own switch setting).
+    SOLVER = "solver"
+    #: Every fp32 product of the step: also the factor updates' Gram products and the
+    #: preconditioning products (torch's switch at ``"tf32"`` for the whole step).
+    STEP = "step"
+
+    @contextlib.contextmanager
+    def emulated(self) -> Iterator[None]:
+        """Context in which an optimizer step computes as this setting says."""
+        if self is TensorCores.OFF:
+            yield
+            return
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(EmulatedTF32())
+            if self is TensorCores.STEP:
+                stack.enter_context(fp32_matmul_precision("tf32"))
+            yield
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One optimizer of the study. ``solver`` builds the ``amortized_computation_config``."""
@@ -62,6 +91,8 @@ class RunSpec:
     epsilon: float = PAPER_SETTINGS.epsilon
     #: Relative gradient noise: every gradient entry is multiplied by ``1 + noise * N(0, 1)``.
     gradient_noise: float = 0.0
+    #: Which products of each optimizer step compute as TF32 tensor cores would.
+    tensor_cores: TensorCores = TensorCores.OFF
 
 
 RUNS: dict[str, RunSpec] = {
@@ -121,6 +152,23 @@ RUNS: dict[str, RunSpec] = {
             lambda: dash.MinimaxRootInvConfig(
                 rel_epsilon=1e-6, first_step_precision="fp64", max_residual=5e-2
             ),
+        ),
+        # The CUDA default on a CPU, its products emulated as TF32 tensor cores compute them.
+        RunSpec(
+            "minimax-tf32",
+            'default_root_inv_config("cuda"): minimax, precision tf32 (3xTF32 early steps and '
+            "residual), TF32 emulated",
+            True,
+            lambda: dash.default_root_inv_config("cuda"),
+            tensor_cores=TensorCores.SOLVER,
+        ),
+        RunSpec(
+            "minimax-tf32-step",
+            'default_root_inv_config("cuda") with every fp32 product of the step (factor '
+            "updates, preconditioning) in TF32, emulated",
+            True,
+            lambda: dash.default_root_inv_config("cuda"),
+            tensor_cores=TensorCores.STEP,
         ),
         RunSpec(
             "minimax-bf16",
