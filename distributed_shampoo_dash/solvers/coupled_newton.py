@@ -28,6 +28,7 @@ from distributed_shampoo_dash.solvers.linalg import (
     add_to_diagonal,
     batched_eye,
     frobenius_norm,
+    largest_magnitude,
     matrix_power,
     matrix_power_products,
 )
@@ -55,7 +56,7 @@ def _errors(M: Tensor) -> tuple[Tensor, Tensor]:
     test.
     """
     error = M - batched_eye(M)
-    return frobenius_norm(error), error.abs().amax(dim=(-2, -1))
+    return frobenius_norm(error), largest_magnitude(error)
 
 
 def coupled_newton_products(

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from distributed_shampoo_dash.solvers.checks import MAX_ITERATIONS, as_enum, check_int, check_real
-from distributed_shampoo_dash.solvers.linalg import frobenius_norm
+from distributed_shampoo_dash.solvers.linalg import frobenius_norm, largest_magnitude
 
 _START_VECTOR_SEED = 0x5EED
 
@@ -74,7 +74,7 @@ def rayleigh_lambda_max(
     The iteration runs on ``A / max_ij |A_ij|`` (entries in ``[-1, 1]``) and scales the estimate
     back, so that no squared entry over- or underflows whatever the scale of ``A``.
     """
-    largest = A.abs().amax(dim=(-2, -1))
+    largest = largest_magnitude(A)
     divisor = torch.where(largest > 0, largest, torch.ones_like(largest))[:, None, None]
     A = A.div_(divisor) if overwrite else A / divisor
     n, d, _ = A.shape
