@@ -28,6 +28,7 @@ from distributed_shampoo.preconditioner.matrix_functions_types import RootInvCon
 import distributed_shampoo_dash as dash
 from distributed_shampoo_dash import step_costs
 from distributed_shampoo_dash.integration import preconditioner_list as preconditioner_list_module
+from distributed_shampoo_dash.solvers.tf32 import EmulatedTF32
 from tests.integration.models import MixedShapeModel, make_batches, run_steps, train
 from tests.integration.shampoo import (
     kronecker_factors,
@@ -275,6 +276,25 @@ def test_the_device_budget_is_used_where_it_exceeds_the_gradient_bound(
     assert preconditioner_list.stack_budget((torch.zeros(100),)) == 80 * 2**30 // 32
     huge = (torch.zeros(2**29, dtype=torch.float16).expand(12, 2**29),)
     assert preconditioner_list.stack_budget(huge) == 12 * 2**29
+
+
+@pytest.mark.parametrize("tf32_step_products", [False, True])
+def test_tf32_step_products_put_the_gram_and_preconditioning_products_on_tf32(
+    tf32_step_products: bool,
+) -> None:
+    """Under the TF32 emulation a step rounds the factor update's and the preconditioning's
+    products when the setting is on, and no product when it is off (torch's switch at its
+    default); either way the step leaves torch's switch as it was."""
+    factory = shampoo_factory(EigenConfig(), batched=True, tf32_step_products=tf32_step_products)
+    model, optimizer, _ = train(factory, num_steps=2)
+    images, tokens, targets = make_batches(1, seed=1)[0]
+    optimizer.zero_grad()
+    torch.nn.functional.mse_loss(model(images, tokens), targets).backward()
+    switch = torch.backends.cuda.matmul.fp32_precision
+    with EmulatedTF32() as emulation:
+        optimizer.step()
+    assert torch.backends.cuda.matmul.fp32_precision == switch
+    assert (emulation.products > 0) == tf32_step_products, emulation.products
 
 
 def test_loading_into_a_running_optimizer_leaves_no_stale_state(

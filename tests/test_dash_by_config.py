@@ -113,7 +113,7 @@ def test_the_dash_forms_keep_every_upstream_field_and_add_dash_settings() -> Non
     for form in dash.BATCHED_FORMS:
         upstream_fields = {field.name for field in dataclasses.fields(form.upstream)}
         dash_fields = {field.name for field in dataclasses.fields(form.dash)}
-        assert dash_fields == upstream_fields | {"max_stack_bytes"}
+        assert dash_fields == upstream_fields | {"max_stack_bytes", "tf32_step_products"}
         assert issubclass(form.dash, form.upstream) and form.dash.__name__ == form.upstream.__name__
         assert form.dash() == form.dash() and not dash.is_batched(form.upstream())
 
@@ -165,6 +165,15 @@ def test_a_bad_max_stack_bytes_is_refused_by_name(
         dash.RootInvShampooPreconditionerConfig(max_stack_bytes=value)  # type: ignore[arg-type]
     with pytest.raises(error, match=match):
         dash.batched(RootInvShampooPreconditionerConfig(), max_stack_bytes=value)
+
+
+@pytest.mark.parametrize("value", [1, "yes", None])
+def test_a_bad_tf32_step_products_is_refused_by_name(value: object) -> None:
+    match = rf"Invalid tf32_step_products={value!r} of type .*\. Must be a bool"
+    with pytest.raises(TypeError, match=match):
+        dash.RootInvShampooPreconditionerConfig(tf32_step_products=value)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=match):
+        dash.batched(RootInvShampooPreconditionerConfig(), tf32_step_products=value)
 
 
 def test_upstream_checks_still_run_in_the_dash_form() -> None:

@@ -191,6 +191,27 @@ def test_a_root_step_of_the_anchor_preset_launches_few_kernels_with_the_cuda_bud
     assert dash_costs["costs_with_roots"]["syncs"] == 2
 
 
+def tensor_core_share(costs: dict[str, object]) -> float:
+    """Share of a step's product FLOPs at TF32, 3xTF32, bf16 or fp16, on the modelled H100."""
+    flops = costs["modelled"]["H100 SXM"]["flops_by_precision"]  # type: ignore[index]
+    tensor_cores = sum(flops.get(name, 0) for name in ("tf32", "3xtf32", "bf16", "fp16"))
+    return tensor_cores / sum(flops.values())
+
+
+def test_the_anchor_preset_runs_its_products_on_tensor_cores_with_tf32_step_products() -> None:
+    """The GPU default: at least 75% of a root step's product FLOPs on tensor cores; with
+    ``tf32_step_products`` also every product of the step without roots (with roots all but
+    the power iterations' matrix-vector products)."""
+    preset = PRESETS["anchor"]
+    rows = {row.label: row for row in step_rows.rows()}
+    default = step_runs.meta_costs(rows["DASH minimax tf32 (GPU default)"], preset, 2)
+    step_products = step_runs.meta_costs(rows["DASH minimax tf32, tf32 step products"], preset, 2)
+    assert tensor_core_share(default["costs_with_roots"]) >= 0.75
+    assert tensor_core_share(default["costs_without_roots"]) == 0.0
+    assert tensor_core_share(step_products["costs_without_roots"]) == 1.0
+    assert tensor_core_share(step_products["costs_with_roots"]) >= 0.99  # fp32: power steps
+
+
 def test_upstream_on_the_meta_device_takes_the_common_branch_of_each_host_read() -> None:
     """Upstream's per-block checks read values on the host; on ``meta`` they pass and each
     eigendecomposition's ``lambda_min < epsilon`` reads False (``step_costs.MetaHostReads``),

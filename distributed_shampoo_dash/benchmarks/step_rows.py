@@ -30,11 +30,13 @@ REFINED = IterationControl(num_iterations=10, refinement_iterations=2)
 
 @dataclass(frozen=True)
 class Row:
-    """One benchmarked optimizer: a label, whether DASH is on, and the root-inverse solver."""
+    """One benchmarked optimizer: a label, whether DASH is on, the root-inverse solver, and
+    DASH settings of the preconditioner config (:class:`~.BatchedSettings` fields)."""
 
     label: str
     use_dash: bool
     solver: RootInvConfig
+    settings: tuple[tuple[str, object], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,12 @@ def rows() -> list[Row]:
         Row("DASH CoupledNewtonConfig", True, CoupledNewtonConfig()),
         Row("DASH minimax fp32", True, dash.MinimaxRootInvConfig()),
         Row("DASH minimax tf32 (GPU default)", True, dash.default_root_inv_config("cuda")),
+        Row(
+            "DASH minimax tf32, tf32 step products",
+            True,
+            dash.default_root_inv_config("cuda"),
+            settings=(("tf32_step_products", True),),
+        ),
         Row(
             "DASH minimax bf16",
             True,
@@ -125,7 +133,9 @@ def make_optimizer(
         lr=1e-3,
         start_preconditioning_step=precondition_frequency,
         preconditioner_config=(
-            dash.batched(preconditioner_config, max_stack_bytes=max_stack_bytes)
+            dash.batched(
+                preconditioner_config, max_stack_bytes=max_stack_bytes, **dict(row.settings)
+            )
             if row.use_dash
             else preconditioner_config
         ),

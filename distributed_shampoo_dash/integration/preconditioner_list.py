@@ -44,6 +44,7 @@ or DASH's function (e.g. a test mock), use upstream's per-block path unchanged. 
 replays are logged and counted in :attr:`~BatchedRootInvShampooPreconditionerList.fallback_counts`.
 """
 
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -64,6 +65,7 @@ from distributed_shampoo_dash.integration.per_block import (
 )
 from distributed_shampoo_dash.integration.policy import RootPolicy, SolvedStack, describe_rejections
 from distributed_shampoo_dash.solvers.linalg import stable_power
+from distributed_shampoo_dash.solvers.precision import fp32_matmul_precision
 from distributed_shampoo_dash.stacking import (
     chunked,
     group_indices,
@@ -194,6 +196,9 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
             stacks, work space and results, from the config's
             :attr:`~.BatchedSettings.max_stack_bytes` (an upstream config has none); ``None``
             sizes it from the gradients (:meth:`stack_budget`).
+        tf32_step_products (bool): Gram and preconditioning products on TF32 tensor cores, from
+            the config's :attr:`~.BatchedSettings.tf32_step_products` (an upstream config has
+            none: torch's switch decides, as upstream).
         fallback_counts (Counter[str]): Roots recomputed by ``"eigh"`` and blocks ``"replayed"``
             through upstream's per-block path since construction.
     """
@@ -208,6 +213,9 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.max_stack_bytes: int | None = getattr(
             self._preconditioner_config, "max_stack_bytes", None
+        )
+        self.tf32_step_products: bool = getattr(
+            self._preconditioner_config, "tf32_step_products", False
         )
         self.fallback_counts: Counter[str] = Counter()
         self._root_policies: dict[InverseRootKey, RootPolicy | None] = {}
@@ -281,7 +289,8 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
             for factor_index, dim in enumerate(
                 k for k, selected in enumerate(selector) if selected
             ):
-                gram = mode_gram_matrices(G, dim)
+                with self._step_products():
+                    gram = mode_gram_matrices(G, dim)
                 packed = pack_stack(gram) if first.use_symmetric_packing else gram
                 del gram
                 factor_matrices = [blocks[i].factor_matrices[factor_index] for i in positions]
@@ -307,10 +316,18 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
                 )
                 for factor_index, dim in enumerate(dims)
             ]
-            result = precondition_stack(G, selector, inverse_factors)
+            with self._step_products():
+                result = precondition_stack(G, selector, inverse_factors)
             for position, row in zip(positions, result.unbind(0), strict=True):
                 preconditioned[position] = row
         return tuple(preconditioned)
+
+    def _step_products(self) -> contextlib.AbstractContextManager[None]:
+        """Where the Gram and preconditioning products run: TF32 if
+        :attr:`tf32_step_products`, else as torch's switch says."""
+        if self.tf32_step_products:
+            return fp32_matmul_precision("tf32")
+        return contextlib.nullcontext()
 
     def _unpacked_stack(self, matrices: list[Tensor], dim: int) -> Tensor:
         """``(N, d, d)`` stack of state matrices stored packed or not."""
