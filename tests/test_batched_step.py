@@ -234,10 +234,16 @@ def test_chunks_of_one_block_give_the_same_step_with_the_same_host_syncs() -> No
     assert max_parameter_difference(chunked_model, model) < 1e-6
 
 
-def test_automatic_stack_budget_is_half_the_gradient_bytes_and_at_least_4_mib() -> None:
+def trained_batched_list() -> "dash.integration.BatchedRootInvShampooPreconditionerList":
+    """The batched preconditioner list of an optimizer trained for one step."""
     _, optimizer, _ = train(shampoo_factory(EigenConfig(), batched=True), num_steps=1)
     preconditioner_list = dash.preconditioner_lists(optimizer)[0]
     assert isinstance(preconditioner_list, dash.integration.BatchedRootInvShampooPreconditionerList)
+    return preconditioner_list
+
+
+def test_automatic_stack_budget_is_half_the_gradient_bytes_and_at_least_4_mib() -> None:
+    preconditioner_list = trained_batched_list()
     small = (torch.zeros(100),)
     large = (torch.zeros(2**22), torch.zeros(2**21, dtype=torch.float64))
     assert preconditioner_list.stack_budget(small) == 4 * 2**20
@@ -248,9 +254,7 @@ def test_automatic_stack_budget_is_half_the_gradient_bytes_and_at_least_4_mib() 
 def test_on_a_cuda_device_the_automatic_budget_is_at_least_1_32_of_its_memory(
     device: torch.device,
 ) -> None:
-    _, optimizer, _ = train(shampoo_factory(EigenConfig(), batched=True), num_steps=1)
-    preconditioner_list = dash.preconditioner_lists(optimizer)[0]
-    assert isinstance(preconditioner_list, dash.integration.BatchedRootInvShampooPreconditionerList)
+    preconditioner_list = trained_batched_list()
     gradients = (torch.zeros(2**22, device=device),)
     expected = 2**23
     if device.type == "cuda":
@@ -262,9 +266,7 @@ def test_on_a_cuda_device_the_automatic_budget_is_at_least_1_32_of_its_memory(
 def test_the_device_budget_is_used_where_it_exceeds_the_gradient_bound(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    _, optimizer, _ = train(shampoo_factory(EigenConfig(), batched=True), num_steps=1)
-    preconditioner_list = dash.preconditioner_lists(optimizer)[0]
-    assert isinstance(preconditioner_list, dash.integration.BatchedRootInvShampooPreconditionerList)
+    preconditioner_list = trained_batched_list()
     monkeypatch.setattr(
         torch.cuda,
         "get_device_properties",
