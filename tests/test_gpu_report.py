@@ -234,3 +234,12 @@ def test_without_matplotlib_the_plots_are_not_written(
     path = tmp_path / "step.png"
     assert step_plot([step_result("upstream EigenConfig", 1.0)], path) is False
     assert not path.exists()
+
+
+def test_every_row_of_the_full_report_is_a_row_of_the_step_benchmark() -> None:
+    from distributed_shampoo_dash.benchmarks import step_rows
+
+    labels = [row.label for row in step_rows.rows()]
+    assert set(gpu_plan.STEP_ROWS) <= set(labels)
+    assert gpu_plan.STEP_ROWS[0] == labels[0] == "upstream EigenConfig"
+    assert {"DASH minimax tf32 (GPU default)", gpu_plan.DEFAULT_ROW} <= set(gpu_plan.STEP_ROWS)
