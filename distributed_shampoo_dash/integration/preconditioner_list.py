@@ -148,8 +148,10 @@ def bias_corrected_factors_finite(
     """
     bounds = torch.stack(torch._foreach_norm(list(factor_matrices), 1)) / bias_correction2
     if kronecker_factors.use_trace_scaling:
-        epsilon = torch.tensor(kronecker_factors.epsilon, dtype=bounds.dtype, device=bounds.device)
-        bounds = bounds * (2 * stable_power(epsilon, -kronecker_factors.trace_scaling_exponent))
+        # On the host: a Python scalar, no copy to the device in the step.
+        epsilon = torch.tensor(kronecker_factors.epsilon, dtype=torch.float64)
+        largest_scale = float(stable_power(epsilon, -kronecker_factors.trace_scaling_exponent))
+        bounds = bounds * (2.0 * largest_scale)
     return torch.isfinite(bounds).all()
 
 
@@ -448,9 +450,7 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
         finite: Tensor | None = None
         for chunk in chunks:
             chunk_finite = bias_corrected_factors_finite(
-                blocks[chunk.refs[0][0]],
-                [blocks[block].factor_matrices[factor] for block, factor in chunk.refs],
-                self._bias_correction2,
+                blocks[chunk.refs[0][0]], self._factor_matrices(chunk.refs), self._bias_correction2
             )
             finite = chunk_finite if finite is None else finite & chunk_finite
         return torch.ones((), dtype=torch.bool) if finite is None else finite
@@ -519,15 +519,16 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
         """``(N, d, d)`` bias-corrected (and trace-scaled) factor matrices of ``refs`` (one
         ``d``).
         """
-        blocks = self._masked_kronecker_factors_unwrapped
         return bias_corrected_factor_stack(
-            blocks[refs[0][0]],
-            [
-                blocks[block_index].factor_matrices[factor_index]
-                for block_index, factor_index in refs
-            ],
+            self._masked_kronecker_factors_unwrapped[refs[0][0]],
+            self._factor_matrices(refs),
             self._bias_correction2,
         )
+
+    def _factor_matrices(self, refs: list[FactorRef]) -> list[Tensor]:
+        """The stored factor matrices of ``refs``, in order."""
+        blocks = self._masked_kronecker_factors_unwrapped
+        return [blocks[block].factor_matrices[factor] for block, factor in refs]
 
 
 class BatchedRootInvKLShampooPreconditionerList(

@@ -81,10 +81,11 @@ def stable_power(values: Tensor, exponent: float) -> Tensor:
 def finite_blocks(*stacks: Tensor) -> Tensor:
     """``(N,)`` bool: True only where every entry of the given per-block tensors is finite.
 
-    One read of each stack: a block's ``sum |x|`` (in float32 at least) is NaN or infinite if an
-    entry is, and finite otherwise unless the entries come within a factor of their count of the
-    float32 range (then the block reads as not finite, the safe side: it is recomputed). A
-    ``torch.isfinite`` of the stack would make four passes and three temporaries of its size.
+    One read of each stack (a half-precision one is read as float32): a block's ``sum |x|`` is NaN
+    or infinite if an entry is, and finite otherwise unless the entries come within a factor of
+    their count of the float32 range (then the block reads as not finite, the safe side: it is
+    recomputed). A ``torch.isfinite`` of the stack would make four passes and three temporaries of
+    its size.
     """
     finite = torch.ones(stacks[0].shape[0], dtype=torch.bool, device=stacks[0].device)
     for stack in stacks:

@@ -147,17 +147,20 @@ def tf32_high_part(a: Tensor) -> Tensor:
     return a.view(torch.int32).bitwise_and(~((1 << _TF32_DROPPED_BITS) - 1)).view(torch.float32)
 
 
-def _product(c: Tensor | None, a: Tensor, b: Tensor, alpha: float, beta: float) -> Tensor:
-    """``beta c + alpha a b`` as one product, the sum in its epilogue (``c = None``:
-    ``alpha a b``)."""
+def _scaled_sum(c: Tensor | None, product: Tensor, alpha: float, beta: float) -> Tensor:
+    """``beta c + alpha product`` as elementwise ops, for a product computed on its own."""
     if c is None:
-        product = torch.matmul(a, b)
         return product if alpha == 1.0 else product.mul_(alpha)
-    if c.ndim == a.ndim == b.ndim == 3:
+    return torch.add(c if beta == 1.0 else beta * c, product, alpha=alpha)
+
+
+def _product(c: Tensor | None, a: Tensor, b: Tensor, alpha: float, beta: float) -> Tensor:
+    """``beta c + alpha a b`` as one product, the sum in its epilogue where the shapes allow."""
+    if c is not None and c.ndim == a.ndim == b.ndim == 3:
         return torch.baddbmm(c, a, b, beta=beta, alpha=alpha)
-    if c.ndim == a.ndim == b.ndim == 2:
+    if c is not None and c.ndim == a.ndim == b.ndim == 2:
         return torch.addmm(c, a, b, beta=beta, alpha=alpha)
-    return torch.add(c if beta == 1.0 else beta * c, torch.matmul(a, b), alpha=alpha)
+    return _scaled_sum(c, torch.matmul(a, b), alpha, beta)
 
 
 def _accumulate_(out: Tensor, a: Tensor, b: Tensor, alpha: float) -> Tensor:
@@ -218,9 +221,7 @@ def batched_addmm(
     working_dtype, operand_dtype = a.dtype, precision.operand_dtype
     if operand_dtype not in (torch.float32, torch.float64):
         product = torch.matmul(a.to(operand_dtype), b.to(operand_dtype)).to(working_dtype)
-        if c is None:
-            return product if alpha == 1.0 else product.mul_(alpha)
-        return torch.add(c if beta == 1.0 else beta * c, product, alpha=alpha)
+        return _scaled_sum(c, product, alpha, beta)
     a, b = a.to(operand_dtype), b.to(operand_dtype)
     c = None if c is None else c.to(operand_dtype)
     with fp32_matmul_precision("ieee" if precision is MatmulPrecision.FP32 else "tf32"):
