@@ -17,6 +17,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from distributed_shampoo_dash import step_costs
 from distributed_shampoo_dash.solvers import (
     FROBENIUS_SCALING,
     MULTI_POWER_ITERATION_SCALING,
@@ -26,8 +27,12 @@ from distributed_shampoo_dash.solvers import (
     ScalingMethod,
     SpectralScaling,
 )
-from distributed_shampoo_dash.solvers.linalg import stable_power
-from distributed_shampoo_dash.solvers.scaling import rayleigh_lambda_max
+from distributed_shampoo_dash.solvers.linalg import finite_blocks, stable_power
+from distributed_shampoo_dash.solvers.scaling import (
+    normalization_interval,
+    normalized_rayleigh_lambda_max,
+    rayleigh_lambda_max,
+)
 from tests.solver_cases import (
     ACCURACY_CASES,
     ENTRY_CASES,
@@ -258,6 +263,26 @@ def test_rayleigh_estimate_is_a_lower_bound_for_tiny_float32_blocks() -> None:
     assert rayleigh_lambda_max(A, 10, 16).item() <= 1e-30 * (1 + 1e-6)
 
 
+@pytest.mark.parametrize("d", [1, 2, 64, 1024])
+def test_power_steps_between_normalisations_keep_the_largest_growth_finite(d: int) -> None:
+    # A block of ones grows a vector by exactly d per step, the most entries in [-1, 1] allow.
+    interval = normalization_interval(d, torch.float32)
+    assert interval >= 1
+    assert float(d) ** (2 * interval) < torch.finfo(torch.float32).max
+    estimate = normalized_rayleigh_lambda_max(torch.ones(1, d, d), 3 * interval + 1, 4)
+    assert estimate.item() == pytest.approx(d, rel=1e-5)
+
+
+def test_power_iteration_normalises_every_few_steps_not_every_step() -> None:
+    d, steps = 1024, 10
+    interval = normalization_interval(d, torch.float32)
+    with step_costs.meta_scaffolding(), step_costs.OpCounter() as counter:
+        normalized_rayleigh_lambda_max(torch.empty(2, d, d, device="meta"), steps, 16)
+    normalisations = math.ceil(steps / interval) + 1
+    assert counter.by_op["aten.linalg_vector_norm.default"] == normalisations
+    assert counter.by_op["aten.bmm.default"] == steps + 1  # and the Rayleigh quotient's
+
+
 # --------------------------------------------------------------------------------------------
 # (c) Matmul precision, refinement and global state.
 # --------------------------------------------------------------------------------------------
@@ -425,3 +450,13 @@ def test_solvers_honour_their_input_dtype_under_a_float64_default_dtype() -> Non
         torch.set_default_dtype(previous)
     assert all(result.inverse_root.dtype == torch.float32 for result in results)
     assert all(result.residual.dtype == torch.float32 for result in results)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_finite_blocks_flags_the_blocks_of_any_stack_with_a_non_finite_entry(bad: float) -> None:
+    roots = -torch.ones(4, 3, 3)  # negative entries: the check reads magnitudes
+    roots[1, 2, 0] = bad
+    residual = torch.tensor([-0.5, 0.0, 0.1, bad])
+    assert finite_blocks(roots).tolist() == [True, False, True, True]
+    assert finite_blocks(roots, residual).tolist() == [True, False, True, False]
+    assert finite_blocks(residual).tolist() == [True, True, True, False]

@@ -146,8 +146,7 @@ class RootPolicy:
             torch.linalg.LinAlgError: If a batched eigh fails (the caller falls back per block).
         """
         result = self.solver.solve(stack)
-        roots = result.inverse_root.to(self.dtype)
-        accepted = result.is_finite & finite_blocks(roots)
+        roots, accepted = self._stored(result)
         if self.max_residual is not None:
             accepted = accepted & (result.residual <= self.max_residual)
         if self.max_overshoot is not None:
@@ -161,8 +160,15 @@ class RootPolicy:
         if self.fallback is None:
             return None
         result = self.fallback.solve(stack)
+        return SolvedStack(result, *self._stored(result))
+
+    def _stored(self, result: InverseRootResult) -> tuple[Tensor, Tensor]:
+        """The roots in the storage dtype and where they are finite: read again only where the
+        cast made a new tensor (a narrower dtype can overflow)."""
         roots = result.inverse_root.to(self.dtype)
-        return SolvedStack(result, roots, result.is_finite & finite_blocks(roots))
+        if roots is result.inverse_root:
+            return roots, result.is_finite
+        return roots, result.is_finite & finite_blocks(roots)
 
 
 def describe_rejections(config: RootInvConfig, rejected: str, recomputed: bool) -> str:

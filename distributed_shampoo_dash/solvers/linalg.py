@@ -31,9 +31,8 @@ def frobenius_norm(stack: Tensor) -> Tensor:
     Entries are divided by the block's largest magnitude before squaring, so blocks with entries
     near 1e30 or 1e-30 in float32 still give finite, non-zero norms. An all-zero block gives 0.
     """
-    largest = largest_magnitude(stack)
-    safe = torch.where(largest > 0, largest, torch.ones_like(largest))
-    return torch.linalg.vector_norm(stack / safe[:, None, None], dim=(-2, -1)) * largest
+    divisor = largest_magnitude(stack).clamp_min(torch.finfo(stack.dtype).tiny)
+    return torch.linalg.vector_norm(stack / divisor[:, None, None], dim=(-2, -1)) * divisor
 
 
 def largest_magnitude(stack: Tensor) -> Tensor:
@@ -81,19 +80,21 @@ def stable_power(values: Tensor, exponent: float) -> Tensor:
 def finite_blocks(*stacks: Tensor) -> Tensor:
     """``(N,)`` bool: True only where every entry of the given per-block tensors is finite.
 
-    One read of each stack (a half-precision one is read as float32): a block's ``sum |x|`` is NaN
-    or infinite if an entry is, and finite otherwise unless the entries come within a factor of
-    their count of the float32 range (then the block reads as not finite, the safe side: it is
-    recomputed). A ``torch.isfinite`` of the stack would make four passes and three temporaries of
-    its size.
+    One read of each stack (a half-precision one is read as float32): a block's ``sum |x|``,
+    summed over the stacks, is NaN or infinite if an entry is, and finite otherwise unless the
+    entries come within a factor of their count of the float32 range (then the block reads as not
+    finite, the safe side: it is recomputed). The sum is never negative, so ``sum < inf`` is its
+    finiteness in one op; a ``torch.isfinite`` of the stack would make four passes and three
+    temporaries of its size.
     """
-    finite = torch.ones(stacks[0].shape[0], dtype=torch.bool, device=stacks[0].device)
+    total: Tensor | None = None
     for stack in stacks:
         dtype = torch.promote_types(stack.dtype, torch.float32)
         dims = tuple(range(1, stack.ndim))
-        sums = torch.linalg.vector_norm(stack, 1, dim=dims, dtype=dtype) if dims else stack
-        finite = finite & torch.isfinite(sums)
-    return finite
+        sums = torch.linalg.vector_norm(stack, 1, dim=dims, dtype=dtype) if dims else stack.abs()
+        total = sums if total is None else total + sums
+    assert total is not None, "finite_blocks needs at least one stack"
+    return total < torch.inf
 
 
 def select_blocks(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:

@@ -33,10 +33,11 @@ residual in fp32. Those late steps are written in correction form, with ``M = I 
 ``P = I + D``, ``(I + D)^p = I + R``::
 
     D = (a + b + c - 1) I + (b + 2c) H + c H^2,   X <- X + X D,
-    R <- 2 R + R^2 (starting from D, log2 p times),   M <- I + H + R + R H
+    R <- 2 R + R^2 (starting from D, log2 p times),   H <- H + R + R H
 
-(the same number of products), so every product has a small operand and its rounding error
-scales with the distance to convergence rather than with the size of the iterates. Early steps
+(the same number of products; the iteration carries ``H`` from the first such step on), so every
+product has a small operand and its rounding error scales with the distance to convergence rather
+than with the size of the iterates. Early steps
 stay in fp32: rounding ``B`` to bf16 perturbs it by more than ``l``, and the first polynomials
 amplify that. Only powers of two use the correction form; other roots run every step in fp32.
 
@@ -60,7 +61,6 @@ from torch import Tensor
 
 from distributed_shampoo_dash.solvers.checks import as_enum, check_integer_root, check_real
 from distributed_shampoo_dash.solvers.linalg import (
-    add_to_diagonal,
     add_to_diagonal_,
     matrix_power,
     matrix_power_products,
@@ -188,12 +188,12 @@ def _plain_step(
 
 
 def _correction_step(
-    X: Tensor, M: Tensor, step: _Step, p: int, last: bool, precision: MatmulPrecision
+    X: Tensor, H: Tensor, step: _Step, p: int, last: bool, precision: MatmulPrecision
 ) -> tuple[Tensor, Tensor]:
-    """The same step with ``M = I + H``, ``P = I + D``: every product has two small operands,
-    and each sum runs in the product's epilogue (:func:`~.precision.batched_addmm`)."""
+    """The same step with ``M = I + H``, ``P = I + D``, on ``H`` (returned updated): every
+    product has two small operands, and each sum runs in the product's epilogue
+    (:func:`~.precision.batched_addmm`)."""
     a, b, c, _ = step
-    H = add_to_diagonal(M, -1.0)
     D = add_to_diagonal_(
         batched_addmm(H, H, H, precision, alpha=c, beta=b + 2 * c), a + b + c - 1.0
     )
@@ -202,8 +202,8 @@ def _correction_step(
         R = D
         for _ in range(p.bit_length() - 1):
             R = batched_addmm(R, R, R, precision, beta=2.0)
-        M = add_to_diagonal_(batched_addmm(H + R, R, H, precision), 1.0)
-    return X, M
+        H = batched_addmm(H + R, R, H, precision)
+    return X, H
 
 
 def minimax_inverse_root(
@@ -264,6 +264,7 @@ def run_minimax(
     B = problem.scaled
     X: Tensor | None = None
     M = B
+    H: Tensor | None = None  # M - I, from the first step in correction form on
     steps = minimax_schedule(root, rel_epsilon)
     for index, step in enumerate(steps):
         last = index == len(steps) - 1
@@ -273,10 +274,12 @@ def run_minimax(
                 None, M.to(step_precision.working_dtype), step, p, last, step_precision
             )
             X, M = X.to(B.dtype), M.to(B.dtype)
-        elif step_precision is precision.full:
+        elif H is None and step_precision is precision.full:
             X, M = _plain_step(X, M, step, p, last, step_precision)
         else:
-            X, M = _correction_step(X, M, step, p, last, step_precision)
+            # After a plain step M is a product of its own: shifted in place.
+            H = add_to_diagonal_(M, -1.0) if H is None else H
+            X, H = _correction_step(X, H, step, p, last, step_precision)
     assert X is not None
     residual = inverse_root_residual(B, X, p, precision.full)
     X = (X + X.mT) / 2

@@ -19,6 +19,7 @@ smallest normal number of its dtype as its bound, so ``A / s`` is 0 rather than 
 """
 
 import enum
+import math
 from dataclasses import dataclass
 from typing import assert_never
 
@@ -26,7 +27,7 @@ import torch
 from torch import Tensor
 
 from distributed_shampoo_dash.solvers.checks import MAX_ITERATIONS, as_enum, check_int, check_real
-from distributed_shampoo_dash.solvers.linalg import frobenius_norm, largest_magnitude
+from distributed_shampoo_dash.solvers.linalg import largest_magnitude
 
 _START_VECTOR_SEED = 0x5EED
 
@@ -45,6 +46,45 @@ def as_scaling_method(method: "ScalingMethod | str") -> ScalingMethod:
     (:func:`~.checks.as_enum`).
     """
     return as_enum(method, ScalingMethod, "scaling method")
+
+
+def normalization_interval(d: int, dtype: torch.dtype) -> int:
+    """Power steps between two normalisations of the vectors, for blocks of size ``d``.
+
+    On a block whose entries are at most 1 in magnitude, ``||A||_2 <= ||A||_F <= d``, so each
+    step grows a vector's norm by at most ``d``; ``k`` steps from a unit vector stay below
+    ``d^k``, and the squares a norm sums stay finite while ``d^{2k}`` is below the dtype's
+    largest value (float32: 6 steps for ``d = 1024``). The top eigenvalue of such a symmetric
+    block is at least its largest entry, so a start vector with a component along its top
+    eigenvector does not shrink.
+    """
+    exponent_budget = math.log2(torch.finfo(dtype).max) / 2 - 2
+    return max(1, int(exponent_budget // math.log2(max(d, 2))))
+
+
+def normalized_rayleigh_lambda_max(
+    A: Tensor, num_iterations: int, num_vectors: int, *, seed: int = _START_VECTOR_SEED
+) -> Tensor:
+    """:func:`rayleigh_lambda_max` of a stack whose entries are at most 1 in magnitude.
+
+    The vectors are normalised every :func:`normalization_interval` steps and before the
+    Rayleigh quotient, not after every step: one ``(N, d, d) @ (N, d, m)`` product per step and
+    a normalisation (three small ops) every few steps.
+    """
+    n, d, _ = A.shape
+    generator = torch.Generator(device=A.device).manual_seed(seed)
+    V = torch.randn((d, num_vectors), generator=generator, device=A.device, dtype=A.dtype).expand(
+        n, d, num_vectors
+    )
+    tiny = torch.finfo(A.dtype).tiny
+    interval = normalization_interval(d, A.dtype)
+    for step in range(num_iterations):
+        if step % interval == 0:
+            V = V / torch.linalg.vector_norm(V, dim=-2, keepdim=True).clamp_min(tiny)
+        V = A @ V
+    V = V / torch.linalg.vector_norm(V, dim=-2, keepdim=True).clamp_min(tiny)
+    rayleigh = (V * (A @ V)).sum(dim=-2)
+    return rayleigh.amax(dim=-1)
 
 
 def rayleigh_lambda_max(
@@ -71,24 +111,14 @@ def rayleigh_lambda_max(
             magnitude, and the estimate is that eigenvalue where it is the largest Rayleigh
             quotient.
 
-    The iteration runs on ``A / max_ij |A_ij|`` (entries in ``[-1, 1]``) and scales the estimate
-    back, so that no squared entry over- or underflows whatever the scale of ``A``.
+    The iteration runs on ``A / max_ij |A_ij|`` (entries in ``[-1, 1]``,
+    :func:`normalized_rayleigh_lambda_max`) and scales the estimate back, so that no squared
+    entry over- or underflows whatever the scale of ``A``.
     """
-    largest = largest_magnitude(A)
-    divisor = torch.where(largest > 0, largest, torch.ones_like(largest))[:, None, None]
+    divisor = largest_magnitude(A).clamp_min(torch.finfo(A.dtype).tiny)[:, None, None]
     A = A.div_(divisor) if overwrite else A / divisor
-    n, d, _ = A.shape
-    generator = torch.Generator(device=A.device).manual_seed(seed)
-    V = torch.randn((d, num_vectors), generator=generator, device=A.device, dtype=A.dtype).expand(
-        n, d, num_vectors
-    )
-    tiny = torch.finfo(A.dtype).tiny
-    for _ in range(num_iterations):
-        V = V / torch.linalg.vector_norm(V, dim=-2, keepdim=True).clamp_min(tiny)
-        V = A @ V
-    V = V / torch.linalg.vector_norm(V, dim=-2, keepdim=True).clamp_min(tiny)
-    rayleigh = (V * (A @ V)).sum(dim=-2)
-    return rayleigh.amax(dim=-1) * largest
+    estimate = normalized_rayleigh_lambda_max(A, num_iterations, num_vectors, seed=seed)
+    return estimate * divisor[:, 0, 0]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,18 +162,24 @@ class SpectralScaling:
 
         Returns:
             scale (Tensor): ``(N,)`` positive bounds in ``A.dtype``.
+
+        Both bounds are taken of ``A / max_ij |A_ij|`` (one copy of the stack, safe from over-
+        and underflow) and scaled back.
         """
-        frobenius = frobenius_norm(A)
+        tiny = torch.finfo(A.dtype).tiny
+        divisor = largest_magnitude(A).clamp_min(tiny)
+        normalized = A / divisor[:, None, None]
+        frobenius = torch.linalg.vector_norm(normalized, dim=(-2, -1))
         match self.method:
             case ScalingMethod.FROBENIUS:
                 scale = frobenius
             case ScalingMethod.POWER_ITERATION | ScalingMethod.MULTI_POWER_ITERATION:
                 vectors = 1 if self.method is ScalingMethod.POWER_ITERATION else self.num_vectors
-                estimate = rayleigh_lambda_max(A, self.num_iterations, vectors)
+                estimate = normalized_rayleigh_lambda_max(normalized, self.num_iterations, vectors)
                 scale = torch.minimum(self.safety_factor * estimate, frobenius)
             case _:
                 assert_never(self.method)
-        return scale.clamp_min(torch.finfo(A.dtype).tiny)
+        return (scale * divisor).clamp_min(tiny)
 
 
 #: Upstream's scaling for coupled Newton (``||A||_F``).
