@@ -245,7 +245,12 @@ def build_optimizer(spec: RunSpec, model: nn.Module, preset: StudyPreset) -> tor
         model.parameters(),
         lr=preset.lr,
         preconditioner_config=(
-            dash.batched(preconditioner_config) if spec.use_dash else preconditioner_config
+            dash.batched(
+                preconditioner_config,
+                tf32_step_products=spec.tensor_cores.tf32_step_products,
+            )
+            if spec.use_dash
+            else preconditioner_config
         ),
         **settings.shampoo_kwargs(),
     )

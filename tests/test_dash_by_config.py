@@ -23,6 +23,7 @@ from distributed_shampoo import (
 )
 
 import distributed_shampoo_dash as dash
+from distributed_shampoo_dash.integration.configs import step_products_in_tf32
 from tests.integration.models import MixedShapeModel, make_batches, run_steps
 from tests.integration.shampoo import preconditioner_list, shampoo_factory
 
@@ -167,13 +168,40 @@ def test_a_bad_max_stack_bytes_is_refused_by_name(
         dash.batched(RootInvShampooPreconditionerConfig(), max_stack_bytes=value)
 
 
-@pytest.mark.parametrize("value", [1, "yes", None])
+@pytest.mark.parametrize("value", [1, "yes", 0.0])
 def test_a_bad_tf32_step_products_is_refused_by_name(value: object) -> None:
-    match = rf"Invalid tf32_step_products={value!r} of type .*\. Must be a bool"
+    match = rf"Invalid tf32_step_products={value!r} of type .*\. Must be a bool or None"
     with pytest.raises(TypeError, match=match):
         dash.RootInvShampooPreconditionerConfig(tf32_step_products=value)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=match):
         dash.batched(RootInvShampooPreconditionerConfig(), tf32_step_products=value)
+
+
+@pytest.mark.parametrize(
+    ("solver", "setting", "expected"),
+    [
+        (EigenConfig(), None, False),
+        (dash.MinimaxRootInvConfig(), None, False),
+        (dash.default_root_inv_config("cuda"), None, True),
+        (dash.MinimaxRootInvConfig(precision="bf16"), None, True),
+        (dash.default_root_inv_config("cuda"), False, False),
+        (EigenConfig(), True, True),
+    ],
+)
+def test_step_products_follow_the_solver_onto_tensor_cores_unless_set(
+    solver: object, setting: bool | None, expected: bool
+) -> None:
+    """``tf32_step_products=None`` (the default) runs the Gram and preconditioning products on
+    TF32 where the amortized computation runs on tensor cores; a bool decides by itself. The
+    batched list of an optimizer built with the config does what the config says."""
+    config = dash.RootInvShampooPreconditionerConfig(
+        amortized_computation_config=solver, tf32_step_products=setting
+    )
+    assert step_products_in_tf32(config) is expected
+    optimizer = DistributedShampoo(
+        seeded_model(0).parameters(), lr=0.01, preconditioner_config=config
+    )
+    assert preconditioner_list(optimizer, 0).tf32_step_products is expected
 
 
 def test_upstream_checks_still_run_in_the_dash_form() -> None:

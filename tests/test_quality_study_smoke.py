@@ -75,23 +75,28 @@ def test_quality_study_smoke_logs_finite_losses_and_dash_eigen_matches_upstream(
 
 
 def test_tensor_core_settings_round_the_products_they_name() -> None:
-    """``TensorCores.STEP`` rounds every fp32 product of the step to TF32 operands; ``SOLVER``
-    only those the solver requests at TF32 (none outside it); ``OFF`` none."""
+    """``SOLVER`` and ``STEP`` emulate every product requested at TF32 and no other; ``STEP``
+    leaves the step's Gram and preconditioning products at the DASH form's default (on TF32 with
+    a tensor-core solver), ``SOLVER`` keeps them in fp32; ``OFF`` emulates nothing."""
     import torch
 
     from distributed_shampoo_dash.benchmarks.quality_runs import RUNS, TensorCores
-    from distributed_shampoo_dash.solvers.precision import round_to_tf32
+    from distributed_shampoo_dash.solvers.precision import fp32_matmul_precision, round_to_tf32
 
     generator = torch.Generator().manual_seed(0)
     a, b = torch.randn(64, 64, generator=generator), torch.randn(64, 64, generator=generator)
-    tf32 = round_to_tf32(a) @ round_to_tf32(b)
-    for setting, expected in (
-        (TensorCores.OFF, a @ b),
-        (TensorCores.SOLVER, a @ b),
+    plain, tf32 = a @ b, round_to_tf32(a) @ round_to_tf32(b)
+    assert not torch.equal(tf32, plain)
+    for setting, requested in (
+        (TensorCores.OFF, plain),
+        (TensorCores.SOLVER, tf32),
         (TensorCores.STEP, tf32),
     ):
         with setting.emulated():
-            assert torch.equal(a @ b, expected), setting
-    assert not torch.equal(tf32, a @ b)
+            assert torch.equal(a @ b, plain), setting
+            with fp32_matmul_precision("tf32"):
+                assert torch.equal(a @ b, requested), setting
+    assert TensorCores.SOLVER.tf32_step_products is False
+    assert TensorCores.STEP.tf32_step_products is None
     assert RUNS["minimax-tf32"].tensor_cores is TensorCores.SOLVER
     assert RUNS["minimax-tf32-step"].tensor_cores is TensorCores.STEP

@@ -12,7 +12,7 @@ STEP_ROWS = (
     "DASH EigenConfig",
     "DASH minimax fp32",
     "DASH minimax tf32 (GPU default)",
-    "DASH minimax tf32, tf32 step products",
+    "DASH minimax tf32, fp32 step products",
     "DASH minimax bf16",
     "DASH minimax fp16",
     "DASH Newton-DB paper fp32 (k=10)",

@@ -17,7 +17,6 @@ import distributed_shampoo_dash as dash
 from distributed_shampoo_dash.examples import training as example
 from distributed_shampoo_dash.paper_defaults import PAPER_SETTINGS
 from distributed_shampoo_dash.solvers import FROBENIUS_SCALING, IterationControl
-from distributed_shampoo_dash.solvers.precision import fp32_matmul_precision
 from distributed_shampoo_dash.solvers.tf32 import EmulatedTF32
 
 ROUNDING_NOISE = 1e-7
@@ -60,11 +59,18 @@ class TensorCores(enum.Enum):
 
     #: None: every product in fp32.
     OFF = "off"
-    #: The solver's: those it requests at TF32 or 3xTF32 (its own switch setting).
+    #: The solver's: those it requests at TF32 or 3xTF32; the step's own in fp32
+    #: (``tf32_step_products=False``).
     SOLVER = "solver"
-    #: Every fp32 product of the step: also the factor updates' Gram products and the
-    #: preconditioning products (torch's switch at ``"tf32"`` for the whole step).
+    #: Every product the step requests at TF32: also the factor updates' Gram products and the
+    #: preconditioning products (``tf32_step_products`` at its default, which follows a
+    #: tensor-core solver onto TF32).
     STEP = "step"
+
+    @property
+    def tf32_step_products(self) -> bool | None:
+        """The DASH form's ``tf32_step_products`` for this setting (None: its default)."""
+        return False if self is TensorCores.SOLVER else None
 
     @contextlib.contextmanager
     def emulated(self) -> Iterator[None]:
@@ -72,10 +78,7 @@ class TensorCores(enum.Enum):
         if self is TensorCores.OFF:
             yield
             return
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(EmulatedTF32())
-            if self is TensorCores.STEP:
-                stack.enter_context(fp32_matmul_precision("tf32"))
+        with EmulatedTF32():
             yield
 
 
@@ -157,15 +160,15 @@ RUNS: dict[str, RunSpec] = {
         RunSpec(
             "minimax-tf32",
             'default_root_inv_config("cuda"): minimax, precision tf32 (3xTF32 early steps and '
-            "residual), TF32 emulated",
+            "residual), step products in fp32 (tf32_step_products=False), TF32 emulated",
             True,
             lambda: dash.default_root_inv_config("cuda"),
             tensor_cores=TensorCores.SOLVER,
         ),
         RunSpec(
             "minimax-tf32-step",
-            'default_root_inv_config("cuda") with every fp32 product of the step (factor '
-            "updates, preconditioning) in TF32, emulated",
+            'default_root_inv_config("cuda") with its default step products: the factor '
+            "updates' and preconditioning's products in TF32 too, TF32 emulated",
             True,
             lambda: dash.default_root_inv_config("cuda"),
             tensor_cores=TensorCores.STEP,

@@ -250,3 +250,18 @@ def default_root_inv_config(device: str | torch.device) -> RootInvConfig:
     if device_type == "cpu":
         return EigenConfig()
     return MinimaxRootInvConfig(precision=MatmulPrecision.TF32)
+
+
+def step_products_in_tf32(preconditioner_config: object) -> bool:
+    """Whether a preconditioner config's Gram and preconditioning products run on TF32.
+
+    Its ``tf32_step_products`` (a DASH form's setting; an upstream config has none: ``False``,
+    torch's switch decides), or where that is ``None``, whether its
+    ``amortized_computation_config`` runs its own products on tensor cores (a DASH config whose
+    ``precision`` is TF32, 3xTF32, bf16 or fp16, as :func:`default_root_inv_config` on CUDA).
+    """
+    setting = getattr(preconditioner_config, "tf32_step_products", False)
+    if setting is not None:
+        return bool(setting)
+    solver = getattr(preconditioner_config, "amortized_computation_config", None)
+    return isinstance(solver, DashRootInvConfig) and solver.precision.uses_tensor_cores

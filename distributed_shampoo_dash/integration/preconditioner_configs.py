@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from distributed_shampoo import shampoo_types
 
-from distributed_shampoo_dash.solvers.checks import check_bool, check_int
+from distributed_shampoo_dash.solvers.checks import check_int, check_optional_bool
 
 
 @dataclass(kw_only=True)
@@ -31,21 +31,24 @@ class BatchedSettings:
             chunked to fit); ``None`` sizes it from the param group's gradients: half their bytes,
             at least 4 MiB, and on a CUDA device at least 1/32 of its memory. Must be >= 1 when
             set. (Default: None)
-        tf32_step_products (bool): Run the factor updates' Gram products and the preconditioning
-            products of float32 blocks on TF32 tensor cores (torch's
+        tf32_step_products (bool | None): Run the factor updates' Gram products and the
+            preconditioning products of float32 blocks on TF32 tensor cores (torch's
             ``torch.backends.cuda.matmul.fp32_precision`` set to ``"tf32"`` around them; a CPU
-            computes them in fp32). ``False`` leaves them to torch's switch, as upstream does.
-            (Default: False)
+            computes them in fp32). ``False`` leaves them to torch's switch, as upstream does;
+            ``None`` runs them on TF32 where the ``amortized_computation_config`` runs its own
+            products on tensor cores (a DASH config whose ``precision`` is TF32, 3xTF32, bf16 or
+            fp16, as ``default_root_inv_config("cuda")``) and leaves them to torch's switch
+            otherwise (:func:`~.configs.step_products_in_tf32`). (Default: None)
     """
 
     max_stack_bytes: int | None = None
-    tf32_step_products: bool = False
+    tf32_step_products: bool | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()  # type: ignore[misc]  # upstream's checks run first
         if self.max_stack_bytes is not None:
             check_int(self.max_stack_bytes, "max_stack_bytes", minimum=1)
-        check_bool(self.tf32_step_products, "tf32_step_products")
+        check_optional_bool(self.tf32_step_products, "tf32_step_products")
 
 
 @dataclass(kw_only=True)

@@ -59,6 +59,7 @@ from distributed_shampoo.preconditioner.shampoo_preconditioner_list import (
 )
 from torch import Tensor
 
+from distributed_shampoo_dash.integration.configs import step_products_in_tf32
 from distributed_shampoo_dash.integration.per_block import (
     dash_matrix_inverse_root,
     upstream_matrix_inverse_root,
@@ -198,9 +199,9 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
             stacks, work space and results, from the config's
             :attr:`~.BatchedSettings.max_stack_bytes` (an upstream config has none); ``None``
             sizes it from the gradients (:meth:`stack_budget`).
-        tf32_step_products (bool): Gram and preconditioning products on TF32 tensor cores, from
-            the config's :attr:`~.BatchedSettings.tf32_step_products` (an upstream config has
-            none: torch's switch decides, as upstream).
+        tf32_step_products (bool): Gram and preconditioning products on TF32 tensor cores, as
+            :func:`~.configs.step_products_in_tf32` says for the config (an upstream config has no
+            such setting: torch's switch decides, as upstream).
         fallback_counts (Counter[str]): Roots recomputed by ``"eigh"`` and blocks ``"replayed"``
             through upstream's per-block path since construction.
     """
@@ -216,9 +217,7 @@ class BatchedRootInvShampooPreconditionerList(RootInvShampooPreconditionerList):
         self.max_stack_bytes: int | None = getattr(
             self._preconditioner_config, "max_stack_bytes", None
         )
-        self.tf32_step_products: bool = getattr(
-            self._preconditioner_config, "tf32_step_products", False
-        )
+        self.tf32_step_products: bool = step_products_in_tf32(self._preconditioner_config)
         self.fallback_counts: Counter[str] = Counter()
         self._root_policies: dict[InverseRootKey, RootPolicy | None] = {}
         self._grouping: tuple[object, list[list[int]]] | None = None

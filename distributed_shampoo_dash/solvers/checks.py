@@ -91,11 +91,28 @@ def check_real(
     return number
 
 
+def _is_bool(value: object) -> bool:
+    """Whether ``value`` is a ``bool`` or a numpy boolean scalar."""
+    is_numpy_bool = type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")
+    return isinstance(value, bool) or is_numpy_bool
+
+
 def check_bool(value: object, name: str) -> bool:
     """Checks a flag: a ``bool`` or a numpy boolean scalar."""
-    is_numpy_bool = type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")
-    if not (isinstance(value, bool) or is_numpy_bool):
+    if not _is_bool(value):
         raise TypeError(f"Invalid {name}={value!r} of type {type_name(value)}. Must be a bool.")
+    return bool(value)
+
+
+def check_optional_bool(value: object, name: str) -> bool | None:
+    """Checks a flag that ``None`` leaves to a default: ``None``, a ``bool`` or a numpy boolean
+    scalar."""
+    if value is None:
+        return None
+    if not _is_bool(value):
+        raise TypeError(
+            f"Invalid {name}={value!r} of type {type_name(value)}. Must be a bool or None."
+        )
     return bool(value)
 
 

@@ -3,7 +3,12 @@
 import torch
 from torch import Tensor
 
-from distributed_shampoo_dash.solvers.precision import MatmulPrecision, batched_matmul
+from distributed_shampoo_dash.solvers.precision import (
+    MatmulPrecision,
+    Operand,
+    batched_matmul,
+    value_of,
+)
 
 
 def batched_eye(stack: Tensor) -> Tensor:
@@ -45,11 +50,12 @@ def matrix_power_products(exponent: int) -> int:
     return exponent.bit_length() - 1 + exponent.bit_count() - 1
 
 
-def matrix_power(stack: Tensor, exponent: int, precision: MatmulPrecision) -> Tensor:
+def matrix_power(stack: Operand, exponent: int, precision: MatmulPrecision) -> Tensor:
     """``X^n`` per block by repeated squaring (:func:`matrix_power_products` products).
 
     Args:
-        stack (Tensor): ``(N, d, d)`` stack.
+        stack (Operand): ``(N, d, d)`` stack (split in advance or not: the first square uses the
+            split).
         exponent (int): Power ``n >= 1``.
         precision (MatmulPrecision): Precision of each product.
     """
@@ -57,7 +63,7 @@ def matrix_power(stack: Tensor, exponent: int, precision: MatmulPrecision) -> Te
     base = stack
     while True:
         if exponent & 1:
-            result = base if result is None else batched_matmul(result, base, precision)
+            result = value_of(base) if result is None else batched_matmul(result, base, precision)
         exponent >>= 1
         if exponent == 0:
             assert result is not None

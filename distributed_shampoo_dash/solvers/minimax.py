@@ -71,6 +71,7 @@ from distributed_shampoo_dash.solvers.precision import (
     ProductCounts,
     batched_addmm,
     batched_matmul,
+    prepared,
 )
 from distributed_shampoo_dash.solvers.problem import ScaledProblem, check_common_arguments
 from distributed_shampoo_dash.solvers.result import (
@@ -180,10 +181,12 @@ def _plain_step(
     """``P = q(M) = a I + b M + c M^2`` (one product, ``b M`` in its epilogue), ``X <- X P``,
     ``M <- P^p M``."""
     a, b, c, _ = step
-    P = add_to_diagonal_(batched_addmm(M, M, M, precision, alpha=c, beta=b), a)
+    # The first step holds M's split for its last product (the step has no X yet to hold).
+    M_split = prepared(M, precision) if X is None else M
+    P = add_to_diagonal_(batched_addmm(M, M_split, M_split, precision, alpha=c, beta=b), a)
     X = P if X is None else batched_matmul(X, P, precision)
     if not last:
-        M = batched_matmul(matrix_power(P, p, precision), M, precision)
+        M = batched_matmul(matrix_power(P, p, precision), M_split, precision)
     return X, M
 
 
@@ -202,7 +205,8 @@ def _correction_step(
         R = D
         for _ in range(p.bit_length() - 1):
             R = batched_addmm(R, R, R, precision, beta=2.0)
-        H = batched_addmm(H + R, R, H, precision)
+        M = add_to_diagonal_(H, 1.0)  # in place: H is not needed after this update
+        H = add_to_diagonal_(batched_addmm(M, R, M, precision), -1.0)
     return X, H
 
 
@@ -281,8 +285,9 @@ def run_minimax(
             H = add_to_diagonal_(M, -1.0) if H is None else H
             X, H = _correction_step(X, H, step, p, last, step_precision)
     assert X is not None
+    del M, H  # not live in the residual's products
     residual = inverse_root_residual(B, X, p, precision.full)
-    X = (X + X.mT) / 2
+    X = X + X.mT  # twice the symmetrised root: the result's scaling halves it
     if root == 1:
-        X = batched_matmul(X, X, precision.full)
-    return problem.result(X, root, residual)
+        return problem.result(batched_matmul(X, X, precision.full), root, residual, factor=0.25)
+    return problem.result(X, root, residual, factor=0.5)

@@ -36,6 +36,7 @@ import enum
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -172,29 +173,71 @@ def _accumulate_(out: Tensor, a: Tensor, b: Tensor, alpha: float) -> Tensor:
     return out.add_(torch.matmul(a, b), alpha=alpha)
 
 
-def _split_product(c: Tensor | None, a: Tensor, b: Tensor, alpha: float, beta: float) -> Tensor:
+class SplitOperand(NamedTuple):
+    """An fp32 operand with its TF32 split ``value = hi + lo`` (module docstring), formed once for
+    several TF32X3 products (:func:`prepared`).
+
+    Attributes:
+        value (Tensor): The operand.
+        hi (Tensor): ``value`` truncated to TF32 (:func:`tf32_high_part`).
+        lo (Tensor): ``value - hi``, exact.
+    """
+
+    value: Tensor
+    hi: Tensor
+    lo: Tensor
+
+    @property
+    def mT(self) -> "SplitOperand":
+        """The transposed operand, split (views: the split of a transpose is the transposed
+        split)."""
+        return SplitOperand(self.value.mT, self.hi.mT, self.lo.mT)
+
+
+#: A product operand: a tensor, or one split in advance for several TF32X3 products.
+Operand = Tensor | SplitOperand
+
+
+def prepared(a: Tensor, precision: MatmulPrecision) -> Operand:
+    """``a`` ready for several products at ``precision``: split once for ``TF32X3`` (two more
+    stacks of its size live while the result is held), ``a`` itself otherwise."""
+    if precision is not MatmulPrecision.TF32X3:
+        return a
+    hi = tf32_high_part(a)
+    return SplitOperand(a, hi, a - hi)
+
+
+def value_of(a: Operand) -> Tensor:
+    """The tensor of an operand."""
+    return a.value if isinstance(a, SplitOperand) else a
+
+
+def _split_product(c: Tensor | None, a: Operand, b: Operand, alpha: float, beta: float) -> Tensor:
     """``beta c + alpha a b`` from three TF32 products of ``a = hi + lo``, ``b = hi + lo``
     (module docstring), the small terms first.
 
-    A square ``a a`` splits its operand once; otherwise each ``lo`` is formed just before its
-    product, so at most four stacks of the result's size are live (three for a square).
+    A square ``a a`` splits its operand once, and a :class:`SplitOperand` is not split again;
+    otherwise each ``lo`` is formed just before its product, so at most four stacks of the
+    result's size are live (three for a square).
     """
-    a_hi = tf32_high_part(a)
+    a_hi = a.hi if isinstance(a, SplitOperand) else tf32_high_part(a)
     if b is a:
-        b_hi, a_lo = a_hi, a - a_hi
+        b_hi, a_lo = a_hi, (a.lo if isinstance(a, SplitOperand) else a - a_hi)
         product = _product(c, a_lo, b_hi, alpha, beta)
         _accumulate_(product, a_hi, a_lo, alpha)
     else:
-        b_hi = tf32_high_part(b)
-        product = _product(c, a - a_hi, b_hi, alpha, beta)
-        _accumulate_(product, a_hi, b - b_hi, alpha)
+        b_hi = b.hi if isinstance(b, SplitOperand) else tf32_high_part(b)
+        a_lo = a.lo if isinstance(a, SplitOperand) else a - a_hi
+        product = _product(c, a_lo, b_hi, alpha, beta)
+        del a_lo
+        _accumulate_(product, a_hi, b.lo if isinstance(b, SplitOperand) else b - b_hi, alpha)
     return _accumulate_(product, a_hi, b_hi, alpha)
 
 
 def batched_addmm(
     c: Tensor | None,
-    a: Tensor,
-    b: Tensor,
+    a: Operand,
+    b: Operand,
     precision: MatmulPrecision,
     *,
     alpha: float = 1.0,
@@ -209,8 +252,9 @@ def batched_addmm(
 
     Args:
         c (Tensor | None): ``(..., m, n)`` addend in the working dtype (``None``: no addend).
-        a (Tensor): ``(..., m, k)`` operand in the working dtype.
-        b (Tensor): ``(..., k, n)`` operand in the working dtype.
+        a (Operand): ``(..., m, k)`` operand in the working dtype (split in advance or not:
+            :func:`prepared`).
+        b (Operand): ``(..., k, n)`` operand in the working dtype.
         precision (MatmulPrecision): Precision of the product.
         alpha (float): Factor of the product. (Default: 1.0)
         beta (float): Factor of the addend. (Default: 1.0)
@@ -218,27 +262,37 @@ def batched_addmm(
     Returns:
         result (Tensor): ``(..., m, n)`` in ``a.dtype``.
     """
-    working_dtype, operand_dtype = a.dtype, precision.operand_dtype
+    working_dtype, operand_dtype = value_of(a).dtype, precision.operand_dtype
     if operand_dtype not in (torch.float32, torch.float64):
-        product = torch.matmul(a.to(operand_dtype), b.to(operand_dtype)).to(working_dtype)
-        return _scaled_sum(c, product, alpha, beta)
-    a, b = a.to(operand_dtype), b.to(operand_dtype)
+        product = torch.matmul(value_of(a).to(operand_dtype), value_of(b).to(operand_dtype))
+        return _scaled_sum(c, product.to(working_dtype), alpha, beta)
     c = None if c is None else c.to(operand_dtype)
     with fp32_matmul_precision("ieee" if precision is MatmulPrecision.FP32 else "tf32"):
         if precision is MatmulPrecision.TF32X3:
-            result = _split_product(c, a, b, alpha, beta)
+            result = _split_product(
+                c, _cast(a, operand_dtype), _cast(b, operand_dtype), alpha, beta
+            )
         else:
+            a, b = value_of(a).to(operand_dtype), value_of(b).to(operand_dtype)
             result = _product(c, a, b, alpha, beta)
     return result.to(working_dtype)
 
 
-def batched_matmul(a: Tensor, b: Tensor, precision: MatmulPrecision) -> Tensor:
+def _cast(a: Operand, dtype: torch.dtype) -> Operand:
+    """``a`` in ``dtype``: a split operand as it is if its value has the dtype (the split of a
+    cast is a new one)."""
+    if isinstance(a, SplitOperand) and a.value.dtype == dtype:
+        return a
+    return value_of(a).to(dtype)
+
+
+def batched_matmul(a: Operand, b: Operand, precision: MatmulPrecision) -> Tensor:
     """Returns ``a @ b`` computed at ``precision``, in the dtype of ``a``
     (:func:`batched_addmm` without an addend).
 
     Args:
-        a (Tensor): ``(..., m, k)`` operand in the working dtype.
-        b (Tensor): ``(..., k, n)`` operand in the working dtype.
+        a (Operand): ``(..., m, k)`` operand in the working dtype.
+        b (Operand): ``(..., k, n)`` operand in the working dtype.
         precision (MatmulPrecision): Precision of the product.
 
     Returns:

@@ -116,17 +116,21 @@ class ScaledProblem:
         (:func:`~distributed_shampoo_dash.solvers.result.inverse_root_residual`)."""
         return inverse_root_residual(self.scaled, scaled_root, root, precision)
 
-    def result(self, scaled_root: Tensor, root: float, residual: RootResidual) -> InverseRootResult:
-        """``X = s^{-1/p} X_s`` in the input dtype, with the residual and overshoot of ``X_s``
+    def result(
+        self, scaled_root: Tensor, root: float, residual: RootResidual, factor: float = 1.0
+    ) -> InverseRootResult:
+        """``X = c s^{-1/p} X_s`` in the input dtype, with the residual and overshoot of ``X_s``
         and the flags.
 
         Args:
-            scaled_root (Tensor): ``(N, d, d)`` ``X_s ~ B^{-1/p}``.
+            scaled_root (Tensor): ``(N, d, d)`` ``X_s / c ~ B^{-1/p} / c``.
             root (float): ``p``.
             residual (RootResidual): ``(N,)`` float32 residual and overshoot of ``X_s`` on the
                 scaled problem.
+            factor (float): ``c``, folded into the scaling (a solver that returns a multiple of
+                its root saves an elementwise pass). (Default: 1.0)
         """
-        scale_factor = stable_power(self.scale, -1.0 / root)[:, None, None]
+        scale_factor = (stable_power(self.scale, -1.0 / root) * factor)[:, None, None]
         inverse_root = (scaled_root * scale_factor).to(self.dtype)
         return InverseRootResult(
             inverse_root,

@@ -29,17 +29,18 @@ direction of the same block is not the eigenvalue found.
 import math
 from typing import NamedTuple
 
+import torch
 from torch import Tensor
 
 from distributed_shampoo_dash.solvers.checks import rational_root
 from distributed_shampoo_dash.solvers.linalg import (
     add_to_diagonal_,
-    frobenius_norm,
+    largest_magnitude,
     matrix_power,
     matrix_power_products,
 )
-from distributed_shampoo_dash.solvers.precision import MatmulPrecision, batched_matmul
-from distributed_shampoo_dash.solvers.scaling import rayleigh_lambda_max
+from distributed_shampoo_dash.solvers.precision import MatmulPrecision, batched_matmul, prepared
+from distributed_shampoo_dash.solvers.scaling import normalized_rayleigh_lambda_max
 
 #: Power steps and start vectors of the overshoot estimate (each step one ``(N, d, d) @ (N, d, m)``
 #: product, ``m / d`` of a ``d x d`` product).
@@ -113,15 +114,18 @@ def inverse_root_residual(
     n, q = fraction.numerator, fraction.denominator
     Bq = matrix_power(B, q, precision)
     if n % 2 == 0:
-        W = matrix_power(X, n // 2, precision)
+        W = prepared(matrix_power(X, n // 2, precision), precision)  # split once for both
         gram = batched_matmul(W.mT, batched_matmul(Bq, W, precision), precision)
     else:
         V = batched_matmul(Bq, matrix_power(X, n, precision), precision)
         gram = batched_matmul(V.mT, V, precision)
     error = add_to_diagonal_(gram, -1.0)
-    residual = frobenius_norm(error) / math.sqrt(B.shape[-1])
-    extreme = rayleigh_lambda_max(
-        error, OVERSHOOT_POWER_STEPS, OVERSHOOT_VECTORS, seed=_OVERSHOOT_SEED, overwrite=True
+    # Both norms of E / max_ij |E_ij| (in place: E is a temporary), safe from over- and underflow.
+    divisor = largest_magnitude(error).clamp_min(torch.finfo(error.dtype).tiny)
+    error.div_(divisor[:, None, None])
+    residual = torch.linalg.vector_norm(error, dim=(-2, -1)) * divisor / math.sqrt(B.shape[-1])
+    extreme = divisor * normalized_rayleigh_lambda_max(
+        error, OVERSHOOT_POWER_STEPS, OVERSHOOT_VECTORS, seed=_OVERSHOOT_SEED
     )
     congruence_power = q if n % 2 == 0 else 2 * q
     overshoot = (1.0 + extreme).clamp_min(0.0) ** (1.0 / congruence_power) - 1.0

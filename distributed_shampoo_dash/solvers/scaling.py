@@ -93,7 +93,6 @@ def rayleigh_lambda_max(
     num_vectors: int,
     *,
     seed: int = _START_VECTOR_SEED,
-    overwrite: bool = False,
 ) -> Tensor:
     """Largest Rayleigh quotient of ``num_vectors`` random vectors after ``num_iterations`` steps.
 
@@ -102,8 +101,6 @@ def rayleigh_lambda_max(
         num_iterations (int): Power steps ``k >= 1``, each one ``(N, d, d) @ (N, d, m)`` product.
         num_vectors (int): Start vectors ``m >= 1`` per block.
         seed (int): Seed of the start vectors' private generator. (Default: the scaling's)
-        overwrite (bool): Scale ``A`` in place instead of a copy (for a temporary ``A``).
-            (Default: False)
 
     Returns:
         lambda_estimate (Tensor): ``(N,)`` lower estimate of ``lambda_max`` per block, >= 0 for
@@ -116,8 +113,7 @@ def rayleigh_lambda_max(
     entry over- or underflows whatever the scale of ``A``.
     """
     divisor = largest_magnitude(A).clamp_min(torch.finfo(A.dtype).tiny)[:, None, None]
-    A = A.div_(divisor) if overwrite else A / divisor
-    estimate = normalized_rayleigh_lambda_max(A, num_iterations, num_vectors, seed=seed)
+    estimate = normalized_rayleigh_lambda_max(A / divisor, num_iterations, num_vectors, seed=seed)
     return estimate * divisor[:, 0, 0]
 
 
