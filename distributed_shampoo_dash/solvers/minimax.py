@@ -33,11 +33,12 @@ residual in fp32. Those late steps are written in correction form, with ``M = I 
 ``P = I + D``, ``(I + D)^p = I + R``::
 
     D = (a + b + c - 1) I + (b + 2c) H + c H^2,   X <- X + X D,
-    R <- 2 R + R^2 (starting from D, log2 p times),   H <- H + R + R H
+    R <- 2 R + R^2 (starting from D, log2 p times),   H <- (I + R)(I + H) - I = M + R M - I
 
-(the same number of products; the iteration carries ``H`` from the first such step on), so every
-product has a small operand and its rounding error scales with the distance to convergence rather
-than with the size of the iterates. Early steps
+(the same number of products; the iteration carries ``H`` from the first such step on, the last
+update as ``M + R M`` in the product's epilogue with ``M = I + H`` formed on the diagonal in
+place), so every product has a small operand and its rounding error scales with the distance to
+convergence rather than with the size of the iterates. Early steps
 stay in fp32: rounding ``B`` to bf16 perturbs it by more than ``l``, and the first polynomials
 amplify that. Only powers of two use the correction form; other roots run every step in fp32.
 
@@ -193,8 +194,8 @@ def _plain_step(
 def _correction_step(
     X: Tensor, H: Tensor, step: _Step, p: int, last: bool, precision: MatmulPrecision
 ) -> tuple[Tensor, Tensor]:
-    """The same step with ``M = I + H``, ``P = I + D``, on ``H`` (returned updated): every
-    product has two small operands, and each sum runs in the product's epilogue
+    """The same step with ``M = I + H``, ``P = I + D``, on ``H`` (its diagonal shifted in place
+    to form ``M``; the updated ``H`` returned): every product has a small operand, and each sum runs in the product's epilogue
     (:func:`~.precision.batched_addmm`)."""
     a, b, c, _ = step
     D = add_to_diagonal_(
