@@ -195,8 +195,8 @@ def _correction_step(
     X: Tensor, H: Tensor, step: _Step, p: int, last: bool, precision: MatmulPrecision
 ) -> tuple[Tensor, Tensor]:
     """The same step with ``M = I + H``, ``P = I + D``, on ``H`` (its diagonal shifted in place
-    to form ``M``; the updated ``H`` returned): every product has a small operand, and each sum runs in the product's epilogue
-    (:func:`~.precision.batched_addmm`)."""
+    to form ``M``; the updated ``H`` returned): every product has a small operand, and each sum
+    runs in the product's epilogue (:func:`~.precision.batched_addmm`)."""
     a, b, c, _ = step
     D = add_to_diagonal_(
         batched_addmm(H, H, H, precision, alpha=c, beta=b + 2 * c), a + b + c - 1.0
