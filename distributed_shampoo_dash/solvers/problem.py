@@ -22,9 +22,9 @@ from torch import Tensor
 
 from distributed_shampoo_dash.solvers.checks import as_stack, check_instance, check_real
 from distributed_shampoo_dash.solvers.linalg import (
-    add_to_diagonal,
     add_to_diagonal_,
     finite_blocks,
+    largest_magnitude,
     stable_power,
 )
 from distributed_shampoo_dash.solvers.precision import MatmulPrecision
@@ -97,14 +97,20 @@ class ScaledProblem:
             scaling (SpectralScaling): How the bound ``u`` is found.
             precision (MatmulPrecision): The solver's precision; fixes the working dtype.
         """
-        working = add_to_diagonal(stack.to(precision.working_dtype), epsilon)
-        bound = scaling.upper_bound(working)
+        working = stack.to(precision.working_dtype)
+        tiny = torch.finfo(working.dtype).tiny
+        # The bound of (A + epsilon I) / L, L >= every |(A + epsilon I)_ij| (entries at most 1,
+        # safe from over- and underflow); then B from A in one division, as if A + r I were
+        # formed first (the same rounding of every off-diagonal entry).
+        divisor = (largest_magnitude(working) + epsilon).clamp_min(tiny)
+        normalized = add_to_diagonal_(working / divisor[:, None, None], epsilon / divisor)
+        bound = (scaling.normalized_upper_bound(normalized) * divisor).clamp_min(tiny)
+        del normalized
         extra = (rel_epsilon * bound - epsilon).clamp_min(0.0)
-        add_to_diagonal_(working, extra)
         scale = bound + extra
         return cls(
             dtype=stack.dtype,
-            scaled=working.div_(scale[:, None, None]),
+            scaled=add_to_diagonal_(working / scale[:, None, None], (epsilon + extra) / scale),
             scale=scale,
             regularization=extra + epsilon,
         )

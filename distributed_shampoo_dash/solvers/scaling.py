@@ -159,23 +159,34 @@ class SpectralScaling:
         Returns:
             scale (Tensor): ``(N,)`` positive bounds in ``A.dtype``.
 
-        Both bounds are taken of ``A / max_ij |A_ij|`` (one copy of the stack, safe from over-
-        and underflow) and scaled back.
+        The bound is taken of ``A / max_ij |A_ij|`` (:meth:`normalized_upper_bound`, one copy of
+        the stack, safe from over- and underflow) and scaled back.
         """
         tiny = torch.finfo(A.dtype).tiny
         divisor = largest_magnitude(A).clamp_min(tiny)
-        normalized = A / divisor[:, None, None]
-        frobenius = torch.linalg.vector_norm(normalized, dim=(-2, -1))
+        normalized = self.normalized_upper_bound(A / divisor[:, None, None])
+        return (normalized * divisor).clamp_min(tiny)
+
+    def normalized_upper_bound(self, A: Tensor) -> Tensor:
+        """:meth:`upper_bound` of a stack whose entries are at most 1 in magnitude, in its units
+        and not clamped (0 for a zero block).
+
+        Args:
+            A (Tensor): ``(N, d, d)`` symmetric PSD stack, ``max_ij |A_ij| <= 1`` per block.
+
+        Returns:
+            scale (Tensor): ``(N,)`` bounds in ``A.dtype``.
+        """
+        frobenius = torch.linalg.vector_norm(A, dim=(-2, -1))
         match self.method:
             case ScalingMethod.FROBENIUS:
-                scale = frobenius
+                return frobenius
             case ScalingMethod.POWER_ITERATION | ScalingMethod.MULTI_POWER_ITERATION:
                 vectors = 1 if self.method is ScalingMethod.POWER_ITERATION else self.num_vectors
-                estimate = normalized_rayleigh_lambda_max(normalized, self.num_iterations, vectors)
-                scale = torch.minimum(self.safety_factor * estimate, frobenius)
+                estimate = normalized_rayleigh_lambda_max(A, self.num_iterations, vectors)
+                return torch.minimum(self.safety_factor * estimate, frobenius)
             case _:
                 assert_never(self.method)
-        return (scale * divisor).clamp_min(tiny)
 
 
 #: Upstream's scaling for coupled Newton (``||A||_F``).
