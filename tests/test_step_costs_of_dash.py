@@ -180,7 +180,7 @@ def test_counting_on_the_meta_device_gives_the_counts_of_a_real_run(label: str) 
 def test_a_root_step_of_the_anchor_preset_launches_few_kernels_with_the_cuda_budget() -> None:
     """The GPU default on the Llama-shaped ``anchor`` preset (289 factor matrices), chunked as on
     an 80 GB CUDA device: at most 2,000 kernels per root step (each chunk of root-4 blocks
-    launches 180), a third of upstream's, and two host reads."""
+    launches 179), a third of upstream's, and two host reads."""
     preset = PRESETS["anchor"]
     rows = {row.label: row for row in step_rows.rows()}
     dash_costs = step_runs.meta_costs(rows["DASH minimax tf32 (GPU default)"], preset, 1)
