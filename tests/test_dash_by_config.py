@@ -2,6 +2,7 @@
 config, coexistence with upstream optimizers in one process and across threads."""
 
 import dataclasses
+import math
 import subprocess
 import sys
 import threading
@@ -14,8 +15,10 @@ distributed_shampoo = pytest.importorskip("distributed_shampoo")
 
 from distributed_shampoo import (
     AdamPreconditionerConfig,
+    CoupledNewtonConfig,
     DistributedShampoo,
     EigenConfig,
+    EigendecomposedKLShampooPreconditionerConfig,
     EigendecomposedShampooPreconditionerConfig,
     EigenvalueCorrectedShampooPreconditionerConfig,
     RootInvKLShampooPreconditionerConfig,
@@ -202,6 +205,62 @@ def test_step_products_follow_the_solver_onto_tensor_cores_unless_set(
         seeded_model(0).parameters(), lr=0.01, preconditioner_config=config
     )
     assert preconditioner_list(optimizer, 0).tf32_step_products is expected
+
+
+DASH_SOLVER_CONFIGS = (
+    dash.MinimaxRootInvConfig(),
+    dash.NewtonDBRootInvConfig(),
+    dash.ChebyshevRootInvConfig(),
+)
+
+
+@pytest.mark.parametrize("solver", DASH_SOLVER_CONFIGS, ids=lambda config: type(config).__name__)
+@pytest.mark.parametrize(
+    "config_cls",
+    [EigendecomposedShampooPreconditionerConfig, EigendecomposedKLShampooPreconditionerConfig],
+    ids=lambda cls: cls.__name__,
+)
+def test_a_dash_solver_in_an_eigendecomposed_config_is_refused_when_the_optimizer_is_built(
+    solver: object, config_cls: type
+) -> None:
+    """Upstream would accept it and fail at the first step with a bare assertion."""
+    config = config_cls(amortized_computation_config=solver)
+    match = (
+        rf"Invalid amortized_computation_config={type(solver).__name__}\(\.\.\.\) for "
+        rf"{config_cls.__name__}: .* needs an EigendecompositionConfig"
+    )
+    with pytest.raises(TypeError, match=match):
+        DistributedShampoo(seeded_model(0).parameters(), lr=0.01, preconditioner_config=config)
+
+
+@pytest.mark.parametrize("solver", DASH_SOLVER_CONFIGS, ids=lambda config: type(config).__name__)
+def test_a_dash_solver_in_an_eigenvalue_corrected_config_is_refused_by_name(
+    solver: object,
+) -> None:
+    """Upstream's own check reads ``rank_deficient_stability_config``, which says why it is
+    missing (a bare ``AttributeError`` before)."""
+    match = (
+        rf"{type(solver).__name__} has no rank_deficient_stability_config: it is a DASH "
+        "root-inverse config for RootInvShampooPreconditionerConfig"
+    )
+    with pytest.raises(AttributeError, match=match):
+        EigenvalueCorrectedShampooPreconditionerConfig(amortized_computation_config=solver)
+
+
+def test_upstream_configs_in_eigendecomposed_configs_are_left_to_upstream() -> None:
+    """The refusal is DASH's solver configs' alone: upstream's eigendecomposition configs train,
+    and its root-inverse configs there are built as upstream builds them."""
+    for solver in (EigenConfig(), CoupledNewtonConfig()):
+        config = EigendecomposedShampooPreconditionerConfig(amortized_computation_config=solver)
+        DistributedShampoo(seeded_model(0).parameters(), lr=0.01, preconditioner_config=config)
+    model = seeded_model(0)
+    optimizer = DistributedShampoo(
+        model.parameters(),
+        lr=0.01,
+        preconditioner_config=EigendecomposedShampooPreconditionerConfig(),
+    )
+    losses = run_steps(model, optimizer, make_batches(2))
+    assert all(math.isfinite(loss) for loss in losses)
 
 
 def test_upstream_checks_still_run_in_the_dash_form() -> None:

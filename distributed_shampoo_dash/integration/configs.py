@@ -108,6 +108,18 @@ class DashRootInvConfig(RootInvConfig):
             "fallback_to_eigh": check_bool(self.fallback_to_eigh, "fallback_to_eigh"),
         }
 
+    @property
+    def rank_deficient_stability_config(self) -> Any:
+        """Not a field: an ``EigendecompositionConfig``'s, which the eigendecomposed and
+        eigenvalue-corrected Shampoo configs read at construction; raises ``AttributeError``
+        saying why this config does not go there."""
+        raise AttributeError(
+            f"{type(self).__name__} has no rank_deficient_stability_config: it is a DASH "
+            "root-inverse config for RootInvShampooPreconditionerConfig; the eigendecomposed and "
+            "eigenvalue-corrected Shampoo configs need an EigendecompositionConfig such as "
+            "upstream's EigenConfig or QREigendecompositionConfig."
+        )
+
     def __setattr__(self, name: str, value: object) -> None:
         if getattr(self, _CONSTRUCTED, False):
             raise dataclasses.FrozenInstanceError(

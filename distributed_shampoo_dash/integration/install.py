@@ -5,7 +5,9 @@ Upstream builds a param group's preconditioner list in
 config's exact type (``preconditioner_config_to_list_cls[type(preconditioner_config)]``), so a
 subclass of an upstream config is not found there. :func:`install` extends that method, once:
 for a DASH config form (:data:`BATCHED_FORMS`) it builds the batched list with the arguments
-upstream gives its own list, and every other config goes to upstream's method unchanged. It also
+upstream gives its own list, it refuses a DASH solver config in a Shampoo config that is not a
+root-inverse one (:func:`check_amortized_computation`), and every other config goes to upstream's
+method unchanged. It also
 binds the per-block solver name upstream's root-inverse lists call,
 ``shampoo_preconditioner_list.matrix_inverse_root``, to
 :func:`~.per_block.dash_matrix_inverse_root`, which serves DASH's solver configs and passes every
@@ -34,6 +36,7 @@ from distributed_shampoo.shampoo_types import (
 )
 
 from distributed_shampoo_dash.integration import preconditioner_configs
+from distributed_shampoo_dash.integration.configs import DashRootInvConfig
 from distributed_shampoo_dash.integration.per_block import dash_matrix_inverse_root
 from distributed_shampoo_dash.integration.preconditioner_list import (
     BatchedRootInvKLShampooPreconditionerList,
@@ -111,6 +114,29 @@ def batched(preconditioner_config: _Config, **settings: Any) -> _Config:
     return form.dash(**(values | settings))  # type: ignore[return-value]
 
 
+def check_amortized_computation(preconditioner_config: PreconditionerConfig) -> None:
+    """Refuses a DASH solver config as the amortized computation of a Shampoo config that is not
+    a root-inverse one (the eigendecomposed configs take an ``EigendecompositionConfig``; upstream
+    would fail at the first step with a bare assertion).
+
+    Raises:
+        TypeError: If ``preconditioner_config.amortized_computation_config`` is a
+            :class:`~.configs.DashRootInvConfig` and ``preconditioner_config`` is not a
+            ``RootInvShampooPreconditionerConfig``.
+    """
+    solver = getattr(preconditioner_config, "amortized_computation_config", None)
+    if isinstance(solver, DashRootInvConfig) and not isinstance(
+        preconditioner_config, shampoo_types.RootInvShampooPreconditionerConfig
+    ):
+        raise TypeError(
+            f"Invalid amortized_computation_config={type(solver).__name__}(...) for "
+            f"{type(preconditioner_config).__name__}: DASH's solver configs compute inverse roots "
+            "and serve RootInvShampooPreconditionerConfig (and its DASH form); this config needs "
+            "an EigendecompositionConfig such as upstream's EigenConfig or "
+            "QREigendecompositionConfig."
+        )
+
+
 def batched_list(
     optimizer: Any,
     state_lists: dict[str, Any],
@@ -150,6 +176,7 @@ def install() -> None:
         group: dict[str, Any],
         preconditioner_config: PreconditionerConfig,
     ) -> PreconditionerList | None:
+        check_amortized_computation(preconditioner_config)
         if is_batched(preconditioner_config):
             root_inv_config = cast(
                 shampoo_types.RootInvShampooPreconditionerConfig, preconditioner_config
