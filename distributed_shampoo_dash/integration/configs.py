@@ -238,7 +238,7 @@ def default_root_inv_config(device: str | torch.device) -> RootInvConfig:
     TF32, the early steps and the residual in 3xTF32, as accurate as fp32), no eigendecomposition
     (whose GPU kernels are slow for many small blocks and read error codes on the host), every
     block converged to its regularised root (on the real factors of the tests, under TF32
-    emulation, within 2.2e-4 of the fp64 root). On a CPU,
+    emulation, within 2.0e-4 of the fp64 root). On a CPU,
     upstream's ``EigenConfig`` (batched by the DASH form of the preconditioner config): LAPACK's
     eigh is exact and, measured in ``docs/benchmarks.md``, faster there than the minimax iteration's
     products.
