@@ -118,8 +118,8 @@ class ShampooOptimizersContainer(OptimizersContainer):
         solver: str = DEFAULT_SOLVER
         """Inverse-root solver: 'default' (the one DASH recommends for the parameters' device:
         'minimax' on a GPU, 'eigen' on a CPU), 'eigen', 'coupled-newton' (upstream's, batched by
-        DASH), 'minimax' (DASH's minimax iteration), 'newton-db' (the DASH paper's Newton-DB),
-        'chebyshev'."""
+        DASH; needs epsilon >= 1e-6), 'minimax' (DASH's minimax iteration), 'newton-db' (the DASH
+        paper's Newton-DB), 'chebyshev'."""
 
         grafting: str = "adam"
         """Grafting (per-block step size): 'adam', 'rmsprop', 'adagrad', 'sgd' or 'none'."""
