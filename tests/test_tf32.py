@@ -11,6 +11,7 @@ from distributed_shampoo_dash.solvers.precision import (
     batched_addmm,
     batched_matmul,
     fp32_matmul_precision,
+    prepared,
     round_to_tf32,
     tf32_high_part,
 )
@@ -124,6 +125,29 @@ def test_a_product_with_an_addend_is_the_sum_at_the_products_precision(
             assert result.dtype == torch.float32 and result.shape == c.shape
             tolerance = 4 * float((plain.double() - exact).abs().max()) + 1e-6
             assert float((result.double() - exact).abs().max()) <= tolerance
+
+
+def test_an_operand_split_in_advance_gives_the_same_products_bitwise() -> None:
+    """A :class:`SplitOperand` (``prepared``), transposed or not, on either side or both, computes
+    exactly the 3xTF32 product of the plain operands, under emulation too; at other precisions
+    ``prepared`` returns the tensor itself."""
+    generator = torch.Generator().manual_seed(5)
+    a, b, c = (torch.randn(3, 32, 32, generator=generator) for _ in range(3))
+    split_a, split_b = prepared(a, MatmulPrecision.TF32X3), prepared(b, MatmulPrecision.TF32X3)
+    with EmulatedTF32():
+        for left, right, plain_left, plain_right in (
+            (split_a, b, a, b),
+            (a, split_b, a, b),
+            (split_a, split_b, a, b),
+            (split_a.mT, split_b, a.mT, b),
+            (split_a, split_a, a, a),
+        ):
+            expected = batched_addmm(c, plain_left, plain_right, MatmulPrecision.TF32X3, beta=0.5)
+            result = batched_addmm(c, left, right, MatmulPrecision.TF32X3, beta=0.5)
+            assert torch.equal(result, expected)
+    for precision in (MatmulPrecision.FP32, MatmulPrecision.TF32, MatmulPrecision.BF16):
+        assert prepared(a, precision) is a
+        assert torch.equal(batched_matmul(split_a, b, precision), batched_matmul(a, b, precision))
 
 
 def test_every_product_of_the_accelerator_default_runs_on_tensor_cores() -> None:
