@@ -36,13 +36,19 @@ def frobenius_norm(stack: Tensor) -> Tensor:
     Entries are divided by the block's largest magnitude before squaring, so blocks with entries
     near 1e30 or 1e-30 in float32 still give finite, non-zero norms. An all-zero block gives 0.
     """
-    divisor = largest_magnitude(stack).clamp_min(torch.finfo(stack.dtype).tiny)
+    divisor = unit_divisor(stack)
     return torch.linalg.vector_norm(stack / divisor[:, None, None], dim=(-2, -1)) * divisor
 
 
 def largest_magnitude(stack: Tensor) -> Tensor:
     """``max_ij |A_ij|`` per block of an ``(N, d, d)`` stack, in one read (no ``abs`` copy)."""
     return torch.linalg.vector_norm(stack, float("inf"), dim=(-2, -1))
+
+
+def unit_divisor(stack: Tensor) -> Tensor:
+    """``(N,)`` :func:`largest_magnitude`, at least the dtype's smallest normal number: dividing a
+    block by it brings every entry into ``[-1, 1]`` (a zero block stays 0, not ``0 / 0``)."""
+    return largest_magnitude(stack).clamp_min(torch.finfo(stack.dtype).tiny)
 
 
 def matrix_power_products(exponent: int) -> int:

@@ -35,9 +35,9 @@ from torch import Tensor
 from distributed_shampoo_dash.solvers.checks import rational_root
 from distributed_shampoo_dash.solvers.linalg import (
     add_to_diagonal_,
-    largest_magnitude,
     matrix_power,
     matrix_power_products,
+    unit_divisor,
 )
 from distributed_shampoo_dash.solvers.precision import MatmulPrecision, batched_matmul, prepared
 from distributed_shampoo_dash.solvers.scaling import normalized_rayleigh_lambda_max
@@ -121,7 +121,7 @@ def inverse_root_residual(
         gram = batched_matmul(V.mT, V, precision)
     error = add_to_diagonal_(gram, -1.0)
     # Both norms of E / max_ij |E_ij| (in place: E is a temporary), safe from over- and underflow.
-    divisor = largest_magnitude(error).clamp_min(torch.finfo(error.dtype).tiny)
+    divisor = unit_divisor(error)
     error.div_(divisor[:, None, None])
     residual = torch.linalg.vector_norm(error, dim=(-2, -1)) * divisor / math.sqrt(B.shape[-1])
     extreme = divisor * normalized_rayleigh_lambda_max(

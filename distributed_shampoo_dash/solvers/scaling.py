@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from distributed_shampoo_dash.solvers.checks import MAX_ITERATIONS, as_enum, check_int, check_real
-from distributed_shampoo_dash.solvers.linalg import largest_magnitude
+from distributed_shampoo_dash.solvers.linalg import unit_divisor
 
 _START_VECTOR_SEED = 0x5EED
 
@@ -62,6 +62,13 @@ def normalization_interval(d: int, dtype: torch.dtype) -> int:
     return max(1, int(exponent_budget // math.log2(max(d, 2))))
 
 
+def _unit_columns(V: Tensor) -> Tensor:
+    """``V`` with each column divided by its norm (a zero column stays 0)."""
+    return V / torch.linalg.vector_norm(V, dim=-2, keepdim=True).clamp_min(
+        torch.finfo(V.dtype).tiny
+    )
+
+
 def normalized_rayleigh_lambda_max(
     A: Tensor, num_iterations: int, num_vectors: int, *, seed: int = _START_VECTOR_SEED
 ) -> Tensor:
@@ -76,13 +83,12 @@ def normalized_rayleigh_lambda_max(
     V = torch.randn((d, num_vectors), generator=generator, device=A.device, dtype=A.dtype).expand(
         n, d, num_vectors
     )
-    tiny = torch.finfo(A.dtype).tiny
     interval = normalization_interval(d, A.dtype)
     for step in range(num_iterations):
         if step % interval == 0:
-            V = V / torch.linalg.vector_norm(V, dim=-2, keepdim=True).clamp_min(tiny)
+            V = _unit_columns(V)
         V = A @ V
-    V = V / torch.linalg.vector_norm(V, dim=-2, keepdim=True).clamp_min(tiny)
+    V = _unit_columns(V)
     rayleigh = (V * (A @ V)).sum(dim=-2)
     return rayleigh.amax(dim=-1)
 
@@ -112,9 +118,11 @@ def rayleigh_lambda_max(
     :func:`normalized_rayleigh_lambda_max`) and scales the estimate back, so that no squared
     entry over- or underflows whatever the scale of ``A``.
     """
-    divisor = largest_magnitude(A).clamp_min(torch.finfo(A.dtype).tiny)[:, None, None]
-    estimate = normalized_rayleigh_lambda_max(A / divisor, num_iterations, num_vectors, seed=seed)
-    return estimate * divisor[:, 0, 0]
+    divisor = unit_divisor(A)
+    estimate = normalized_rayleigh_lambda_max(
+        A / divisor[:, None, None], num_iterations, num_vectors, seed=seed
+    )
+    return estimate * divisor
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -162,10 +170,9 @@ class SpectralScaling:
         The bound is taken of ``A / max_ij |A_ij|`` (:meth:`normalized_upper_bound`, one copy of
         the stack, safe from over- and underflow) and scaled back.
         """
-        tiny = torch.finfo(A.dtype).tiny
-        divisor = largest_magnitude(A).clamp_min(tiny)
+        divisor = unit_divisor(A)
         normalized = self.normalized_upper_bound(A / divisor[:, None, None])
-        return (normalized * divisor).clamp_min(tiny)
+        return (normalized * divisor).clamp_min(torch.finfo(A.dtype).tiny)
 
     def normalized_upper_bound(self, A: Tensor) -> Tensor:
         """:meth:`upper_bound` of a stack whose entries are at most 1 in magnitude, in its units
